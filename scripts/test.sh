@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, the softrdma build, every cargo
+# test (engine simulation, softrdma, end-to-end over softrdma), then the
+# acceptance scripts in scripts/test.d/ (rdma-core's own tools over softrdma).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+if [ -f scripts/build-softrdma.sh ]; then
+  echo "== build softrdma"
+  bash scripts/build-softrdma.sh
+fi
+echo "== cargo test"
+cargo test --workspace
+shopt -s nullglob
+for t in scripts/test.d/*.sh; do
+  echo "== $t"
+  bash "$t"
+done
+echo "== all tests passed"
