@@ -3,3 +3,4 @@
 //!
 //! Events go in, actions come out; nothing here performs I/O or reads a clock.
 #![forbid(unsafe_code)]
+pub mod codec;
