@@ -47,7 +47,8 @@ pub enum RejectStatus {
     /// 8: invalid outbound RDMA read depth.
     #[error("invalid ORD")]
     InvalidOrd,
-    /// 9: invalid controller ID.
+    /// 9: invalid controller ID. Not in SPDK's or Linux's status enum;
+    /// recognised when parsing, never sent by this target.
     #[error("invalid controller id")]
     InvalidCntlid,
 }
