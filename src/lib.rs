@@ -9,3 +9,4 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod engine;
+pub mod verbs;

@@ -1,0 +1,476 @@
+//! Scatter/gather entries and reusable work-request lists.
+//!
+//! A list is allocated once with a fixed capacity and reused: pushing never
+//! allocates (it fails with [`VerbsError::ListFull`] instead), and posting
+//! links the WRs into one chain so a whole batch costs one doorbell
+//! (`ibv_post_send` / `ibv_post_recv` / `ibv_post_srq_recv`).
+
+use rdma_sys as sys;
+
+use super::error::{Result, VerbsError};
+use super::wr_id::WrId;
+
+/// One local scatter/gather entry: address, length and the lkey of the MR
+/// covering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sge {
+    addr: u64,
+    length: u32,
+    lkey: u32,
+}
+
+impl Sge {
+    /// Built by [`super::Mr::sge`] / [`super::DmaBuf::sge`]: inside a region
+    /// whose memory outlives its registration.
+    pub(crate) fn from_region(addr: u64, length: u32, lkey: u32) -> Sge {
+        Sge { addr, length, lkey }
+    }
+
+    /// An SGE over arbitrary registered memory (e.g. SPDK buffers covered by
+    /// a memory map).
+    ///
+    /// # Safety
+    /// This is the posting contract: the `length` bytes at `addr` must lie in
+    /// a region registered with `lkey`, and **must stay valid (allocated and
+    /// not otherwise accessed through Rust references) from the moment a WR
+    /// naming this SGE is posted until that WR's completion — success, error
+    /// or flush — has been reaped** from its CQ (or the QP/SRQ it was posted
+    /// to has been destroyed).
+    pub unsafe fn from_raw(addr: u64, length: u32, lkey: u32) -> Sge {
+        Sge { addr, length, lkey }
+    }
+
+    /// Address.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// Length in bytes.
+    pub fn length(&self) -> u32 {
+        self.length
+    }
+
+    /// Local key.
+    pub fn lkey(&self) -> u32 {
+        self.lkey
+    }
+
+    fn to_sys(self) -> sys::ibv_sge {
+        sys::ibv_sge {
+            addr: self.addr,
+            length: self.length,
+            lkey: self.lkey,
+        }
+    }
+}
+
+/// Send-side flags (`IBV_SEND_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SendFlags {
+    /// Generate a completion for this WR.
+    pub signaled: bool,
+    /// Copy the payload into the WQE at post time.
+    pub inline: bool,
+    /// Wait for prior RDMA READs to finish before this WR.
+    pub fence: bool,
+    /// Solicited event at the receiver.
+    pub solicited: bool,
+}
+
+impl SendFlags {
+    /// Signaled, nothing else.
+    pub const SIGNALED: SendFlags = SendFlags {
+        signaled: true,
+        inline: false,
+        fence: false,
+        solicited: false,
+    };
+    /// Unsignaled, nothing else.
+    pub const UNSIGNALED: SendFlags = SendFlags {
+        signaled: false,
+        inline: false,
+        fence: false,
+        solicited: false,
+    };
+
+    fn bits(self) -> u32 {
+        (self.fence as u32)
+            | (self.signaled as u32) << 1
+            | (self.solicited as u32) << 2
+            | (self.inline as u32) << 3
+    }
+}
+
+/// The operation of a send-queue WR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOp {
+    /// SEND.
+    Send,
+    /// SEND with invalidate of the given rkey at the receiver.
+    SendWithInvalidate {
+        /// rkey to invalidate.
+        rkey: u32,
+    },
+    /// RDMA READ from remote memory into the local SGEs.
+    RdmaRead {
+        /// Remote address.
+        remote_addr: u64,
+        /// Remote key.
+        rkey: u32,
+    },
+    /// RDMA WRITE of the local SGEs to remote memory.
+    RdmaWrite {
+        /// Remote address.
+        remote_addr: u64,
+        /// Remote key.
+        rkey: u32,
+    },
+}
+
+fn zeroed_send_wr() -> sys::ibv_send_wr {
+    // SAFETY: ibv_send_wr is a C struct of integers, raw pointers and unions
+    // of those; all-zero is a valid value (null pointers, zero counts).
+    unsafe { std::mem::zeroed() }
+}
+
+/// A reusable chain of send-queue WRs with their SGEs.
+pub struct SendWrList {
+    wrs: Vec<sys::ibv_send_wr>,
+    sges: Vec<sys::ibv_sge>,
+    /// (first sge, count) per WR.
+    ranges: Vec<(u32, u32)>,
+    max_wrs: usize,
+    max_sges: usize,
+}
+
+// SAFETY: the raw pointers inside the stored WRs only ever point into this
+// list's own vectors (set right before posting) or are null.
+unsafe impl Send for SendWrList {}
+
+impl std::fmt::Debug for SendWrList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendWrList")
+            .field("len", &self.wrs.len())
+            .field("max_wrs", &self.max_wrs)
+            .finish()
+    }
+}
+
+impl SendWrList {
+    /// A list holding up to `max_wrs` WRs and `max_sges` SGEs in total.
+    pub fn with_capacity(max_wrs: usize, max_sges: usize) -> SendWrList {
+        SendWrList {
+            wrs: Vec::with_capacity(max_wrs),
+            sges: Vec::with_capacity(max_sges),
+            ranges: Vec::with_capacity(max_wrs),
+            max_wrs,
+            max_sges,
+        }
+    }
+
+    /// Number of WRs queued.
+    pub fn len(&self) -> usize {
+        self.wrs.len()
+    }
+
+    /// True if no WR is queued.
+    pub fn is_empty(&self) -> bool {
+        self.wrs.is_empty()
+    }
+
+    /// Remove all WRs (keeps the storage).
+    pub fn clear(&mut self) {
+        self.wrs.clear();
+        self.sges.clear();
+        self.ranges.clear();
+    }
+
+    /// The raw wr_id of WR `i`.
+    pub fn raw_wr_id(&self, i: usize) -> Option<u64> {
+        self.wrs.get(i).map(|w| w.wr_id)
+    }
+
+    /// Append one WR.
+    pub fn push(&mut self, id: WrId, op: SendOp, sges: &[Sge], flags: SendFlags) -> Result<()> {
+        if self.wrs.len() >= self.max_wrs {
+            return Err(VerbsError::ListFull {
+                what: "wr",
+                capacity: self.max_wrs,
+            });
+        }
+        if self.sges.len() + sges.len() > self.max_sges {
+            return Err(VerbsError::ListFull {
+                what: "sge",
+                capacity: self.max_sges,
+            });
+        }
+        let mut wr = zeroed_send_wr();
+        wr.wr_id = id.to_raw();
+        wr.send_flags = flags.bits();
+        wr.num_sge = sges.len() as i32;
+        match op {
+            SendOp::Send => wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND,
+            SendOp::SendWithInvalidate { rkey } => {
+                wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND_WITH_INV;
+                wr.imm_data_invalidated_rkey_union.invalidated_rkey = rkey;
+            }
+            SendOp::RdmaRead { remote_addr, rkey } => {
+                wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_READ;
+                wr.wr.rdma = sys::rdma_t { remote_addr, rkey };
+            }
+            SendOp::RdmaWrite { remote_addr, rkey } => {
+                wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE;
+                wr.wr.rdma = sys::rdma_t { remote_addr, rkey };
+            }
+        }
+        self.ranges
+            .push((self.sges.len() as u32, sges.len() as u32));
+        self.sges.extend(sges.iter().map(|s| s.to_sys()));
+        self.wrs.push(wr);
+        Ok(())
+    }
+
+    /// Link WRs and SGEs into one chain; returns the head (null if empty).
+    pub(crate) fn link(&mut self) -> *mut sys::ibv_send_wr {
+        let n = self.wrs.len();
+        if n == 0 {
+            return std::ptr::null_mut();
+        }
+        let sge_base = self.sges.as_mut_ptr();
+        let wr_base = self.wrs.as_mut_ptr();
+        for (i, &(first, count)) in self.ranges.iter().enumerate() {
+            // SAFETY: `i < n` and `first + count <= sges.len()` by
+            // construction in `push`; pointers stay valid while `self` is
+            // mutably borrowed by the posting call.
+            unsafe {
+                let wr = &mut *wr_base.add(i);
+                wr.sg_list = if count == 0 {
+                    std::ptr::null_mut()
+                } else {
+                    sge_base.add(first as usize)
+                };
+                wr.next = if i + 1 < n {
+                    wr_base.add(i + 1)
+                } else {
+                    std::ptr::null_mut()
+                };
+            }
+        }
+        wr_base
+    }
+
+    /// Index of `bad` in this list.
+    pub(crate) fn index_of(&self, bad: *const sys::ibv_send_wr) -> usize {
+        let base = self.wrs.as_ptr() as usize;
+        let size = std::mem::size_of::<sys::ibv_send_wr>();
+        let off = (bad as usize).wrapping_sub(base) / size;
+        off.min(self.wrs.len())
+    }
+}
+
+/// A reusable chain of receive WRs with their SGEs.
+pub struct RecvWrList {
+    wrs: Vec<sys::ibv_recv_wr>,
+    sges: Vec<sys::ibv_sge>,
+    ranges: Vec<(u32, u32)>,
+    max_wrs: usize,
+    max_sges: usize,
+}
+
+// SAFETY: as for SendWrList: internal pointers only point into own storage.
+unsafe impl Send for RecvWrList {}
+
+impl std::fmt::Debug for RecvWrList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvWrList")
+            .field("len", &self.wrs.len())
+            .field("max_wrs", &self.max_wrs)
+            .finish()
+    }
+}
+
+impl RecvWrList {
+    /// A list holding up to `max_wrs` WRs and `max_sges` SGEs in total.
+    pub fn with_capacity(max_wrs: usize, max_sges: usize) -> RecvWrList {
+        RecvWrList {
+            wrs: Vec::with_capacity(max_wrs),
+            sges: Vec::with_capacity(max_sges),
+            ranges: Vec::with_capacity(max_wrs),
+            max_wrs,
+            max_sges,
+        }
+    }
+
+    /// Number of WRs queued.
+    pub fn len(&self) -> usize {
+        self.wrs.len()
+    }
+
+    /// True if no WR is queued.
+    pub fn is_empty(&self) -> bool {
+        self.wrs.is_empty()
+    }
+
+    /// Remove all WRs (keeps the storage).
+    pub fn clear(&mut self) {
+        self.wrs.clear();
+        self.sges.clear();
+        self.ranges.clear();
+    }
+
+    /// The raw wr_id of WR `i`.
+    pub fn raw_wr_id(&self, i: usize) -> Option<u64> {
+        self.wrs.get(i).map(|w| w.wr_id)
+    }
+
+    /// Append one receive WR.
+    pub fn push(&mut self, id: WrId, sges: &[Sge]) -> Result<()> {
+        if self.wrs.len() >= self.max_wrs {
+            return Err(VerbsError::ListFull {
+                what: "wr",
+                capacity: self.max_wrs,
+            });
+        }
+        if self.sges.len() + sges.len() > self.max_sges {
+            return Err(VerbsError::ListFull {
+                what: "sge",
+                capacity: self.max_sges,
+            });
+        }
+        self.ranges
+            .push((self.sges.len() as u32, sges.len() as u32));
+        self.sges.extend(sges.iter().map(|s| s.to_sys()));
+        self.wrs.push(sys::ibv_recv_wr {
+            wr_id: id.to_raw(),
+            next: std::ptr::null_mut(),
+            sg_list: std::ptr::null_mut(),
+            num_sge: sges.len() as i32,
+        });
+        Ok(())
+    }
+
+    pub(crate) fn link(&mut self) -> *mut sys::ibv_recv_wr {
+        let n = self.wrs.len();
+        if n == 0 {
+            return std::ptr::null_mut();
+        }
+        let sge_base = self.sges.as_mut_ptr();
+        let wr_base = self.wrs.as_mut_ptr();
+        for (i, &(first, count)) in self.ranges.iter().enumerate() {
+            // SAFETY: indices are in bounds by construction in `push`.
+            unsafe {
+                let wr = &mut *wr_base.add(i);
+                wr.sg_list = if count == 0 {
+                    std::ptr::null_mut()
+                } else {
+                    sge_base.add(first as usize)
+                };
+                wr.next = if i + 1 < n {
+                    wr_base.add(i + 1)
+                } else {
+                    std::ptr::null_mut()
+                };
+            }
+        }
+        wr_base
+    }
+
+    pub(crate) fn index_of(&self, bad: *const sys::ibv_recv_wr) -> usize {
+        let base = self.wrs.as_ptr() as usize;
+        let size = std::mem::size_of::<sys::ibv_recv_wr>();
+        let off = (bad as usize).wrapping_sub(base) / size;
+        off.min(self.wrs.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sge(a: u64) -> Sge {
+        Sge::from_region(a, 16, 7)
+    }
+
+    #[test]
+    fn send_list_links_chain_and_respects_capacity() {
+        let mut l = SendWrList::with_capacity(3, 4);
+        l.push(
+            WrId::data(1, 0),
+            SendOp::RdmaWrite {
+                remote_addr: 0x1000,
+                rkey: 9,
+            },
+            &[sge(1), sge(2)],
+            SendFlags::UNSIGNALED,
+        )
+        .unwrap();
+        l.push(
+            WrId::send(1, 0),
+            SendOp::Send,
+            &[sge(3)],
+            SendFlags::SIGNALED,
+        )
+        .unwrap();
+        assert!(matches!(
+            l.push(
+                WrId::send(1, 1),
+                SendOp::Send,
+                &[sge(4), sge(5)],
+                SendFlags::SIGNALED
+            ),
+            Err(VerbsError::ListFull { what: "sge", .. })
+        ));
+        let cap = l.sges.capacity();
+        let head = l.link();
+        assert_eq!(l.sges.capacity(), cap, "no reallocation");
+        // SAFETY: test-only walk of the chain we just linked.
+        unsafe {
+            assert_eq!((*head).opcode, sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE);
+            assert_eq!((*head).wr.rdma.rkey, 9);
+            assert_eq!((*head).num_sge, 2);
+            assert_eq!((*(*head).sg_list.add(1)).addr, 2);
+            let second = (*head).next;
+            assert_eq!((*second).send_flags, 2);
+            assert_eq!((*(*second).sg_list).addr, 3);
+            assert!((*second).next.is_null());
+            assert_eq!(l.index_of(second), 1);
+        }
+        l.push(WrId::send(1, 2), SendOp::Send, &[], SendFlags::SIGNALED)
+            .unwrap();
+        assert!(matches!(
+            l.push(WrId::send(1, 3), SendOp::Send, &[], SendFlags::SIGNALED),
+            Err(VerbsError::ListFull { what: "wr", .. })
+        ));
+        l.clear();
+        assert!(l.is_empty());
+        assert!(l.link().is_null());
+    }
+
+    #[test]
+    fn recv_list_links() {
+        let mut l = RecvWrList::with_capacity(2, 2);
+        l.push(WrId::recv(0, 5), &[sge(10)]).unwrap();
+        l.push(WrId::recv(0, 6), &[sge(20)]).unwrap();
+        let head = l.link();
+        // SAFETY: test-only walk of the chain we just linked.
+        unsafe {
+            assert_eq!(WrId::from_raw((*head).wr_id).unwrap().index(), 5);
+            assert_eq!((*(*(*head).next).sg_list).addr, 20);
+        }
+        assert_eq!(l.raw_wr_id(1), Some(WrId::recv(0, 6).to_raw()));
+    }
+
+    #[test]
+    fn flags_bits_match_ibverbs() {
+        assert_eq!(SendFlags::SIGNALED.bits(), 2);
+        assert_eq!(
+            SendFlags {
+                inline: true,
+                fence: true,
+                ..SendFlags::UNSIGNALED
+            }
+            .bits(),
+            9
+        );
+    }
+}
