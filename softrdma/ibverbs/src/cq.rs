@@ -1,0 +1,488 @@
+//! Completion queues and completion channels.
+//!
+//! A CQ is a ring of `ibv_wc` in the owner's private memory, described by a fabric `CqRec`
+//! (head/tail/lock/armed). Producers (this process for send completions and flushes, peers for
+//! receive completions) append under the record's lock; the owner consumes in `ibv_poll_cq`
+//! without the lock. An armed CQ that receives an entry queues one event on its channel:
+//! directly when the producer is local, through the owner's event thread otherwise.
+
+use crate::runtime::{self, Runtime};
+use crate::util::{self, errno, set_errno, SharedLock};
+use softrdma_abi::fabric::{Counter, CqRec, MAX_CQS};
+use softrdma_abi::verbs::*;
+use std::collections::VecDeque;
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+/// Private wrapper of a completion channel; `ch` must stay first.
+#[repr(C)]
+pub(crate) struct ChannelWrap {
+    pub ch: ibv_comp_channel,
+    pub wr_fd: c_int,
+}
+
+/// Private wrapper of a CQ; `cq` must stay first.
+#[repr(C)]
+pub(crate) struct CqWrap {
+    pub cq: ibv_cq,
+    pub slot: u32,
+    pub rec: &'static CqRec,
+    /// Serialises consumers (`poll_cq`, `resize_cq`).
+    pub consumer: Mutex<Held>,
+}
+
+/// Completions held back by the delay fault, in arrival order.
+pub(crate) struct Held {
+    pub q: VecDeque<(u64, ibv_wc)>,
+}
+
+/// Create a pipe (read end blocking, write end non-blocking; both close-on-exec).
+pub(crate) fn make_pipe() -> Result<(c_int, c_int), i32> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: fds is a valid 2-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(errno());
+    }
+    // SAFETY: fds[1] is the pipe's write end we just created.
+    unsafe {
+        let fl = libc::fcntl(fds[1], libc::F_GETFL);
+        libc::fcntl(fds[1], libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    Ok((fds[0], fds[1]))
+}
+
+pub(crate) unsafe extern "C" fn create_comp_channel(
+    ctx: *mut ibv_context,
+) -> *mut ibv_comp_channel {
+    let Some(rt) = runtime::get() else {
+        set_errno(libc::ENODEV);
+        return std::ptr::null_mut();
+    };
+    let (rd, wr) = match make_pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            set_errno(e);
+            return std::ptr::null_mut();
+        }
+    };
+    rt.count(Counter::CompChannels, 1);
+    let w = Box::new(ChannelWrap {
+        ch: ibv_comp_channel {
+            context: ctx,
+            fd: rd,
+            refcnt: 0,
+        },
+        wr_fd: wr,
+    });
+    Box::into_raw(w) as *mut ibv_comp_channel
+}
+
+pub(crate) unsafe extern "C" fn destroy_comp_channel(ch: *mut ibv_comp_channel) -> c_int {
+    if ch.is_null() {
+        return libc::EINVAL;
+    }
+    // SAFETY: ch was created by create_comp_channel.
+    unsafe {
+        if (*ch).refcnt != 0 {
+            return libc::EBUSY;
+        }
+        let w = Box::from_raw(ch as *mut ChannelWrap);
+        libc::close(w.ch.fd);
+        libc::close(w.wr_fd);
+    }
+    if let Some(rt) = runtime::get() {
+        rt.count(Counter::CompChannels, -1);
+    }
+    0
+}
+
+fn alloc_ring(cap: usize) -> *mut ibv_wc {
+    let v: Box<[ibv_wc]> = (0..cap).map(|_| ibv_wc::default()).collect();
+    Box::into_raw(v) as *mut ibv_wc
+}
+
+/// # Safety
+/// `p`/`cap` must come from `alloc_ring`.
+unsafe fn free_ring(p: *mut ibv_wc, cap: usize) {
+    if !p.is_null() {
+        // SAFETY: reconstructing the boxed slice allocated by alloc_ring with the same length.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, cap)) });
+    }
+}
+
+pub(crate) unsafe extern "C" fn create_cq(
+    ctx: *mut ibv_context,
+    cqe: c_int,
+    cq_context: *mut c_void,
+    channel: *mut ibv_comp_channel,
+    _comp_vector: c_int,
+) -> *mut ibv_cq {
+    let Some(rt) = runtime::get() else {
+        set_errno(libc::ENODEV);
+        return std::ptr::null_mut();
+    };
+    if ctx.is_null() || cqe < 1 || cqe as u32 > crate::device::MAX_CQE {
+        set_errno(libc::EINVAL);
+        return std::ptr::null_mut();
+    }
+    let f = &rt.fabric;
+    let Some(slot) = rt.alloc_slot(MAX_CQS, &f.header().cq_hint, |i| &f.cq(i).owner) else {
+        set_errno(libc::ENOMEM);
+        return std::ptr::null_mut();
+    };
+    let rec = f.cq(slot);
+    let cap = (cqe as usize).max(16);
+    let ring = alloc_ring(cap);
+    rec.lock.store(0, Ordering::Relaxed);
+    rec.armed.store(0, Ordering::Relaxed);
+    rec.overrun.store(0, Ordering::Relaxed);
+    rec.head.store(0, Ordering::Relaxed);
+    rec.tail.store(0, Ordering::Relaxed);
+    rec.addr.store(ring as u64, Ordering::Relaxed);
+    rec.cap.store(cap as u32, Ordering::Relaxed);
+    rec.generation.fetch_add(1, Ordering::Release);
+    let mut cq: ibv_cq = Default::default();
+    cq.context = ctx;
+    cq.channel = channel;
+    cq.cq_context = cq_context;
+    cq.handle = slot as u32;
+    cq.cqe = cap as c_int;
+    let w = Box::into_raw(Box::new(CqWrap {
+        cq,
+        slot: slot as u32,
+        rec,
+        consumer: Mutex::new(Held { q: VecDeque::new() }),
+    }));
+    // SAFETY: w is a fresh allocation; channel (if any) is a live channel of ours.
+    unsafe {
+        libc::pthread_mutex_init(
+            &mut (*w).cq.mutex as *mut _ as *mut libc::pthread_mutex_t,
+            std::ptr::null(),
+        );
+        libc::pthread_cond_init(
+            &mut (*w).cq.cond as *mut _ as *mut libc::pthread_cond_t,
+            std::ptr::null(),
+        );
+        if !channel.is_null() {
+            (*(&mut (*channel).refcnt as *mut c_int as *const AtomicU32))
+                .fetch_add(1, Ordering::AcqRel);
+        }
+    }
+    rt.cqs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(slot as u32, w as usize);
+    rt.count(Counter::Cqs, 1);
+    w as *mut ibv_cq
+}
+
+pub(crate) unsafe extern "C" fn destroy_cq(cq: *mut ibv_cq) -> c_int {
+    if cq.is_null() {
+        return libc::EINVAL;
+    }
+    let Some(rt) = runtime::get() else {
+        return libc::EINVAL;
+    };
+    let w = cq as *mut CqWrap;
+    // SAFETY: cq was created by create_cq.
+    let slot = unsafe { (*w).slot };
+    rt.cqs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&slot);
+    // SAFETY: w is live until freed below.
+    let rec = unsafe { (*w).rec };
+    let (ring, cap) = {
+        let _l = SharedLock::lock(&rec.lock, rt.pid);
+        let r = (
+            rec.addr.swap(0, Ordering::AcqRel),
+            rec.cap.swap(0, Ordering::AcqRel),
+        );
+        rec.armed.store(0, Ordering::Relaxed);
+        r
+    };
+    rec.owner.store(0, Ordering::Release);
+    // SAFETY: the ring is no longer reachable from the record; nobody writes it any more.
+    unsafe {
+        free_ring(ring as *mut ibv_wc, cap as usize);
+        let ch = (*w).cq.channel;
+        if !ch.is_null() {
+            (*(&mut (*ch).refcnt as *mut c_int as *const AtomicU32)).fetch_sub(1, Ordering::AcqRel);
+        }
+        drop(Box::from_raw(w));
+    }
+    rt.count(Counter::Cqs, -1);
+    0
+}
+
+pub(crate) unsafe extern "C" fn resize_cq(cq: *mut ibv_cq, cqe: c_int) -> c_int {
+    if cq.is_null() || cqe < 1 || cqe as u32 > crate::device::MAX_CQE {
+        return libc::EINVAL;
+    }
+    let Some(rt) = runtime::get() else {
+        return libc::EINVAL;
+    };
+    // SAFETY: cq is a live CQ of ours.
+    let w = unsafe { &*(cq as *const CqWrap) };
+    let _c = w.consumer.lock().unwrap_or_else(|e| e.into_inner());
+    let rec = w.rec;
+    let _l = SharedLock::lock(&rec.lock, rt.pid);
+    let head = rec.head.load(Ordering::Acquire);
+    let tail = rec.tail.load(Ordering::Acquire);
+    let count = (tail - head) as usize;
+    let new_cap = (cqe as usize).max(16).max(count);
+    let old = rec.addr.load(Ordering::Relaxed) as *mut ibv_wc;
+    let old_cap = rec.cap.load(Ordering::Relaxed) as usize;
+    let new = alloc_ring(new_cap);
+    for k in 0..count {
+        // SAFETY: both rings are live local allocations; indices are in bounds.
+        unsafe { *new.add(k) = *old.add(((head as usize) + k) % old_cap) };
+    }
+    rec.addr.store(new as u64, Ordering::Relaxed);
+    rec.cap.store(new_cap as u32, Ordering::Relaxed);
+    rec.head.store(0, Ordering::Relaxed);
+    rec.tail.store(count as u64, Ordering::Release);
+    // SAFETY: the old ring is unreachable (we hold the producer lock and the consumer lock).
+    unsafe {
+        free_ring(old, old_cap);
+        (*cq).cqe = new_cap as c_int;
+    }
+    0
+}
+
+/// Why a completion could not be appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The ring is full (CQ overrun).
+    Overrun,
+    /// The CQ is gone or its owner died.
+    Gone,
+}
+
+/// Append `wc` to the CQ in record slot `slot` owned by `owner`.
+pub(crate) fn push(rt: &Runtime, slot: u32, owner: u32, wc: &ibv_wc) -> Result<(), PushError> {
+    let rec = rt.fabric.cq(slot as usize);
+    {
+        let _l = SharedLock::lock(&rec.lock, rt.pid);
+        if rec.owner.load(Ordering::Acquire) != owner {
+            return Err(PushError::Gone);
+        }
+        let cap = rec.cap.load(Ordering::Relaxed) as u64;
+        let addr = rec.addr.load(Ordering::Relaxed);
+        if cap == 0 || addr == 0 {
+            return Err(PushError::Gone);
+        }
+        let head = rec.head.load(Ordering::Acquire);
+        let tail = rec.tail.load(Ordering::Relaxed);
+        if tail - head >= cap {
+            rec.overrun.store(1, Ordering::Relaxed);
+            return Err(PushError::Overrun);
+        }
+        let dst = addr + (tail % cap) * std::mem::size_of::<ibv_wc>() as u64;
+        if owner == rt.pid {
+            // SAFETY: dst is inside our own live ring (cap/addr read under the producer lock, which
+            // resize/destroy also take).
+            unsafe { std::ptr::write(dst as *mut ibv_wc, *wc) };
+        } else if util::write_to(owner, &[(wc as *const ibv_wc as u64, 48)], &[(dst, 48)]).is_err()
+        {
+            return Err(PushError::Gone);
+        }
+        rec.tail.store(tail + 1, Ordering::Release);
+    }
+    if rec.armed.swap(0, Ordering::AcqRel) == 1 {
+        if owner == rt.pid {
+            notify_local(rt, slot);
+        } else {
+            rt.send_to(owner, &format!("cq {slot}"));
+        }
+    }
+    Ok(())
+}
+
+/// Queue a completion event on the channel of local CQ `slot` (if it still exists).
+pub(crate) fn notify_local(rt: &Runtime, slot: u32) {
+    let g = rt.cqs.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&p) = g.get(&slot) {
+        // SAFETY: registered CQs are live while in the registry (removed under this lock first).
+        unsafe { notify(p as *mut CqWrap) };
+    }
+}
+
+/// # Safety
+/// `w` must be a live CQ.
+unsafe fn notify(w: *mut CqWrap) {
+    // SAFETY: w is live; its channel, if set, is a live ChannelWrap.
+    unsafe {
+        let ch = (*w).cq.channel;
+        if ch.is_null() {
+            return;
+        }
+        let cw = ch as *mut ChannelWrap;
+        let p = w as *mut ibv_cq as u64;
+        let r = libc::write((*cw).wr_fd, &p as *const u64 as *const c_void, 8);
+        if r != 8 {
+            crate::log::warn("completion event dropped: channel pipe full");
+        }
+    }
+}
+
+pub(crate) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_wc) -> c_int {
+    if cq.is_null() || n < 0 || (n > 0 && wc.is_null()) {
+        return -libc::EINVAL;
+    }
+    let Some(rt) = runtime::get() else {
+        return -libc::EINVAL;
+    };
+    // SAFETY: cq is a live CQ of ours.
+    let w = unsafe { &*(cq as *const CqWrap) };
+    let mut held = w.consumer.lock().unwrap_or_else(|e| e.into_inner());
+    let rec = w.rec;
+    let mut out = 0usize;
+    let n = n as usize;
+    let now = util::now_ms();
+    // Held (delayed) completions first, when due.
+    while out < n {
+        match held.q.front() {
+            Some(&(t, _)) if t <= now => {
+                let (_, e) = held.q.pop_front().unwrap_or((0, ibv_wc::default()));
+                // SAFETY: out < n entries of the caller's array.
+                unsafe { *wc.add(out) = e };
+                out += 1;
+            }
+            _ => break,
+        }
+    }
+    let cap = rec.cap.load(Ordering::Relaxed) as u64;
+    let ring = rec.addr.load(Ordering::Relaxed) as *const ibv_wc;
+    let mut head = rec.head.load(Ordering::Relaxed);
+    let tail = rec.tail.load(Ordering::Acquire);
+    while out < n && head < tail && cap > 0 {
+        // SAFETY: head < tail so the slot was published (release) by a producer; ring is our own
+        // live allocation of cap entries.
+        let e = unsafe { *ring.add((head % cap) as usize) };
+        head += 1;
+        if let Some(ms) = rt.faults.delay_for(e.qp_num) {
+            held.q.push_back((now + ms, e));
+            continue;
+        }
+        if !held.q.is_empty() && held.q.iter().any(|(_, h)| h.qp_num == e.qp_num) {
+            // Keep per-QP order behind held entries of the same QP.
+            let t = held.q.back().map(|x| x.0).unwrap_or(now);
+            held.q.push_back((t, e));
+            continue;
+        }
+        // SAFETY: out < n entries of the caller's array.
+        unsafe { *wc.add(out) = e };
+        out += 1;
+    }
+    rec.head.store(head, Ordering::Release);
+    drop(held);
+    if out > 0 {
+        rt.count(Counter::Completions, out as i64);
+        for k in 0..out {
+            // SAFETY: entries 0..out were written above.
+            let st = unsafe { (*wc.add(k)).status };
+            if st == IBV_WC_WR_FLUSH_ERR {
+                rt.count(Counter::FlushCompletions, 1);
+            } else if st != IBV_WC_SUCCESS {
+                rt.count(Counter::ErrorCompletions, 1);
+            }
+        }
+    }
+    if rec.overrun.swap(0, Ordering::Relaxed) == 1 {
+        crate::log::warn(&format!("CQ {} overrun (capacity {cap})", w.slot));
+        let mut ev: ibv_async_event = Default::default();
+        ev.element.cq = cq;
+        ev.event_type = IBV_EVENT_CQ_ERR;
+        // SAFETY: the CQ's context is live.
+        unsafe { crate::device::ctx_wrap((*cq).context) }
+            .async_q
+            .push(ev);
+    }
+    out as c_int
+}
+
+/// True if the CQ has entries the application has not polled yet.
+fn nonempty(w: &CqWrap) -> bool {
+    let rec = w.rec;
+    rec.tail.load(Ordering::Acquire) != rec.head.load(Ordering::Acquire)
+        || !w
+            .consumer
+            .try_lock()
+            .map(|h| h.q.is_empty())
+            .unwrap_or(true)
+}
+
+pub(crate) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, _solicited_only: c_int) -> c_int {
+    if cq.is_null() {
+        return libc::EINVAL;
+    }
+    // SAFETY: cq is a live CQ of ours.
+    let w = unsafe { &*(cq as *const CqWrap) };
+    w.rec.armed.store(1, Ordering::SeqCst);
+    // Arm-then-check: entries already present generate an event now (no lost wake-ups).
+    if nonempty(w) && w.rec.armed.swap(0, Ordering::AcqRel) == 1 {
+        // SAFETY: w is live.
+        unsafe { notify(cq as *mut CqWrap) };
+    }
+    0
+}
+
+/// Event-thread hook: CQs with due held completions and armed → notify.
+pub(crate) fn tick(rt: &Runtime) {
+    let g = rt.cqs.lock().unwrap_or_else(|e| e.into_inner());
+    let now = util::now_ms();
+    for &p in g.values() {
+        // SAFETY: registered CQs are live while the registry lock is held.
+        let w = unsafe { &*(p as *const CqWrap) };
+        let due = w
+            .consumer
+            .try_lock()
+            .map(|h| h.q.front().is_some_and(|x| x.0 <= now))
+            .unwrap_or(false);
+        if due && w.rec.armed.swap(0, Ordering::AcqRel) == 1 {
+            // SAFETY: w is live (registry lock held).
+            unsafe { notify(p as *mut CqWrap) };
+        }
+    }
+}
+
+pub(crate) unsafe extern "C" fn get_cq_event(
+    ch: *mut ibv_comp_channel,
+    cq: *mut *mut ibv_cq,
+    cq_context: *mut *mut c_void,
+) -> c_int {
+    if ch.is_null() || cq.is_null() || cq_context.is_null() {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    let mut p: u64 = 0;
+    // SAFETY: ch is a live channel; reading 8 bytes into a local.
+    let r = unsafe { libc::read((*ch).fd, &mut p as *mut u64 as *mut c_void, 8) };
+    if r != 8 {
+        if r >= 0 {
+            set_errno(libc::EIO);
+        }
+        return -1;
+    }
+    let c = p as *mut ibv_cq;
+    // SAFETY: the record holds a CQ pointer written by notify(); the application must not destroy
+    // a CQ with unacknowledged events, so it is live.
+    unsafe {
+        *cq = c;
+        *cq_context = (*c).cq_context;
+    }
+    0
+}
+
+pub(crate) unsafe extern "C" fn ack_cq_events(cq: *mut ibv_cq, n: u32) {
+    if cq.is_null() {
+        return;
+    }
+    // SAFETY: cq is a live CQ; the counter is a u32 inside it (same layout as AtomicU32).
+    unsafe {
+        (*(&mut (*cq).comp_events_completed as *mut u32 as *const AtomicU32))
+            .fetch_add(n, Ordering::AcqRel)
+    };
+}

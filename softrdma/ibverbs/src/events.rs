@@ -1,0 +1,149 @@
+//! Async events (one pipe per context; each record is one `struct ibv_async_event`).
+
+use crate::device::ctx_wrap;
+use crate::runtime;
+use crate::util::{errno, set_errno};
+use softrdma_abi::fabric::Counter;
+use softrdma_abi::verbs::*;
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A pipe carrying async event records. Reads consume one event; the read end honours
+/// O_NONBLOCK set by the application.
+pub(crate) struct AsyncQueue {
+    rd: c_int,
+    wr: c_int,
+}
+
+impl AsyncQueue {
+    /// A new queue (errno on failure).
+    pub(crate) fn new() -> Result<AsyncQueue, i32> {
+        let (rd, wr) = crate::cq::make_pipe()?;
+        Ok(AsyncQueue { rd, wr })
+    }
+
+    /// The fd applications poll (`ctx->async_fd`).
+    pub(crate) fn read_fd(&self) -> c_int {
+        self.rd
+    }
+
+    /// Queue one event (dropped with a warning if 4096 events are already unread).
+    pub(crate) fn push(&self, ev: ibv_async_event) {
+        let n = std::mem::size_of::<ibv_async_event>();
+        // SAFETY: writing n bytes from a live local struct to our own non-blocking pipe fd.
+        let r = unsafe { libc::write(self.wr, &ev as *const _ as *const libc::c_void, n) };
+        if r != n as isize {
+            crate::log::warn(&format!(
+                "async event {} dropped: event queue full",
+                ev.event_type
+            ));
+        }
+        if let Some(rt) = runtime::get() {
+            rt.count(Counter::AsyncEvents, 1);
+        }
+    }
+}
+
+impl Drop for AsyncQueue {
+    fn drop(&mut self) {
+        // SAFETY: closing our own fds once.
+        unsafe {
+            libc::close(self.rd);
+            libc::close(self.wr);
+        }
+    }
+}
+
+/// Raise a QP event on the QP's context.
+///
+/// # Safety
+/// `qp` must be a live QP of ours.
+pub(crate) unsafe fn raise_qp_event(qp: *mut ibv_qp, ty: ibv_event_type) {
+    let mut ev: ibv_async_event = Default::default();
+    ev.element.qp = qp;
+    ev.event_type = ty;
+    // SAFETY: qp is live, so its context is too.
+    let ctx = unsafe { ctx_wrap((*qp).context) };
+    // SAFETY: reading the qp_num of a live QP.
+    let qpn = unsafe { (*qp).qp_num };
+    crate::log::debug(&format!("async event {ty} on QP {qpn:#x}"));
+    ctx.async_q.push(ev);
+}
+
+/// Raise a port / device event on every open context.
+pub(crate) fn raise_device_event(ty: ibv_event_type) {
+    let Some(rt) = runtime::get() else { return };
+    let g = rt.contexts.lock().unwrap_or_else(|e| e.into_inner());
+    for &w in g.iter() {
+        let mut ev: ibv_async_event = Default::default();
+        if ty != IBV_EVENT_DEVICE_FATAL {
+            ev.element.port_num = 1;
+        }
+        ev.event_type = ty;
+        // SAFETY: registered contexts are live until removed from this list (under the lock).
+        unsafe { (*(w as *const crate::device::CtxWrap)).async_q.push(ev) };
+    }
+}
+
+pub(crate) unsafe extern "C" fn get_async_event(
+    ctx: *mut ibv_context,
+    ev: *mut ibv_async_event,
+) -> c_int {
+    if ctx.is_null() || ev.is_null() {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    let n = std::mem::size_of::<ibv_async_event>();
+    // SAFETY: ctx is a live context; reading into the caller's struct of n bytes.
+    let r = unsafe { libc::read((*ctx).async_fd, ev as *mut libc::c_void, n) };
+    if r != n as isize {
+        if r >= 0 {
+            set_errno(libc::EIO);
+        } else {
+            set_errno(errno());
+        }
+        return -1;
+    }
+    0
+}
+
+fn bump(p: *mut u32) {
+    // SAFETY: p points to a u32 counter inside a live verbs object; AtomicU32 has the same layout.
+    unsafe { (*(p as *const AtomicU32)).fetch_add(1, Ordering::AcqRel) };
+}
+
+pub(crate) unsafe extern "C" fn ack_async_event(ev: *mut ibv_async_event) {
+    if ev.is_null() {
+        return;
+    }
+    // SAFETY: ev is the caller's event as returned by get_async_event; its element points to a
+    // live object of the kind implied by event_type.
+    unsafe {
+        let e = &*ev;
+        match e.event_type {
+            IBV_EVENT_CQ_ERR => {
+                if !e.element.cq.is_null() {
+                    bump(&mut (*e.element.cq).async_events_completed);
+                }
+            }
+            IBV_EVENT_SRQ_ERR | IBV_EVENT_SRQ_LIMIT_REACHED => {
+                if !e.element.srq.is_null() {
+                    bump(&mut (*e.element.srq).events_completed);
+                }
+            }
+            IBV_EVENT_QP_FATAL
+            | IBV_EVENT_QP_REQ_ERR
+            | IBV_EVENT_QP_ACCESS_ERR
+            | IBV_EVENT_COMM_EST
+            | IBV_EVENT_SQ_DRAINED
+            | IBV_EVENT_PATH_MIG
+            | IBV_EVENT_PATH_MIG_ERR
+            | IBV_EVENT_QP_LAST_WQE_REACHED => {
+                if !e.element.qp.is_null() {
+                    bump(&mut (*e.element.qp).events_completed);
+                }
+            }
+            _ => {}
+        }
+    }
+}

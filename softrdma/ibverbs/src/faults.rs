@@ -1,0 +1,541 @@
+//! Deterministic fault injection. Rules come from `SOFTRDMA_FAULTS` (`;`-separated) at start-up
+//! and from `fault <rule>` control commands at run time. Grammar (docs/softrdma.md):
+//!
+//! ```text
+//! fail:op=<send|send_imm|send_inv|write|write_imm|read|cas|faa|any>,nth=<N>,status=<N|name>[,qp=<filter>]
+//! qperr:qp=<filter>,after=<N>          QP -> ERR when its N-th send WR is about to execute
+//! delay:qp=<filter>,ms=<N>             hold this QP's completions for N ms (reorders across QPs)
+//! loseflush:qp=<filter>[,count=<N>]    drop WR_FLUSH_ERR completions (all, or the next N)
+//! cmdrop:qp=<filter>                   ask librdmacm to drop the connection of that QP
+//! async:event=<port_err|port_active|device_fatal|N>[,after_ms=<N>]
+//! random:seed=<N>,rate=<0..1>[,kinds=fail|qperr|delay|loseflush|cmdrop]
+//! filter: * | <qpn, decimal or 0x hex> | #<N> (the N-th QP created by this process)
+//! ```
+
+use softrdma_abi::fabric::Counter;
+use softrdma_abi::verbs::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Which QPs a rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum QpFilter {
+    Any,
+    Qpn(u32),
+    Seq(u32),
+}
+
+impl QpFilter {
+    fn parse(s: &str) -> Result<QpFilter, String> {
+        if s == "*" {
+            Ok(QpFilter::Any)
+        } else if let Some(n) = s.strip_prefix('#') {
+            n.parse()
+                .map(QpFilter::Seq)
+                .map_err(|_| format!("bad QP ordinal '{s}'"))
+        } else {
+            parse_u64(s).map(|v| QpFilter::Qpn(v as u32))
+        }
+    }
+    /// Public parser for control commands.
+    pub(crate) fn parse_pub(s: &str) -> Result<QpFilter, String> {
+        QpFilter::parse(s)
+    }
+    /// Does the filter match a QP with number `qpn` and ordinal `seq` (0 = unknown)?
+    pub(crate) fn matches(self, qpn: u32, seq: u32) -> bool {
+        match self {
+            QpFilter::Any => true,
+            QpFilter::Qpn(q) => q == qpn,
+            QpFilter::Seq(s) => s == seq && seq != 0,
+        }
+    }
+}
+
+fn parse_u64(s: &str) -> Result<u64, String> {
+    let r = if let Some(h) = s.strip_prefix("0x") {
+        u64::from_str_radix(h, 16)
+    } else {
+        s.parse()
+    };
+    r.map_err(|_| format!("bad number '{s}'"))
+}
+
+fn parse_op(s: &str) -> Result<Option<u32>, String> {
+    Ok(Some(match s {
+        "any" | "*" => return Ok(None),
+        "send" => IBV_WR_SEND,
+        "send_imm" => IBV_WR_SEND_WITH_IMM,
+        "send_inv" => IBV_WR_SEND_WITH_INV,
+        "write" => IBV_WR_RDMA_WRITE,
+        "write_imm" => IBV_WR_RDMA_WRITE_WITH_IMM,
+        "read" => IBV_WR_RDMA_READ,
+        "cas" => IBV_WR_ATOMIC_CMP_AND_SWP,
+        "faa" => IBV_WR_ATOMIC_FETCH_AND_ADD,
+        _ => return Err(format!("unknown opcode '{s}'")),
+    }))
+}
+
+fn parse_status(s: &str) -> Result<u32, String> {
+    Ok(match s.to_ascii_lowercase().trim_start_matches("ibv_wc_") {
+        "retry_exc_err" => IBV_WC_RETRY_EXC_ERR,
+        "rnr_retry_exc_err" => IBV_WC_RNR_RETRY_EXC_ERR,
+        "rem_access_err" => IBV_WC_REM_ACCESS_ERR,
+        "rem_op_err" => IBV_WC_REM_OP_ERR,
+        "rem_inv_req_err" => IBV_WC_REM_INV_REQ_ERR,
+        "loc_prot_err" => IBV_WC_LOC_PROT_ERR,
+        "loc_len_err" => IBV_WC_LOC_LEN_ERR,
+        "loc_qp_op_err" => IBV_WC_LOC_QP_OP_ERR,
+        "fatal_err" => IBV_WC_FATAL_ERR,
+        "general_err" => IBV_WC_GENERAL_ERR,
+        other => {
+            let v = parse_u64(other)? as u32;
+            if v == 0 || v == IBV_WC_WR_FLUSH_ERR || v > IBV_WC_TM_RNDV_INCOMPLETE {
+                return Err(format!("status {v} is not an injectable error status"));
+            }
+            v
+        }
+    })
+}
+
+/// Parse an async event name or number.
+pub(crate) fn parse_event(s: &str) -> Result<u32, String> {
+    Ok(match s {
+        "port_err" => IBV_EVENT_PORT_ERR,
+        "port_active" => IBV_EVENT_PORT_ACTIVE,
+        "device_fatal" => IBV_EVENT_DEVICE_FATAL,
+        "lid_change" => IBV_EVENT_LID_CHANGE,
+        "sm_change" => IBV_EVENT_SM_CHANGE,
+        "client_reregister" => IBV_EVENT_CLIENT_REREGISTER,
+        other => parse_u64(other)? as u32,
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Rule {
+    Fail {
+        filter: QpFilter,
+        op: Option<u32>,
+        nth: u64,
+        status: u32,
+        fired: Vec<u32>,
+    },
+    QpErr {
+        filter: QpFilter,
+        after: u64,
+        fired: Vec<u32>,
+    },
+    LoseFlush {
+        filter: QpFilter,
+        count: Option<u64>,
+    },
+    CmDrop {
+        filter: QpFilter,
+        fired: bool,
+    },
+    Async {
+        event: u32,
+        at_ms: u64,
+        fired: bool,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Random {
+    state: u64,
+    rate: f64,
+    kinds: Vec<&'static str>,
+}
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        // xorshift64*: deterministic for a given seed and WR sequence.
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[derive(Default)]
+struct State {
+    rules: Vec<Rule>,
+    random: Option<Random>,
+    /// Delayed QPs (from delay rules and random delay), qpn → ms.
+    delays: Vec<(QpFilter, u64)>,
+    /// QPNs whose CM connection must be dropped (pending for librdmacm).
+    cm_pending: Vec<u32>,
+}
+
+/// What the engine must do with a WR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Complete it with this error status, then QP → ERR.
+    Fail(u32),
+    /// Move the QP to ERR now (the WR is flushed).
+    QpError,
+}
+
+/// Fault-injection state of the process.
+pub(crate) struct Faults {
+    st: Mutex<State>,
+    active: AtomicBool,
+    any_delay: AtomicBool,
+}
+
+static PORT_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// True after an injected port_err, until port_active.
+pub(crate) fn port_down() -> bool {
+    PORT_DOWN.load(Ordering::Relaxed)
+}
+
+fn note(msg: String) {
+    crate::log::fault(&msg);
+    if let Some(rt) = crate::runtime::get() {
+        rt.count(Counter::FaultsInjected, 1);
+    }
+}
+
+impl Faults {
+    /// Rules from `SOFTRDMA_FAULTS` (invalid rules are reported and ignored).
+    pub(crate) fn from_env() -> Faults {
+        let f = Faults {
+            st: Mutex::new(State::default()),
+            active: AtomicBool::new(false),
+            any_delay: AtomicBool::new(false),
+        };
+        if let Ok(spec) = std::env::var("SOFTRDMA_FAULTS") {
+            for r in spec.split(';').map(str::trim).filter(|r| !r.is_empty()) {
+                if let Err(e) = f.add(r) {
+                    crate::log::warn(&format!("SOFTRDMA_FAULTS: ignoring rule '{r}': {e}"));
+                }
+            }
+        }
+        f
+    }
+
+    /// Add one rule (see the module docs).
+    pub(crate) fn add(&self, rule: &str) -> Result<(), String> {
+        let (kind, args) = rule.split_once(':').unwrap_or((rule, ""));
+        let mut kv = std::collections::HashMap::new();
+        for p in args.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = p
+                .split_once('=')
+                .ok_or_else(|| format!("expected key=value, got '{p}'"))?;
+            kv.insert(k.trim(), v.trim());
+        }
+        let filter = QpFilter::parse(kv.get("qp").copied().unwrap_or("*"))?;
+        let num = |k: &str, d: Option<u64>| -> Result<u64, String> {
+            match kv.get(k) {
+                Some(v) => parse_u64(v),
+                None => d.ok_or_else(|| format!("missing '{k}='")),
+            }
+        };
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        match kind {
+            "fail" => {
+                let op = parse_op(kv.get("op").copied().unwrap_or("any"))?;
+                let status = parse_status(kv.get("status").copied().unwrap_or("retry_exc_err"))?;
+                st.rules.push(Rule::Fail {
+                    filter,
+                    op,
+                    nth: num("nth", Some(1))?.max(1),
+                    status,
+                    fired: Vec::new(),
+                });
+            }
+            "qperr" => st.rules.push(Rule::QpErr {
+                filter,
+                after: num("after", Some(1))?.max(1),
+                fired: Vec::new(),
+            }),
+            "delay" => {
+                let ms = num("ms", Some(10))?;
+                st.delays.push((filter, ms));
+                self.any_delay.store(true, Ordering::Relaxed);
+            }
+            "loseflush" => st.rules.push(Rule::LoseFlush {
+                filter,
+                count: kv.get("count").map(|v| parse_u64(v)).transpose()?,
+            }),
+            "cmdrop" => st.rules.push(Rule::CmDrop {
+                filter,
+                fired: false,
+            }),
+            "async" => {
+                let event = parse_event(kv.get("event").copied().unwrap_or("port_err"))?;
+                let at_ms = crate::util::now_ms() + num("after_ms", Some(0))?;
+                st.rules.push(Rule::Async {
+                    event,
+                    at_ms,
+                    fired: false,
+                });
+            }
+            "random" => {
+                let seed = num("seed", Some(1))?.max(1);
+                let rate: f64 = kv
+                    .get("rate")
+                    .map(|v| v.parse::<f64>())
+                    .transpose()
+                    .map_err(|_| "bad rate".to_string())?
+                    .unwrap_or(0.01);
+                if !(0.0..=1.0).contains(&rate) {
+                    return Err(format!("rate {rate} not in 0..1"));
+                }
+                let all = ["fail", "qperr", "delay", "loseflush", "cmdrop"];
+                let kinds: Vec<&'static str> = match kv.get("kinds") {
+                    None => all.to_vec(),
+                    Some(k) => {
+                        let mut v = Vec::new();
+                        for x in k.split('|') {
+                            v.push(
+                                *all.iter()
+                                    .find(|a| **a == x)
+                                    .ok_or_else(|| format!("unknown random kind '{x}'"))?,
+                            );
+                        }
+                        v
+                    }
+                };
+                st.random = Some(Random {
+                    state: seed,
+                    rate,
+                    kinds,
+                });
+            }
+            _ => return Err(format!("unknown fault kind '{kind}'")),
+        }
+        crate::log::debug(&format!("fault rule added: {rule}"));
+        self.active.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Remove every rule.
+    pub(crate) fn clear(&self) {
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        *st = State::default();
+        self.active.store(false, Ordering::Release);
+        self.any_delay.store(false, Ordering::Relaxed);
+    }
+
+    /// Called before a WR executes. `nth_of_op`/`nth` are 1-based per-QP counters.
+    pub(crate) fn on_wr(
+        &self,
+        qpn: u32,
+        seq: u32,
+        opcode: u32,
+        nth_of_op: u64,
+        nth: u64,
+        wr_id: u64,
+    ) -> Option<Action> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        for r in st.rules.iter_mut() {
+            match r {
+                Rule::Fail {
+                    filter,
+                    op,
+                    nth: n,
+                    status,
+                    fired,
+                } => {
+                    let counter = if op.is_some() { nth_of_op } else { nth };
+                    if filter.matches(qpn, seq)
+                        && op.is_none_or(|o| o == opcode)
+                        && counter == *n
+                        && !fired.contains(&qpn)
+                    {
+                        fired.push(qpn);
+                        let s = *status;
+                        drop(st);
+                        note(format!("kind=fail qp={qpn:#x} wr_id={wr_id:#x} opcode={opcode} nth={counter} status={s}"));
+                        return Some(Action::Fail(s));
+                    }
+                }
+                Rule::QpErr {
+                    filter,
+                    after,
+                    fired,
+                } => {
+                    if filter.matches(qpn, seq) && nth >= *after && !fired.contains(&qpn) {
+                        fired.push(qpn);
+                        drop(st);
+                        note(format!(
+                            "kind=qperr qp={qpn:#x} wr_id={wr_id:#x} after={nth}"
+                        ));
+                        return Some(Action::QpError);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let rnd = st.random.as_mut()?;
+        if rnd.unit() >= rnd.rate {
+            return None;
+        }
+        let k = (rnd.next() % rnd.kinds.len() as u64) as usize;
+        let kind = rnd.kinds[k];
+        let pick = rnd.next();
+        match kind {
+            "fail" => {
+                let statuses = [
+                    IBV_WC_RETRY_EXC_ERR,
+                    IBV_WC_REM_ACCESS_ERR,
+                    IBV_WC_RNR_RETRY_EXC_ERR,
+                    IBV_WC_REM_OP_ERR,
+                ];
+                let s = statuses[(pick % 4) as usize];
+                drop(st);
+                note(format!(
+                    "kind=random-fail qp={qpn:#x} wr_id={wr_id:#x} opcode={opcode} status={s}"
+                ));
+                Some(Action::Fail(s))
+            }
+            "qperr" => {
+                drop(st);
+                note(format!("kind=random-qperr qp={qpn:#x} wr_id={wr_id:#x}"));
+                Some(Action::QpError)
+            }
+            "delay" => {
+                let ms = 1 + pick % 20;
+                st.delays.push((QpFilter::Qpn(qpn), ms));
+                self.any_delay.store(true, Ordering::Relaxed);
+                drop(st);
+                note(format!(
+                    "kind=random-delay qp={qpn:#x} wr_id={wr_id:#x} ms={ms}"
+                ));
+                None
+            }
+            "loseflush" => {
+                st.rules.push(Rule::LoseFlush {
+                    filter: QpFilter::Qpn(qpn),
+                    count: Some(1),
+                });
+                drop(st);
+                note(format!(
+                    "kind=random-loseflush qp={qpn:#x} wr_id={wr_id:#x}"
+                ));
+                None
+            }
+            _ => {
+                st.cm_pending.push(qpn);
+                drop(st);
+                note(format!("kind=random-cmdrop qp={qpn:#x} wr_id={wr_id:#x}"));
+                None
+            }
+        }
+    }
+
+    /// Completion delay for QP `qpn`, if a delay rule matches.
+    pub(crate) fn delay_for(&self, qpn: u32) -> Option<u64> {
+        if !self.any_delay.load(Ordering::Relaxed) {
+            return None;
+        }
+        let seq = crate::runtime::get()
+            .and_then(|rt| qp_seq(rt, qpn))
+            .unwrap_or(0);
+        let st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        st.delays
+            .iter()
+            .find(|(f, _)| f.matches(qpn, seq))
+            .map(|x| x.1)
+    }
+
+    /// True if this flush completion must be dropped (logged).
+    pub(crate) fn lose_flush(&self, qpn: u32, seq: u32, wr_id: u64) -> bool {
+        if !self.active.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        for r in st.rules.iter_mut() {
+            if let Rule::LoseFlush { filter, count } = r {
+                if filter.matches(qpn, seq) && count.is_none_or(|c| c > 0) {
+                    if let Some(c) = count {
+                        *c -= 1;
+                    }
+                    drop(st);
+                    note(format!("kind=loseflush qp={qpn:#x} wr_id={wr_id:#x}"));
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// librdmacm asks whether the connection of `qpn` must be dropped now (consumes the fault).
+    pub(crate) fn cm_should_drop(&self, qpn: u32) -> bool {
+        if !self.active.load(Ordering::Acquire) {
+            return false;
+        }
+        let seq = crate::runtime::get()
+            .and_then(|rt| qp_seq(rt, qpn))
+            .unwrap_or(0);
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = st.cm_pending.iter().position(|&q| q == qpn) {
+            st.cm_pending.remove(i);
+            return true;
+        }
+        for r in st.rules.iter_mut() {
+            if let Rule::CmDrop { filter, fired } = r {
+                if !*fired && filter.matches(qpn, seq) {
+                    *fired = true;
+                    drop(st);
+                    note(format!("kind=cmdrop qp={qpn:#x} wr_id=-"));
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Event-thread hook: due async events, pending CM drops.
+    pub(crate) fn tick(&self) -> (Vec<u32>, Vec<u32>) {
+        if !self.active.load(Ordering::Acquire) {
+            return (Vec::new(), Vec::new());
+        }
+        let now = crate::util::now_ms();
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        let mut events = Vec::new();
+        for r in st.rules.iter_mut() {
+            if let Rule::Async {
+                event,
+                at_ms,
+                fired,
+            } = r
+            {
+                if !*fired && *at_ms <= now {
+                    *fired = true;
+                    events.push(*event);
+                }
+            }
+        }
+        let drops = std::mem::take(&mut st.cm_pending);
+        (events, drops)
+    }
+}
+
+fn qp_seq(rt: &crate::runtime::Runtime, qpn: u32) -> Option<u32> {
+    let g = rt.qps.lock().unwrap_or_else(|e| e.into_inner());
+    let p = *g.get(&(qpn & 0xffff))?;
+    // SAFETY: registered QPs are live while the registry lock is held.
+    let w = unsafe { &*(p as *const crate::qp::QpWrap) };
+    (w.qpn == qpn).then_some(w.seq)
+}
+
+/// Raise an injected async event on every context (and track port state).
+pub(crate) fn raise_async(event: u32) {
+    match event {
+        IBV_EVENT_PORT_ERR => PORT_DOWN.store(true, Ordering::Relaxed),
+        IBV_EVENT_PORT_ACTIVE => PORT_DOWN.store(false, Ordering::Relaxed),
+        _ => {}
+    }
+    note(format!("kind=async event={event} qp=- wr_id=-"));
+    crate::events::raise_device_event(event);
+}

@@ -1,0 +1,30 @@
+//! softrdma's drop-in `libibverbs.so.1`: the complete rdma-core 44 libibverbs ABI (180 symbols at
+//! their exact versions, see `exports`), one emulated InfiniBand device, and a cross-process RC
+//! fabric: per-process objects described in a shared fabric segment, payload moved by the
+//! requester with `process_vm_readv/writev`, private CQ rings fed by peers, a per-process event
+//! thread for doorbells, retries, liveness and fault-injection control. See docs/softrdma.md.
+
+// Verbs structs are plain C structs filled field by field, as the C library does.
+#![allow(
+    clippy::field_reassign_with_default,
+    clippy::collapsible_match,
+    clippy::type_complexity
+)]
+
+mod cq;
+mod device;
+mod engine;
+mod event_loop;
+mod events;
+mod exports;
+mod faults;
+mod log;
+mod mr;
+mod pd;
+mod private;
+mod qp;
+mod runtime;
+mod srq;
+mod strings;
+mod stubs;
+mod util;

@@ -1,0 +1,178 @@
+//! The per-process runtime: fabric mapping, node identity, object registries, the control /
+//! doorbell socket and the event thread. Created lazily on first use and re-created in a forked
+//! child (objects created before `fork` are not usable in the child).
+
+use crate::faults::Faults;
+use softrdma_abi::fabric::{self, Counter, Fabric, MAX_NODES};
+use std::collections::HashMap;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Process-wide state.
+pub(crate) struct Runtime {
+    /// The shared fabric segment.
+    pub fabric: Fabric,
+    /// Our pid.
+    pub pid: u32,
+    /// Our node slot.
+    pub node: usize,
+    /// Local QPs by slot → `*mut QpWrap`.
+    pub qps: Mutex<HashMap<u32, usize>>,
+    /// Local CQs by slot → `*mut CqWrap`.
+    pub cqs: Mutex<HashMap<u32, usize>>,
+    /// Open contexts (`*mut CtxWrap`).
+    pub contexts: Mutex<Vec<usize>>,
+    /// Fault injection state.
+    pub faults: Faults,
+    /// Control / doorbell socket (bound to `@softrdma/<uid>/node/<pid>`).
+    pub sock: UnixDatagram,
+    /// The shared context handed to librdmacm.
+    pub shared_ctx: Mutex<usize>,
+    /// CM drop handler registered by librdmacm.
+    pub cm_drop: Mutex<Option<(softrdma_abi::private::CmDropHandler, usize)>>,
+    /// Number of QPs created so far in this process (for `qp=#N` filters).
+    pub qp_seq: AtomicU32,
+}
+
+static RT: AtomicPtr<Runtime> = AtomicPtr::new(std::ptr::null_mut());
+static INIT: AtomicU32 = AtomicU32::new(0);
+static ATFORK: std::sync::Once = std::sync::Once::new();
+
+extern "C" fn atfork_child() {
+    // The child has no event thread and a different pid: start from scratch on next use.
+    RT.store(std::ptr::null_mut(), Ordering::SeqCst);
+    INIT.store(0, Ordering::SeqCst);
+}
+
+/// The runtime, creating it on first use. Returns None (after logging) if the fabric cannot
+/// be set up.
+pub(crate) fn get() -> Option<&'static Runtime> {
+    loop {
+        let p = RT.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: RT only ever holds a leaked Box<Runtime>, never freed.
+            return Some(unsafe { &*p });
+        }
+        if INIT
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            ATFORK.call_once(|| {
+                // SAFETY: registering a plain extern "C" child handler.
+                unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
+            });
+            match Runtime::create() {
+                Ok(rt) => {
+                    let rt: &'static Runtime = Box::leak(Box::new(rt));
+                    RT.store(rt as *const Runtime as *mut Runtime, Ordering::Release);
+                    let spawned = std::thread::Builder::new()
+                        .name("softrdma-event".into())
+                        .spawn(move || crate::event_loop::run(rt));
+                    if let Err(e) = spawned {
+                        crate::log::warn(&format!("cannot start the event thread: {e}"));
+                    }
+                    return Some(rt);
+                }
+                Err(e) => {
+                    crate::log::warn(&format!("cannot initialise: {e}"));
+                    INIT.store(0, Ordering::Release);
+                    return None;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+impl Runtime {
+    fn create() -> std::io::Result<Runtime> {
+        let fabric = Fabric::open()?;
+        let pid = std::process::id();
+        let start = fabric::pid_starttime(pid).unwrap_or(0);
+        let mut node = None;
+        for i in 0..MAX_NODES {
+            let n = fabric.node(i);
+            let owner = n.owner.load(Ordering::Acquire);
+            let free = owner == 0
+                || (owner != pid
+                    && (!fabric::pid_alive(owner)
+                        || fabric::pid_starttime(owner)
+                            != Some(n.starttime.load(Ordering::Relaxed))));
+            if free
+                && n.owner
+                    .compare_exchange(owner, pid, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                n.starttime.store(start, Ordering::Relaxed);
+                for c in &n.counters {
+                    c.store(0, Ordering::Relaxed);
+                }
+                node = Some(i);
+                break;
+            }
+        }
+        let node = node.ok_or_else(|| std::io::Error::other("fabric node table full"))?;
+        let name = fabric::node_socket_name(pid);
+        let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
+        let sock = UnixDatagram::bind_addr(&addr)?;
+        sock.set_nonblocking(true)?;
+        let faults = Faults::from_env();
+        crate::log::debug(&format!("runtime up: node slot {node}, socket @{name}"));
+        Ok(Runtime {
+            fabric,
+            pid,
+            node,
+            qps: Mutex::new(HashMap::new()),
+            cqs: Mutex::new(HashMap::new()),
+            contexts: Mutex::new(Vec::new()),
+            faults,
+            sock,
+            shared_ctx: Mutex::new(0),
+            cm_drop: Mutex::new(None),
+            qp_seq: AtomicU32::new(0),
+        })
+    }
+
+    /// Add `delta` to one of our counters.
+    pub(crate) fn count(&self, c: Counter, delta: i64) {
+        self.fabric.node(self.node).counters[c as usize].fetch_add(delta as u64, Ordering::Relaxed);
+    }
+
+    /// Send a datagram to the node socket of `pid` (best effort).
+    pub(crate) fn send_to(&self, pid: u32, msg: &str) {
+        let name = fabric::node_socket_name(pid);
+        if let Ok(addr) = SocketAddr::from_abstract_name(name.as_bytes()) {
+            if let Err(e) = self.sock.send_to_addr(msg.as_bytes(), &addr) {
+                crate::log::debug(&format!("doorbell '{msg}' to pid {pid} failed: {e}"));
+            }
+        }
+    }
+
+    /// Allocate a free record among `n` using `owner_of(i)` words, starting at a rotating hint.
+    /// Records whose owner died are reclaimed on a second pass.
+    pub(crate) fn alloc_slot<F>(&self, n: usize, hint: &AtomicU32, owner_of: F) -> Option<usize>
+    where
+        F: Fn(usize) -> &'static AtomicU32,
+    {
+        let start = hint.fetch_add(1, Ordering::Relaxed) as usize;
+        for pass in 0..2 {
+            for k in 0..n {
+                let i = (start + k) % n;
+                let w = owner_of(i);
+                let cur = w.load(Ordering::Relaxed);
+                let claim = cur == 0 || (pass == 1 && cur != self.pid && !fabric::pid_alive(cur));
+                if claim
+                    && w.compare_exchange(cur, self.pid, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    hint.store((i + 1) as u32, Ordering::Relaxed);
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+}

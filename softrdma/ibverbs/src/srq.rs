@@ -1,0 +1,201 @@
+//! Shared receive queues: a WQE ring in the owner's memory described by a fabric `SrqRec`;
+//! requesters of every QP attached to it pop WQEs under the record's lock.
+
+use crate::pd::pd_id;
+use crate::runtime;
+use crate::util::{set_errno, SharedLock};
+use softrdma_abi::fabric::{Counter, RecvWqe, SrqRec, WqeSge, MAX_RECV_SGE, MAX_SRQS};
+use softrdma_abi::verbs::*;
+use std::ffi::c_int;
+use std::sync::atomic::Ordering;
+
+/// Private wrapper; `srq` must stay first.
+#[repr(C)]
+pub(crate) struct SrqWrap {
+    pub srq: ibv_srq,
+    pub slot: u32,
+    pub rec: &'static SrqRec,
+    pub ring: *mut RecvWqe,
+    pub cap: u32,
+    pub max_sge: u32,
+}
+
+pub(crate) unsafe extern "C" fn create_srq(
+    pd: *mut ibv_pd,
+    ia: *mut ibv_srq_init_attr,
+) -> *mut ibv_srq {
+    let Some(rt) = runtime::get() else {
+        set_errno(libc::ENODEV);
+        return std::ptr::null_mut();
+    };
+    if pd.is_null() || ia.is_null() {
+        set_errno(libc::EINVAL);
+        return std::ptr::null_mut();
+    }
+    // SAFETY: ia is the caller's struct.
+    let a = unsafe { &mut *ia };
+    if a.attr.max_wr > crate::device::MAX_SRQ_WR || a.attr.max_sge > MAX_RECV_SGE as u32 {
+        set_errno(libc::EINVAL);
+        return std::ptr::null_mut();
+    }
+    a.attr.max_wr = a.attr.max_wr.max(1);
+    a.attr.max_sge = a.attr.max_sge.max(1);
+    let f = &rt.fabric;
+    let Some(i) = rt.alloc_slot(MAX_SRQS, &f.header().srq_hint, |i| &f.srq(i).owner) else {
+        set_errno(libc::ENOMEM);
+        return std::ptr::null_mut();
+    };
+    let rec = f.srq(i);
+    let cap = a.attr.max_wr;
+    let ring =
+        Box::into_raw(vec![RecvWqe::default(); cap as usize].into_boxed_slice()) as *mut RecvWqe;
+    rec.lock.store(0, Ordering::Relaxed);
+    // SAFETY: pd is a live PD of ours.
+    rec.pd.store(unsafe { pd_id(pd) }, Ordering::Relaxed);
+    rec.head.store(0, Ordering::Relaxed);
+    rec.tail.store(0, Ordering::Relaxed);
+    rec.limit.store(a.attr.srq_limit, Ordering::Relaxed);
+    rec.addr.store(ring as u64, Ordering::Relaxed);
+    rec.cap.store(cap, Ordering::Release);
+    let mut s: ibv_srq = Default::default();
+    // SAFETY: pd is live.
+    s.context = unsafe { (*pd).context };
+    s.srq_context = a.srq_context;
+    s.pd = pd;
+    s.handle = i as u32;
+    let w = Box::into_raw(Box::new(SrqWrap {
+        srq: s,
+        slot: i as u32,
+        rec,
+        ring,
+        cap,
+        max_sge: a.attr.max_sge,
+    }));
+    // SAFETY: fresh allocation.
+    unsafe {
+        libc::pthread_mutex_init(
+            &mut (*w).srq.mutex as *mut _ as *mut libc::pthread_mutex_t,
+            std::ptr::null(),
+        );
+        libc::pthread_cond_init(
+            &mut (*w).srq.cond as *mut _ as *mut libc::pthread_cond_t,
+            std::ptr::null(),
+        );
+    }
+    rt.count(Counter::Srqs, 1);
+    w as *mut ibv_srq
+}
+
+pub(crate) unsafe extern "C" fn modify_srq(
+    srq: *mut ibv_srq,
+    attr: *mut ibv_srq_attr,
+    mask: c_int,
+) -> c_int {
+    if srq.is_null() || attr.is_null() {
+        return libc::EINVAL;
+    }
+    // SAFETY: live SRQ of ours; caller's attr.
+    let (w, a) = unsafe { (&*(srq as *const SrqWrap), &*attr) };
+    if mask as u32 & IBV_SRQ_MAX_WR != 0 {
+        return libc::EINVAL;
+    }
+    if mask as u32 & IBV_SRQ_LIMIT != 0 {
+        w.rec.limit.store(a.srq_limit, Ordering::Relaxed);
+    }
+    0
+}
+
+pub(crate) unsafe extern "C" fn query_srq(srq: *mut ibv_srq, attr: *mut ibv_srq_attr) -> c_int {
+    if srq.is_null() || attr.is_null() {
+        return libc::EINVAL;
+    }
+    // SAFETY: live SRQ of ours; caller's out struct.
+    unsafe {
+        let w = &*(srq as *const SrqWrap);
+        *attr = ibv_srq_attr {
+            max_wr: w.cap,
+            max_sge: w.max_sge,
+            srq_limit: w.rec.limit.load(Ordering::Relaxed),
+        };
+    }
+    0
+}
+
+pub(crate) unsafe extern "C" fn destroy_srq(srq: *mut ibv_srq) -> c_int {
+    if srq.is_null() {
+        return libc::EINVAL;
+    }
+    let Some(rt) = runtime::get() else {
+        return libc::EINVAL;
+    };
+    // SAFETY: created by create_srq.
+    let w = unsafe { Box::from_raw(srq as *mut SrqWrap) };
+    {
+        let _l = SharedLock::lock(&w.rec.lock, rt.pid);
+        w.rec.addr.store(0, Ordering::Relaxed);
+        w.rec.cap.store(0, Ordering::Relaxed);
+    }
+    w.rec.owner.store(0, Ordering::Release);
+    // SAFETY: the ring came from a boxed slice of cap entries and is unreachable now.
+    drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(w.ring, w.cap as usize)) });
+    rt.count(Counter::Srqs, -1);
+    0
+}
+
+pub(crate) unsafe extern "C" fn post_srq_recv(
+    srq: *mut ibv_srq,
+    wr: *mut ibv_recv_wr,
+    bad: *mut *mut ibv_recv_wr,
+) -> c_int {
+    let Some(rt) = runtime::get() else {
+        return libc::EINVAL;
+    };
+    if srq.is_null() {
+        return libc::EINVAL;
+    }
+    // SAFETY: live SRQ of ours.
+    let w = unsafe { &*(srq as *const SrqWrap) };
+    let mut cur = wr;
+    let mut err = 0;
+    let mut posted = 0;
+    while !cur.is_null() {
+        // SAFETY: walking the caller's chain.
+        let r = unsafe { &*cur };
+        if r.num_sge < 0 || r.num_sge as u32 > w.max_sge {
+            err = libc::EINVAL;
+            break;
+        }
+        let mut wqe = RecvWqe {
+            wr_id: r.wr_id,
+            num_sge: r.num_sge as u32,
+            ..Default::default()
+        };
+        for k in 0..r.num_sge as usize {
+            // SAFETY: sg_list has num_sge entries.
+            let s = unsafe { *r.sg_list.add(k) };
+            wqe.sge[k] = WqeSge {
+                addr: s.addr,
+                length: s.length,
+                lkey: s.lkey,
+            };
+        }
+        let _l = SharedLock::lock(&w.rec.lock, rt.pid);
+        let h = w.rec.head.load(Ordering::Acquire);
+        let t = w.rec.tail.load(Ordering::Relaxed);
+        if t - h >= w.cap as u64 {
+            err = libc::ENOMEM;
+            break;
+        }
+        // SAFETY: in-bounds slot of our ring, written under the SRQ lock.
+        unsafe { *w.ring.add((t % w.cap as u64) as usize) = wqe };
+        w.rec.tail.store(t + 1, Ordering::Release);
+        posted += 1;
+        cur = r.next;
+    }
+    rt.count(Counter::PostedRecvs, posted);
+    if err != 0 && !bad.is_null() {
+        // SAFETY: caller's out pointer.
+        unsafe { *bad = cur };
+    }
+    err
+}

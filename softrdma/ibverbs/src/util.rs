@@ -1,0 +1,174 @@
+//! Small helpers: errno, cross-process copies, shared spin locks.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Set the calling thread's errno.
+pub(crate) fn set_errno(e: i32) {
+    // SAFETY: __errno_location returns the calling thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// The calling thread's errno.
+pub(crate) fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Why a cross-process copy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CopyError {
+    /// The peer process is gone (ESRCH) or refused (EPERM).
+    PeerGone,
+    /// An address was not mapped in one of the processes (EFAULT).
+    Fault,
+}
+
+fn iov(addr: u64, len: usize) -> libc::iovec {
+    libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: len,
+    }
+}
+
+/// Gather `local` (this process) into `remote` (process `pid`). Lengths must sum equally.
+/// Same-process copies use memcpy-like process_vm_writev on self (always valid addresses checked
+/// by the kernel), so a bad address yields `Fault` rather than a crash.
+pub(crate) fn write_to(
+    pid: u32,
+    local: &[(u64, usize)],
+    remote: &[(u64, usize)],
+) -> Result<(), CopyError> {
+    transfer(pid, local, remote, true)
+}
+
+/// Scatter `remote` (process `pid`) into `local` (this process).
+pub(crate) fn read_from(
+    pid: u32,
+    local: &[(u64, usize)],
+    remote: &[(u64, usize)],
+) -> Result<(), CopyError> {
+    transfer(pid, local, remote, false)
+}
+
+fn transfer(
+    pid: u32,
+    local: &[(u64, usize)],
+    remote: &[(u64, usize)],
+    write: bool,
+) -> Result<(), CopyError> {
+    let total: usize = local.iter().map(|x| x.1).sum();
+    debug_assert_eq!(total, remote.iter().map(|x| x.1).sum::<usize>());
+    if total == 0 {
+        return Ok(());
+    }
+    // Advance through both lists; the kernel may do partial transfers.
+    let mut done = 0usize;
+    while done < total {
+        let l = slice_from(local, done, 64);
+        let r = slice_from(remote, done, 64);
+        // SAFETY: the iovec arrays are valid for the call; the kernel validates every address in
+        // both processes and reports EFAULT instead of touching unmapped memory.
+        let n = unsafe {
+            if write {
+                libc::process_vm_writev(
+                    pid as libc::pid_t,
+                    l.as_ptr(),
+                    l.len() as _,
+                    r.as_ptr(),
+                    r.len() as _,
+                    0,
+                )
+            } else {
+                libc::process_vm_readv(
+                    pid as libc::pid_t,
+                    l.as_ptr(),
+                    l.len() as _,
+                    r.as_ptr(),
+                    r.len() as _,
+                    0,
+                )
+            }
+        };
+        if n < 0 {
+            return Err(match errno() {
+                libc::ESRCH | libc::EPERM => CopyError::PeerGone,
+                _ => CopyError::Fault,
+            });
+        }
+        if n == 0 {
+            return Err(CopyError::Fault);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// iovecs covering `list` starting at byte `skip`, at most `max` entries.
+fn slice_from(list: &[(u64, usize)], mut skip: usize, max: usize) -> Vec<libc::iovec> {
+    let mut v = Vec::with_capacity(list.len().min(max));
+    for &(a, l) in list {
+        if v.len() == max {
+            break;
+        }
+        if skip >= l {
+            skip -= l;
+            continue;
+        }
+        v.push(iov(a + skip as u64, l - skip));
+        skip = 0;
+    }
+    v
+}
+
+/// A spin lock living in shared memory: the word holds the holder's pid (0 = free). A holder
+/// that died is detected after a while and the lock is stolen.
+pub(crate) struct SharedLock<'a> {
+    word: &'a AtomicU32,
+}
+
+impl<'a> SharedLock<'a> {
+    /// Acquire `word` for `me`.
+    pub(crate) fn lock(word: &'a AtomicU32, me: u32) -> SharedLock<'a> {
+        let mut spins = 0u32;
+        let mut since: Option<Instant> = None;
+        loop {
+            match word.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return SharedLock { word },
+                Err(holder) => {
+                    spins += 1;
+                    if spins < 64 {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    std::thread::yield_now();
+                    let t0 = *since.get_or_insert_with(Instant::now);
+                    if holder != 0
+                        && holder != me
+                        && t0.elapsed() > Duration::from_millis(50)
+                        && !softrdma_abi::fabric::pid_alive(holder)
+                        && word
+                            .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        crate::log::warn(&format!(
+                            "recovered a shared lock held by dead process {holder}"
+                        ));
+                        return SharedLock { word };
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for SharedLock<'_> {
+    fn drop(&mut self) {
+        self.word.store(0, Ordering::Release);
+    }
+}
+
+/// Monotonic milliseconds since an arbitrary process-local origin.
+pub(crate) fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
