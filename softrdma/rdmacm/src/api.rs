@@ -1031,7 +1031,6 @@ pub unsafe fn connect(idp: *mut rdma_cm_id, param: *const rdma_conn_param) -> c_
     debug!("cm_id {idp:p}: REQ sent to {dst} (QPN {qpn:#x})");
     let sync = st.sync;
     drop(st);
-    maybe_fault(&id);
     if sync {
         // SAFETY: live id.
         return unsafe { complete(idp) };
@@ -1113,7 +1112,6 @@ pub unsafe fn accept(idp: *mut rdma_cm_id, param: *const rdma_conn_param) -> c_i
     debug!("cm_id {idp:p}: accepted (QPN {qpn:#x})");
     let sync = st.sync;
     drop(st);
-    maybe_fault(&id);
     if sync {
         // SAFETY: live id.
         return unsafe { complete(idp) };
@@ -1256,6 +1254,9 @@ fn finish_event(ev: &mut EventBox) {
                 .unwrap_or_default();
             id.run(&mut st, outs);
             ev.ev.event = RDMA_CM_EVENT_ESTABLISHED;
+            drop(st);
+            // Fault kind f: a scheduled CM drop fires once the connection is established.
+            maybe_fault(&id);
         }
         Err(e) => {
             let outs = st.conn.as_mut().expect("checked").machine.fail_rep();

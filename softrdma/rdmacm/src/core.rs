@@ -143,8 +143,8 @@ fn open_devices() -> Result<Vec<Device>, c_int> {
             ));
             continue;
         }
-        // SAFETY: ibv_gid is a union of byte array and two u64; reading raw bytes is valid.
         let gid_bytes = if r3 == 0 {
+            // SAFETY: ibv_gid is a union of a byte array and two u64; any bytes are valid.
             unsafe { gid.raw }
         } else {
             [0u8; 16]
@@ -1281,7 +1281,15 @@ fn on_conn(key: u64, id: &Arc<IdBox>, fd: &Arc<OwnedFd>) {
             }
         };
         let closing = outs.iter().any(|o| matches!(o, Output::Close));
+        let established = outs
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::Established)));
         id.run(&mut st, outs);
+        drop(st);
+        if established {
+            // Fault kind f: a scheduled CM drop fires once the connection is established.
+            maybe_fault(id);
+        }
         if closing {
             return;
         }
@@ -1300,7 +1308,7 @@ pub fn qpn_of(id: &IdBox, st: &IdState) -> u32 {
 }
 
 /// Drop the CM connection of `id` as if the peer had vanished (fault kind f).
-pub fn drop_connection(id: &Arc<IdBox>, why: &str) {
+pub fn drop_connection(id: &Arc<IdBox>, why: &str, count_it: bool) {
     let mut st = lock(&id.st);
     let qpn = qpn_of(id, &st);
     let Some(c) = st.conn.as_mut() else {
@@ -1314,7 +1322,7 @@ pub fn drop_connection(id: &Arc<IdBox>, why: &str) {
         id.c_ptr(),
         c.machine.state()
     ));
-    if let Some(p) = ffi::private() {
+    if let (true, Some(p)) = (count_it, ffi::private()) {
         if let Ok(w) = std::ffi::CString::new(format!("cm-drop cm_id={:p}", id.c_ptr())) {
             // SAFETY: vtable function; NUL-terminated string outliving the call.
             unsafe { (p.note_cm_fault)(qpn, w.as_ptr()) };
@@ -1335,7 +1343,8 @@ pub fn maybe_fault(id: &Arc<IdBox>) -> bool {
     };
     // SAFETY: vtable function.
     if unsafe { (p.cm_should_drop)(qpn) } != 0 {
-        drop_connection(id, "scheduled by SOFTRDMA_FAULTS");
+        // cm_should_drop already counted and logged the fault.
+        drop_connection(id, "scheduled cmdrop rule", false);
         true
     } else {
         false
@@ -1350,7 +1359,7 @@ unsafe extern "C" fn fault_handler(_arg: *mut std::ffi::c_void, qpn: u32) {
             qpn_of(&id, &st)
         };
         if qpn == 0 || this == qpn {
-            drop_connection(&id, "control channel request");
+            drop_connection(&id, "cmdrop requested by libibverbs", true);
         }
     }
 }

@@ -1,0 +1,542 @@
+//! rdma_cm over softrdma, end to end through `rdma-sys`: connect/accept with private data
+//! both ways (and the responder-resources / initiator-depth swap), reject with private data,
+//! IPv6, peer `kill -9` → DISCONNECTED with the surviving QP in ERR, and the injected
+//! "drop the CM connection" fault.
+//!
+//! The RDMA part runs in child processes (this test binary re-executed with
+//! `LD_LIBRARY_PATH=<softrdma lib dir>`), so rdma-sys binds to softrdma's libraries.
+//! The lib dir is `$SOFTRDMA_LIB_DIR`, else `<workspace>/target/softrdma`
+//! (built by `bash scripts/build-softrdma.sh`).
+
+use std::ffi::c_void;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rdma_sys::*;
+
+const ROLE: &str = "SOFTRDMA_CM_TEST_ROLE";
+/// Bound for every wait (a hang guard, not a performance assertion).
+const WAIT_MS: i32 = 20_000;
+
+// ----------------------------------------------------------------------------------------
+// parent side
+
+fn lib_dir() -> PathBuf {
+    let dir = std::env::var_os("SOFTRDMA_LIB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/softrdma"));
+    for lib in ["libibverbs.so.1", "librdmacm.so.1"] {
+        assert!(
+            dir.join(lib).exists(),
+            "{} not found in {}: build softrdma first with `bash scripts/build-softrdma.sh` \
+             (or point SOFTRDMA_LIB_DIR at the directory holding libibverbs.so.1 and librdmacm.so.1)",
+            lib,
+            dir.display()
+        );
+    }
+    dir
+}
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, role: &str, env: &[(&str, String)]) -> Proc {
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut cmd = Command::new(exe);
+        cmd.args(["child_main", "--exact", "--nocapture", "--test-threads=1"])
+            .env(ROLE, role)
+            .env("LD_LIBRARY_PATH", lib_dir())
+            .env_remove("SOFTRDMA_FAULTS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn child");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            name,
+            child,
+            lines: rx,
+        }
+    }
+
+    /// Wait for a line starting with `prefix`; returns the rest.
+    fn expect(&mut self, prefix: &str) -> String {
+        loop {
+            match self
+                .lines
+                .recv_timeout(Duration::from_millis(WAIT_MS as u64))
+            {
+                Ok(l) => {
+                    eprintln!("[{}] {l}", self.name);
+                    // The harness prints "test child_main ... " without a newline first.
+                    if let Some(i) = l.find(prefix) {
+                        return l[i + prefix.len()..].trim().to_string();
+                    }
+                    if l.contains("FAIL ") {
+                        panic!("{} failed while waiting for '{prefix}': {l}", self.name);
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("{}: no '{prefix}' line within {WAIT_MS} ms", self.name);
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) {
+        // Drain remaining output, then the exit status.
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(Duration::from_millis(WAIT_MS as u64))
+        {
+            eprintln!("[{}] {l}", self.name);
+            assert!(!l.contains("FAIL "), "{}: {l}", self.name);
+        }
+        let st = self.child.wait().expect("wait child");
+        assert!(st.success(), "{} exited with {st}", self.name);
+    }
+}
+
+fn run_pair(ip: &str, server_mode: &str, client_then: &str, client_env: &[(&str, String)]) {
+    let mut server = Proc::spawn(
+        "server",
+        "server",
+        &[("CM_ADDR", ip.into()), ("CM_MODE", server_mode.into())],
+    );
+    let port = server.expect("PORT ");
+    let mut env = vec![
+        ("CM_ADDR", ip.to_string()),
+        ("CM_PORT", port),
+        ("CM_THEN", client_then.to_string()),
+    ];
+    env.extend(client_env.iter().cloned());
+    let mut client = Proc::spawn("client", "client", &env);
+    let req = server.expect("REQ ");
+    assert_eq!(req, "rr=2 id=4 pdata=ok", "CONNECT_REQUEST view");
+    match server_mode {
+        "reject" => {
+            client.expect("REJECTED ok");
+            client.finish();
+            server.finish();
+        }
+        _ => {
+            server.expect("ESTABLISHED");
+            let est = client.expect("ESTABLISHED ");
+            // Server accepted with responder_resources=1, initiator_depth=3: the client's
+            // event shows them swapped.
+            assert_eq!(est, "rr=3 id=1 pdata=ok");
+            if client_then == "sleep" {
+                client.expect("READY");
+                client.child.kill().expect("kill -9 client");
+                let _ = client.child.wait();
+            }
+            server.expect("DISCONNECTED");
+            assert_eq!(server.expect("QPSTATE "), "6", "server QP must be in ERR");
+            if client_then != "sleep" {
+                client.expect("DISCONNECTED");
+                client.finish();
+            }
+            server.finish();
+        }
+    }
+}
+
+#[test]
+fn connect_accept_private_data_disconnect_ipv4() {
+    run_pair("127.0.0.1", "accept", "disconnect", &[]);
+}
+
+#[test]
+fn connect_accept_private_data_disconnect_ipv6() {
+    run_pair("::1", "accept", "disconnect", &[]);
+}
+
+#[test]
+fn reject_with_private_data() {
+    run_pair("127.0.0.1", "reject", "disconnect", &[]);
+}
+
+#[test]
+fn peer_kill9_gives_disconnected_and_qp_error() {
+    run_pair("127.0.0.1", "accept", "sleep", &[]);
+}
+
+#[test]
+fn injected_cm_drop_disconnects_both_sides() {
+    run_pair(
+        "127.0.0.1",
+        "accept",
+        "fault",
+        &[("SOFTRDMA_FAULTS", "cmdrop:qp=*".to_string())],
+    );
+}
+
+// ----------------------------------------------------------------------------------------
+// child side
+
+/// Entry point of the re-executed children; a no-op in a normal test run.
+#[test]
+fn child_main() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let r = match role.as_str() {
+        "server" => server(),
+        "client" => client(),
+        r => Err(format!("unknown role {r}")),
+    };
+    match r {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            println!("FAIL {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn env(k: &str) -> String {
+    std::env::var(k).unwrap_or_default()
+}
+
+struct Ev {
+    kind: u32,
+    status: i32,
+    id: *mut rdma_cm_id,
+    pdata: Vec<u8>,
+    rr: u8,
+    id_depth: u8,
+}
+
+fn wait_event(ch: *mut rdma_event_channel, want: u32) -> Result<Ev, String> {
+    let ev = wait_any(ch)?;
+    if ev.kind != want {
+        return Err(format!(
+            "got CM event {} status {}, wanted {want}",
+            ev.kind, ev.status
+        ));
+    }
+    Ok(ev)
+}
+
+fn wait_any(ch: *mut rdma_event_channel) -> Result<Ev, String> {
+    // SAFETY: ch is a live channel created by this process; poll gets a valid pollfd;
+    // the event is read before it is acked and not used afterwards.
+    unsafe {
+        let mut pfd = libc::pollfd {
+            fd: (*ch).fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::poll(&mut pfd, 1, WAIT_MS) != 1 {
+            return Err(format!("no CM event within {WAIT_MS} ms"));
+        }
+        let mut e: *mut rdma_cm_event = std::ptr::null_mut();
+        if rdma_get_cm_event(ch, &mut e) != 0 {
+            return Err(format!(
+                "rdma_get_cm_event: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let c = &(*e).param.conn;
+        let pdata = if c.private_data.is_null() {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts(c.private_data as *const u8, c.private_data_len as usize)
+                .to_vec()
+        };
+        let ev = Ev {
+            kind: (*e).event,
+            status: (*e).status,
+            id: (*e).id,
+            pdata,
+            rr: c.responder_resources,
+            id_depth: c.initiator_depth,
+        };
+        rdma_ack_cm_event(e);
+        Ok(ev)
+    }
+}
+
+fn sockaddr(a: &SocketAddr) -> libc::sockaddr_storage {
+    // SAFETY: all-zero is a valid sockaddr_storage; we write a sockaddr_in/in6 into its
+    // prefix, which the storage is large and aligned enough for.
+    unsafe {
+        let mut s: libc::sockaddr_storage = std::mem::zeroed();
+        match a {
+            SocketAddr::V4(v4) => {
+                let p = &mut s as *mut _ as *mut libc::sockaddr_in;
+                (*p).sin_family = libc::AF_INET as u16;
+                (*p).sin_port = v4.port().to_be();
+                (*p).sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            }
+            SocketAddr::V6(v6) => {
+                let p = &mut s as *mut _ as *mut libc::sockaddr_in6;
+                (*p).sin6_family = libc::AF_INET6 as u16;
+                (*p).sin6_port = v6.port().to_be();
+                (*p).sin6_addr.s6_addr = v6.ip().octets();
+            }
+        }
+        s
+    }
+}
+
+fn create_qp(id: *mut rdma_cm_id) -> Result<(), String> {
+    // SAFETY: id is live and bound to a device; the attr struct is zero-initialised
+    // and fully valid; NULL CQs make librdmacm create them.
+    unsafe {
+        let mut attr: ibv_qp_init_attr = std::mem::zeroed();
+        attr.cap.max_send_wr = 8;
+        attr.cap.max_recv_wr = 8;
+        attr.cap.max_send_sge = 1;
+        attr.cap.max_recv_sge = 1;
+        attr.qp_type = ibv_qp_type::IBV_QPT_RC;
+        if rdma_create_qp(id, std::ptr::null_mut(), &mut attr) != 0 {
+            return Err(format!(
+                "rdma_create_qp: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if (*id).qp.is_null() || (*id).send_cq.is_null() || (*id).recv_cq.is_null() {
+            return Err("rdma_create_qp left qp/send_cq/recv_cq NULL".into());
+        }
+    }
+    Ok(())
+}
+
+fn qp_state(id: *mut rdma_cm_id) -> Result<u32, String> {
+    // SAFETY: id->qp is a live QP; attr structs are valid out buffers.
+    unsafe {
+        let mut attr: ibv_qp_attr = std::mem::zeroed();
+        let mut init: ibv_qp_init_attr = std::mem::zeroed();
+        let r = ibv_query_qp(
+            (*id).qp,
+            &mut attr,
+            ibv_qp_attr_mask::IBV_QP_STATE.0 as i32,
+            &mut init,
+        );
+        if r != 0 {
+            return Err(format!("ibv_query_qp: errno {r}"));
+        }
+        Ok(attr.qp_state)
+    }
+}
+
+fn param(pdata: &'static [u8], rr: u8, id: u8) -> rdma_conn_param {
+    // SAFETY: all-zero is a valid rdma_conn_param.
+    let mut p: rdma_conn_param = unsafe { std::mem::zeroed() };
+    p.private_data = pdata.as_ptr() as *const c_void;
+    p.private_data_len = pdata.len() as u8;
+    p.responder_resources = rr;
+    p.initiator_depth = id;
+    p.retry_count = 7;
+    p.rnr_retry_count = 7;
+    p
+}
+
+fn server() -> Result<(), String> {
+    use rdma_cm_event_type::*;
+    let ip: std::net::IpAddr = env("CM_ADDR")
+        .parse()
+        .map_err(|e| format!("CM_ADDR: {e}"))?;
+    let mode = env("CM_MODE");
+    // SAFETY: straight-line use of the librdmacm API with live objects created here.
+    unsafe {
+        let ch = rdma_create_event_channel();
+        if ch.is_null() {
+            return Err(format!(
+                "rdma_create_event_channel: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut listen: *mut rdma_cm_id = std::ptr::null_mut();
+        if rdma_create_id(
+            ch,
+            &mut listen,
+            std::ptr::null_mut(),
+            rdma_port_space::RDMA_PS_TCP,
+        ) != 0
+        {
+            return Err("rdma_create_id".into());
+        }
+        let mut sa = sockaddr(&SocketAddr::new(ip, 0));
+        if rdma_bind_addr(listen, &mut sa as *mut _ as *mut libc::sockaddr) != 0 {
+            return Err(format!(
+                "rdma_bind_addr: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if (*listen).verbs.is_null() {
+            return Err("listen id has no verbs after binding a specific address".into());
+        }
+        if rdma_listen(listen, 4) != 0 {
+            return Err("rdma_listen".into());
+        }
+        let port = u16::from_be(rdma_get_src_port(listen));
+        if port == 0 {
+            return Err("rdma_get_src_port returned 0 after binding port 0".into());
+        }
+        println!("PORT {port}");
+        let req = wait_event(ch, RDMA_CM_EVENT_CONNECT_REQUEST)?;
+        let ok = req.pdata.starts_with(b"req-data") && req.pdata.len() == 56;
+        println!(
+            "REQ rr={} id={} pdata={}",
+            req.rr,
+            req.id_depth,
+            if ok { "ok" } else { "bad" }
+        );
+        let id = req.id;
+        let mut ndev = 0;
+        let devs = rdma_get_devices(&mut ndev);
+        if devs.is_null() || ndev < 1 || *devs != (*id).verbs {
+            return Err("rdma_get_devices()[0] is not the context of the new cm id".into());
+        }
+        rdma_free_devices(devs);
+        if mode == "reject" {
+            let msg = b"nope-reject";
+            if rdma_reject(id, msg.as_ptr() as *const c_void, msg.len() as u8) != 0 {
+                return Err("rdma_reject".into());
+            }
+            // Give the REJ time to leave before the id (and its socket) goes away.
+            std::thread::sleep(Duration::from_millis(200));
+            rdma_destroy_id(id);
+            rdma_destroy_id(listen);
+            rdma_destroy_event_channel(ch);
+            return Ok(());
+        }
+        create_qp(id)?;
+        let mut p = param(b"rep-data", 1, 3);
+        if rdma_accept(id, &mut p) != 0 {
+            return Err(format!("rdma_accept: {}", std::io::Error::last_os_error()));
+        }
+        wait_event(ch, RDMA_CM_EVENT_ESTABLISHED)?;
+        println!("ESTABLISHED");
+        wait_event(ch, RDMA_CM_EVENT_DISCONNECTED)?;
+        println!("DISCONNECTED");
+        // The application calls rdma_disconnect itself (SPDK does): the QP ends in ERR.
+        rdma_disconnect(id);
+        println!("QPSTATE {}", qp_state(id)?);
+        rdma_destroy_qp(id);
+        rdma_destroy_id(id);
+        rdma_destroy_id(listen);
+        rdma_destroy_event_channel(ch);
+    }
+    Ok(())
+}
+
+fn client() -> Result<(), String> {
+    use rdma_cm_event_type::*;
+    let ip: std::net::IpAddr = env("CM_ADDR")
+        .parse()
+        .map_err(|e| format!("CM_ADDR: {e}"))?;
+    let port: u16 = env("CM_PORT")
+        .parse()
+        .map_err(|e| format!("CM_PORT: {e}"))?;
+    let then = env("CM_THEN");
+    // SAFETY: straight-line use of the librdmacm API with live objects created here.
+    unsafe {
+        let ch = rdma_create_event_channel();
+        let mut id: *mut rdma_cm_id = std::ptr::null_mut();
+        if ch.is_null()
+            || rdma_create_id(
+                ch,
+                &mut id,
+                std::ptr::null_mut(),
+                rdma_port_space::RDMA_PS_TCP,
+            ) != 0
+        {
+            return Err("create channel/id".into());
+        }
+        let mut dst = sockaddr(&SocketAddr::new(ip, port));
+        if rdma_resolve_addr(
+            id,
+            std::ptr::null_mut(),
+            &mut dst as *mut _ as *mut libc::sockaddr,
+            2000,
+        ) != 0
+        {
+            return Err(format!(
+                "rdma_resolve_addr: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        wait_event(ch, RDMA_CM_EVENT_ADDR_RESOLVED)?;
+        if rdma_resolve_route(id, 2000) != 0 {
+            return Err("rdma_resolve_route".into());
+        }
+        wait_event(ch, RDMA_CM_EVENT_ROUTE_RESOLVED)?;
+        create_qp(id)?;
+        let mut p = param(b"req-data", 4, 2);
+        if rdma_connect(id, &mut p) != 0 {
+            return Err(format!("rdma_connect: {}", std::io::Error::last_os_error()));
+        }
+        let ev = wait_any(ch)?;
+        if ev.kind == RDMA_CM_EVENT_REJECTED {
+            if ev.status != 28 || !ev.pdata.starts_with(b"nope-reject") {
+                return Err(format!(
+                    "REJECTED with status {} private data {:?}",
+                    ev.status, ev.pdata
+                ));
+            }
+            println!("REJECTED ok");
+            rdma_destroy_qp(id);
+            rdma_destroy_id(id);
+            rdma_destroy_event_channel(ch);
+            return Ok(());
+        }
+        if ev.kind != RDMA_CM_EVENT_ESTABLISHED {
+            return Err(format!("got event {} status {}", ev.kind, ev.status));
+        }
+        let ok = ev.pdata.starts_with(b"rep-data") && ev.pdata.len() == 196;
+        println!(
+            "ESTABLISHED rr={} id={} pdata={}",
+            ev.rr,
+            ev.id_depth,
+            if ok { "ok" } else { "bad" }
+        );
+        match then.as_str() {
+            "sleep" => {
+                println!("READY");
+                std::thread::sleep(Duration::from_secs(60));
+                return Err("was not killed".into());
+            }
+            "fault" => {
+                // SOFTRDMA_FAULTS=cmdrop:qp=* drops the connection once established.
+                wait_event(ch, RDMA_CM_EVENT_DISCONNECTED)?;
+            }
+            _ => {
+                if rdma_disconnect(id) != 0 {
+                    return Err("rdma_disconnect".into());
+                }
+                wait_event(ch, RDMA_CM_EVENT_DISCONNECTED)?;
+            }
+        }
+        println!("DISCONNECTED");
+        let st = qp_state(id)?;
+        if st != ibv_qp_state::IBV_QPS_ERR {
+            return Err(format!("client QP state {st} after disconnect, want ERR"));
+        }
+        rdma_destroy_qp(id);
+        rdma_destroy_id(id);
+        rdma_destroy_event_channel(ch);
+    }
+    Ok(())
+}
