@@ -122,7 +122,7 @@ pub(crate) struct Stall {
 pub(crate) enum StallKind {
     /// No receive WQE at the responder.
     Rnr,
-    /// The responder QP is not yet in RTR/RTS.
+    /// The responder QP is not (or no longer) in RTR/RTS, or gone: retry until the timeout.
     NotReady,
 }
 
@@ -318,7 +318,8 @@ fn peer(rt: &Runtime, w: &QpWrap) -> Result<Peer, Exec> {
     let slot = (qpn & 0xffff) as usize;
     let rec = rt.fabric.qp(slot);
     if qpn == 0 || rec.qpn.load(Ordering::Acquire) != qpn {
-        return Err(Exec::Fail(IBV_WC_RETRY_EXC_ERR));
+        // The responder QP is gone: like a real requester, retry until the transport timeout.
+        return Err(Exec::Stall(StallKind::NotReady));
     }
     let pid = rec.owner.load(Ordering::Acquire);
     if pid != rt.pid && !fabric::pid_alive(pid) {
@@ -340,11 +341,11 @@ fn enter(p: &Peer, my_qpn: u32) -> Result<Delivering, Exec> {
     let d = Delivering(p.rec);
     match p.rec.state.load(Ordering::SeqCst) {
         IBV_QPS_RTR | IBV_QPS_RTS | IBV_QPS_SQD | IBV_QPS_SQE => {}
-        IBV_QPS_RESET | IBV_QPS_INIT => return Err(Exec::Stall(StallKind::NotReady)),
-        _ => return Err(Exec::Fail(IBV_WC_RETRY_EXC_ERR)),
+        // Not yet RTR, or in ERR (drops packets): the requester retries until its timeout.
+        _ => return Err(Exec::Stall(StallKind::NotReady)),
     }
     if p.rec.peer_qpn.load(Ordering::Relaxed) != my_qpn {
-        return Err(Exec::Fail(IBV_WC_RETRY_EXC_ERR));
+        return Err(Exec::Stall(StallKind::NotReady));
     }
     Ok(d)
 }

@@ -1,0 +1,982 @@
+//! End-to-end tests of softrdma's libibverbs through `rdma-sys` (which binds to whatever
+//! `libibverbs.so.1` the loader finds). The test binary is its own child: the parent (this file's
+//! `main`) re-executes itself with `LD_LIBRARY_PATH=<repo>/target/softrdma` and a scenario name,
+//! so the RDMA part always runs over softrdma. Build the libraries first:
+//! `bash scripts/build-softrdma.sh`. Every wait is bounded; no scenario can hang.
+//!
+//! Scenarios: SRQ + LAST_WQE_REACHED, remote access error, each fault kind (fail Nth WR, QP to
+//! error via the control socket, delayed/reordered completions, lost flushes, async events, CM
+//! drop request, seeded random faults — run twice and compared), and peer death (kill -9).
+#![allow(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+use rdma_sys::*;
+use softrdma_abi::fabric::{self, Counter, Fabric, MAX_NODES};
+use std::io::{BufRead, BufReader, Write};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::ptr::null_mut;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------- verbs helpers (child side)
+
+struct Dev {
+    ctx: *mut ibv_context,
+    pd: *mut ibv_pd,
+    cq: *mut ibv_cq,
+}
+
+fn open_dev() -> Dev {
+    unsafe {
+        let mut n = 0;
+        let list = ibv_get_device_list(&mut n);
+        assert!(
+            !list.is_null() && n >= 1,
+            "no RDMA device (is softrdma on LD_LIBRARY_PATH?)"
+        );
+        let name = std::ffi::CStr::from_ptr(ibv_get_device_name(*list))
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(name, "softrdma0", "not running over softrdma");
+        let ctx = ibv_open_device(*list);
+        ibv_free_device_list(list);
+        assert!(!ctx.is_null());
+        let pd = ibv_alloc_pd(ctx);
+        assert!(!pd.is_null());
+        let cq = ibv_create_cq(ctx, 256, null_mut(), null_mut(), 0);
+        assert!(!cq.is_null());
+        Dev { ctx, pd, cq }
+    }
+}
+
+struct Buf {
+    mr: *mut ibv_mr,
+    mem: Vec<u8>,
+}
+
+impl Buf {
+    fn addr(&self) -> u64 {
+        self.mem.as_ptr() as u64
+    }
+    fn lkey(&self) -> u32 {
+        unsafe { (*self.mr).lkey }
+    }
+    fn rkey(&self) -> u32 {
+        unsafe { (*self.mr).rkey }
+    }
+}
+
+fn reg(d: &Dev, len: usize, access: u32) -> Buf {
+    let mut mem = vec![0u8; len];
+    let mr = unsafe { ibv_reg_mr(d.pd, mem.as_mut_ptr() as *mut _, len, access as i32) };
+    assert!(!mr.is_null(), "ibv_reg_mr failed");
+    Buf { mr, mem }
+}
+
+const LW: u32 = ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0;
+const RW: u32 = ibv_access_flags::IBV_ACCESS_REMOTE_WRITE.0;
+const RR: u32 = ibv_access_flags::IBV_ACCESS_REMOTE_READ.0;
+
+fn create_qp(d: &Dev, srq: *mut ibv_srq) -> *mut ibv_qp {
+    unsafe {
+        let mut a: ibv_qp_init_attr = std::mem::zeroed();
+        a.send_cq = d.cq;
+        a.recv_cq = d.cq;
+        a.srq = srq;
+        a.qp_type = ibv_qp_type::IBV_QPT_RC;
+        a.cap.max_send_wr = 64;
+        a.cap.max_recv_wr = 64;
+        a.cap.max_send_sge = 2;
+        a.cap.max_recv_sge = 2;
+        a.qp_context = 0x5eed as *mut _;
+        let qp = ibv_create_qp(d.pd, &mut a);
+        assert!(!qp.is_null(), "ibv_create_qp failed");
+        qp
+    }
+}
+
+fn qpn(qp: *mut ibv_qp) -> u32 {
+    unsafe { (*qp).qp_num }
+}
+
+/// RESET → INIT → RTR → RTS towards `remote`.
+fn connect(qp: *mut ibv_qp, remote: u32, access: u32) {
+    use ibv_qp_attr_mask as m;
+    unsafe {
+        let mut a: ibv_qp_attr = std::mem::zeroed();
+        a.qp_state = ibv_qp_state::IBV_QPS_INIT;
+        a.port_num = 1;
+        a.qp_access_flags = access;
+        let r = ibv_modify_qp(
+            qp,
+            &mut a,
+            (m::IBV_QP_STATE | m::IBV_QP_PKEY_INDEX | m::IBV_QP_PORT | m::IBV_QP_ACCESS_FLAGS).0
+                as i32,
+        );
+        assert_eq!(r, 0, "INIT");
+        let mut a: ibv_qp_attr = std::mem::zeroed();
+        a.qp_state = ibv_qp_state::IBV_QPS_RTR;
+        a.path_mtu = ibv_mtu::IBV_MTU_4096;
+        a.dest_qp_num = remote;
+        a.max_dest_rd_atomic = 16;
+        a.min_rnr_timer = 1;
+        a.ah_attr.dlid = 1;
+        a.ah_attr.port_num = 1;
+        let mask = m::IBV_QP_STATE
+            | m::IBV_QP_AV
+            | m::IBV_QP_PATH_MTU
+            | m::IBV_QP_DEST_QPN
+            | m::IBV_QP_RQ_PSN
+            | m::IBV_QP_MAX_DEST_RD_ATOMIC
+            | m::IBV_QP_MIN_RNR_TIMER;
+        assert_eq!(ibv_modify_qp(qp, &mut a, mask.0 as i32), 0, "RTR");
+        let mut a: ibv_qp_attr = std::mem::zeroed();
+        a.qp_state = ibv_qp_state::IBV_QPS_RTS;
+        a.timeout = 8; // ~1 ms per retry: quick RETRY_EXC_ERR in tests
+        a.retry_cnt = 3;
+        a.rnr_retry = 7;
+        a.max_rd_atomic = 16;
+        let mask = m::IBV_QP_STATE
+            | m::IBV_QP_SQ_PSN
+            | m::IBV_QP_TIMEOUT
+            | m::IBV_QP_RETRY_CNT
+            | m::IBV_QP_RNR_RETRY
+            | m::IBV_QP_MAX_QP_RD_ATOMIC;
+        assert_eq!(ibv_modify_qp(qp, &mut a, mask.0 as i32), 0, "RTS");
+    }
+}
+
+fn to_err(qp: *mut ibv_qp) {
+    unsafe {
+        let mut a: ibv_qp_attr = std::mem::zeroed();
+        a.qp_state = ibv_qp_state::IBV_QPS_ERR;
+        assert_eq!(
+            ibv_modify_qp(qp, &mut a, ibv_qp_attr_mask::IBV_QP_STATE.0 as i32),
+            0
+        );
+    }
+}
+
+fn post_send(
+    qp: *mut ibv_qp,
+    wr_id: u64,
+    op: u32,
+    b: &Buf,
+    off: usize,
+    len: u32,
+    remote: Option<(u64, u32)>,
+) -> i32 {
+    unsafe {
+        let mut sge = ibv_sge {
+            addr: b.addr() + off as u64,
+            length: len,
+            lkey: b.lkey(),
+        };
+        let mut wr: ibv_send_wr = std::mem::zeroed();
+        wr.wr_id = wr_id;
+        wr.sg_list = &mut sge;
+        wr.num_sge = 1;
+        wr.opcode = op;
+        wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+        if let Some((addr, rkey)) = remote {
+            wr.wr.rdma.remote_addr = addr;
+            wr.wr.rdma.rkey = rkey;
+        }
+        let mut bad = null_mut();
+        ibv_post_send(qp, &mut wr, &mut bad)
+    }
+}
+
+fn post_recv(qp: *mut ibv_qp, wr_id: u64, b: &Buf, off: usize, len: u32) {
+    unsafe {
+        let mut sge = ibv_sge {
+            addr: b.addr() + off as u64,
+            length: len,
+            lkey: b.lkey(),
+        };
+        let mut wr: ibv_recv_wr = std::mem::zeroed();
+        wr.wr_id = wr_id;
+        wr.sg_list = &mut sge;
+        wr.num_sge = 1;
+        let mut bad = null_mut();
+        assert_eq!(ibv_post_recv(qp, &mut wr, &mut bad), 0, "post_recv");
+    }
+}
+
+fn post_srq(srq: *mut ibv_srq, wr_id: u64, b: &Buf, off: usize, len: u32) {
+    unsafe {
+        let mut sge = ibv_sge {
+            addr: b.addr() + off as u64,
+            length: len,
+            lkey: b.lkey(),
+        };
+        let mut wr: ibv_recv_wr = std::mem::zeroed();
+        wr.wr_id = wr_id;
+        wr.sg_list = &mut sge;
+        wr.num_sge = 1;
+        let mut bad = null_mut();
+        assert_eq!(
+            ibv_post_srq_recv(srq, &mut wr, &mut bad),
+            0,
+            "post_srq_recv"
+        );
+    }
+}
+
+/// Poll until `n` completions arrived or `ms` elapsed.
+fn poll(cq: *mut ibv_cq, n: usize, ms: u64) -> Vec<ibv_wc> {
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    while out.len() < n && t0.elapsed() < Duration::from_millis(ms) {
+        let mut wc: ibv_wc = unsafe { std::mem::zeroed() };
+        let r = unsafe { ibv_poll_cq(cq, 1, &mut wc) };
+        assert!(r >= 0, "ibv_poll_cq failed");
+        if r == 1 {
+            out.push(wc);
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    out
+}
+
+fn statuses(v: &[ibv_wc]) -> Vec<(u64, u32)> {
+    v.iter().map(|w| (w.wr_id, w.status)).collect()
+}
+
+/// Next async event within `ms` (non-blocking fd + poll()).
+fn async_event(ctx: *mut ibv_context, ms: i32) -> Option<(u32, *mut ibv_qp)> {
+    unsafe {
+        let fd = (*ctx).async_fd;
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::poll(&mut p, 1, ms) != 1 {
+            return None;
+        }
+        let mut ev: ibv_async_event = std::mem::zeroed();
+        if ibv_get_async_event(ctx, &mut ev) != 0 {
+            return None;
+        }
+        let t = ev.event_type as u32;
+        let qp = ev.element.qp;
+        ibv_ack_async_event(&mut ev);
+        Some((t, qp))
+    }
+}
+
+fn my_counter(c: Counter) -> i64 {
+    let f = Fabric::open().expect("fabric");
+    let pid = std::process::id();
+    for i in 0..MAX_NODES {
+        let n = f.node(i);
+        if n.owner.load(Ordering::Acquire) == pid {
+            return n.counters[c as usize].load(Ordering::Relaxed) as i64;
+        }
+    }
+    panic!("no fabric node for pid {pid}");
+}
+
+/// Two connected QPs of one process: (responder a, requester b).
+fn pair(d: &Dev, srq: *mut ibv_srq, access: u32) -> (*mut ibv_qp, *mut ibv_qp) {
+    let a = create_qp(d, srq);
+    let b = create_qp(d, null_mut());
+    connect(a, qpn(b), access);
+    connect(b, qpn(a), access);
+    (a, b)
+}
+
+use ibv_wc_status as st;
+use ibv_wr_opcode as op;
+
+// ---------------------------------------------------------------- scenarios (child side)
+
+fn sc_srq() {
+    let d = open_dev();
+    let srq = unsafe {
+        let mut a: ibv_srq_init_attr = std::mem::zeroed();
+        a.attr.max_wr = 16;
+        a.attr.max_sge = 1;
+        ibv_create_srq(d.pd, &mut a)
+    };
+    assert!(!srq.is_null());
+    let (a, b) = pair(&d, srq, LW | RW | RR);
+    let rx = reg(&d, 4096, LW);
+    let mut tx = reg(&d, 4096, LW);
+    for i in 0..4 {
+        post_srq(srq, 100 + i, &rx, i as usize * 1024, 1024);
+    }
+    for i in 0..3u64 {
+        tx.mem[i as usize * 8..i as usize * 8 + 8].copy_from_slice(&(0xabc0 + i).to_le_bytes());
+        assert_eq!(
+            post_send(b, i, op::IBV_WR_SEND, &tx, i as usize * 8, 8, None),
+            0
+        );
+    }
+    let wcs = poll(d.cq, 6, 5000);
+    assert_eq!(wcs.len(), 6, "3 sends + 3 receives: {:?}", statuses(&wcs));
+    let recvs: Vec<_> = wcs
+        .iter()
+        .filter(|w| w.opcode == ibv_wc_opcode::IBV_WC_RECV)
+        .collect();
+    assert_eq!(recvs.len(), 3);
+    for (k, w) in recvs.iter().enumerate() {
+        assert_eq!(w.status, st::IBV_WC_SUCCESS);
+        assert_eq!(w.qp_num, qpn(a), "SRQ receive must carry the QP number");
+        assert_eq!(w.wr_id, 100 + k as u64, "SRQ WQEs consumed in FIFO order");
+        assert_eq!(w.byte_len, 8);
+        let off = (w.wr_id - 100) as usize * 1024;
+        assert_eq!(
+            u64::from_le_bytes(rx.mem[off..off + 8].try_into().unwrap()),
+            0xabc0 + k as u64
+        );
+    }
+    // SRQ-attached QP to ERR: LAST_WQE_REACHED exactly once, SRQ WQEs are not flushed.
+    to_err(a);
+    let ev = async_event(d.ctx, 5000).expect("LAST_WQE_REACHED within 5 s");
+    assert_eq!(ev.0, ibv_event_type::IBV_EVENT_QP_LAST_WQE_REACHED as u32);
+    assert_eq!(ev.1, a);
+    assert_eq!(unsafe { (*ev.1).qp_context } as usize, 0x5eed);
+    to_err(a);
+    assert!(
+        async_event(d.ctx, 200).is_none(),
+        "LAST_WQE_REACHED must be raised once"
+    );
+    assert!(
+        poll(d.cq, 1, 200).is_empty(),
+        "SRQ WQEs must not be flushed"
+    );
+    // The requester now talks to a QP in ERR: transport retries exhaust → RETRY_EXC_ERR.
+    assert_eq!(post_send(b, 9, op::IBV_WR_SEND, &tx, 0, 8, None), 0);
+    let w = poll(d.cq, 1, 10000);
+    assert_eq!(statuses(&w), vec![(9, st::IBV_WC_RETRY_EXC_ERR)]);
+    cleanup(d, &[a, b], &[rx, tx], Some(srq));
+}
+
+fn cleanup(d: Dev, qps: &[*mut ibv_qp], bufs: &[Buf], srq: Option<*mut ibv_srq>) {
+    unsafe {
+        for &q in qps {
+            assert_eq!(ibv_destroy_qp(q), 0);
+        }
+        if let Some(s) = srq {
+            assert_eq!(ibv_destroy_srq(s), 0);
+        }
+        for b in bufs {
+            assert_eq!(ibv_dereg_mr(b.mr), 0);
+        }
+        assert_eq!(ibv_destroy_cq(d.cq), 0);
+        assert_eq!(ibv_dealloc_pd(d.pd), 0);
+        assert_eq!(ibv_close_device(d.ctx), 0);
+    }
+    for c in Counter::ALL.into_iter().filter(|c| c.is_live_object()) {
+        assert_eq!(
+            my_counter(c),
+            0,
+            "leaked: counter {} is not 0 after cleanup",
+            c.name()
+        );
+    }
+    println!("CLEAN");
+}
+
+fn sc_remote_access() {
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW | RW);
+    let target = reg(&d, 4096, LW | RW);
+    let src = reg(&d, 4096, LW);
+    for i in 0..3 {
+        post_recv(a, 200 + i, &target, 0, 64);
+    }
+    // Good write, then a write with a bad rkey, then one that would be fine: it must be flushed.
+    assert_eq!(
+        post_send(
+            b,
+            1,
+            op::IBV_WR_RDMA_WRITE,
+            &src,
+            0,
+            64,
+            Some((target.addr(), target.rkey()))
+        ),
+        0
+    );
+    assert_eq!(
+        post_send(
+            b,
+            2,
+            op::IBV_WR_RDMA_WRITE,
+            &src,
+            0,
+            64,
+            Some((target.addr(), target.rkey() ^ 0x100))
+        ),
+        0
+    );
+    assert_eq!(
+        post_send(
+            b,
+            3,
+            op::IBV_WR_RDMA_WRITE,
+            &src,
+            0,
+            64,
+            Some((target.addr(), target.rkey()))
+        ),
+        0
+    );
+    let w = poll(d.cq, 6, 5000);
+    let of = |q: *mut ibv_qp| {
+        w.iter()
+            .filter(|c| c.qp_num == qpn(q))
+            .map(|c| (c.wr_id, c.status))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of(b),
+        vec![
+            (1, st::IBV_WC_SUCCESS),
+            (2, st::IBV_WC_REM_ACCESS_ERR),
+            (3, st::IBV_WC_WR_FLUSH_ERR)
+        ]
+    );
+    // Responder: QP_ACCESS_ERR and its posted receives flushed.
+    assert_eq!(
+        of(a),
+        vec![
+            (200, st::IBV_WC_WR_FLUSH_ERR),
+            (201, st::IBV_WC_WR_FLUSH_ERR),
+            (202, st::IBV_WC_WR_FLUSH_ERR)
+        ]
+    );
+    let ev = async_event(d.ctx, 5000).expect("QP_ACCESS_ERR");
+    assert_eq!(ev.0, ibv_event_type::IBV_EVENT_QP_ACCESS_ERR as u32);
+    assert_eq!(ev.1, a);
+    cleanup(d, &[a, b], &[target, src], None);
+}
+
+fn sc_fault_fail() {
+    // SOFTRDMA_FAULTS=fail:op=read,nth=3,status=retry_exc_err,qp=#2 (set by the parent)
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW | RW | RR);
+    let remote = reg(&d, 4096, LW | RR);
+    let local = reg(&d, 4096, LW);
+    post_recv(b, 300, &local, 0, 64);
+    for i in 1..=5 {
+        assert_eq!(
+            post_send(
+                b,
+                i,
+                op::IBV_WR_RDMA_READ,
+                &local,
+                0,
+                64,
+                Some((remote.addr(), remote.rkey()))
+            ),
+            0
+        );
+    }
+    let w = poll(d.cq, 6, 3000);
+    let (recv, send): (Vec<_>, Vec<_>) = statuses(&w).into_iter().partition(|x| x.0 == 300);
+    // Send queue in order: the 3rd READ fails as injected, later WRs are flushed.
+    assert_eq!(
+        send,
+        vec![
+            (1, st::IBV_WC_SUCCESS),
+            (2, st::IBV_WC_SUCCESS),
+            (3, st::IBV_WC_RETRY_EXC_ERR),
+            (4, st::IBV_WC_WR_FLUSH_ERR),
+            (5, st::IBV_WC_WR_FLUSH_ERR),
+        ]
+    );
+    assert_eq!(
+        recv,
+        vec![(300, st::IBV_WC_WR_FLUSH_ERR)],
+        "posted receive flushed"
+    );
+    assert_eq!(my_counter(Counter::FaultsInjected), 1);
+    // Posting to the ERR QP is accepted and flushed.
+    assert_eq!(
+        post_send(
+            b,
+            6,
+            op::IBV_WR_RDMA_READ,
+            &local,
+            0,
+            64,
+            Some((remote.addr(), remote.rkey()))
+        ),
+        0
+    );
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 2000)),
+        vec![(6, st::IBV_WC_WR_FLUSH_ERR)]
+    );
+    cleanup(d, &[a, b], &[remote, local], None);
+}
+
+fn ready_and_wait() {
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+}
+
+fn sc_fault_qperr() {
+    // The parent sends "qperr qp=#1" on the control socket after READY.
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW);
+    let rx = reg(&d, 4096, LW);
+    for i in 0..4 {
+        post_recv(a, 400 + i, &rx, 0, 64);
+    }
+    ready_and_wait();
+    let w = poll(d.cq, 4, 5000);
+    assert_eq!(
+        statuses(&w),
+        (400..404)
+            .map(|i| (i, st::IBV_WC_WR_FLUSH_ERR))
+            .collect::<Vec<_>>()
+    );
+    let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
+    let mut init: ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe {
+            ibv_query_qp(
+                a,
+                &mut attr,
+                ibv_qp_attr_mask::IBV_QP_STATE.0 as i32,
+                &mut init,
+            )
+        },
+        0
+    );
+    assert_eq!(attr.qp_state, ibv_qp_state::IBV_QPS_ERR);
+    cleanup(d, &[a, b], &[rx], None);
+}
+
+fn sc_fault_delay() {
+    // SOFTRDMA_FAULTS=delay:qp=#2,ms=300 — completions of QP #2 are held; QP #4's overtake them.
+    let d = open_dev();
+    let (a1, b1) = pair(&d, null_mut(), LW | RW);
+    let (a2, b2) = pair(&d, null_mut(), LW | RW);
+    let m = reg(&d, 4096, LW | RW);
+    assert_eq!(
+        post_send(
+            b1,
+            1,
+            op::IBV_WR_RDMA_WRITE,
+            &m,
+            0,
+            8,
+            Some((m.addr() + 1024, m.rkey()))
+        ),
+        0
+    );
+    assert_eq!(
+        post_send(
+            b1,
+            2,
+            op::IBV_WR_RDMA_WRITE,
+            &m,
+            0,
+            8,
+            Some((m.addr() + 1024, m.rkey()))
+        ),
+        0
+    );
+    assert_eq!(
+        post_send(
+            b2,
+            3,
+            op::IBV_WR_RDMA_WRITE,
+            &m,
+            0,
+            8,
+            Some((m.addr() + 2048, m.rkey()))
+        ),
+        0
+    );
+    let w = poll(d.cq, 3, 5000);
+    assert_eq!(
+        statuses(&w),
+        vec![(3, 0), (1, 0), (2, 0)],
+        "QP #2's completions delayed behind QP #4's, in order"
+    );
+    cleanup(d, &[a1, b1, a2, b2], &[m], None);
+}
+
+fn sc_fault_loseflush() {
+    // SOFTRDMA_FAULTS=loseflush:qp=#1,count=2 — two of the four flush completions are lost.
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW);
+    let rx = reg(&d, 4096, LW);
+    for i in 0..4 {
+        post_recv(a, 500 + i, &rx, 0, 64);
+    }
+    to_err(a);
+    let w = poll(d.cq, 4, 500);
+    assert_eq!(
+        statuses(&w),
+        vec![
+            (502, st::IBV_WC_WR_FLUSH_ERR),
+            (503, st::IBV_WC_WR_FLUSH_ERR)
+        ]
+    );
+    assert_eq!(my_counter(Counter::FaultsInjected), 2);
+    cleanup(d, &[a, b], &[rx], None);
+}
+
+fn sc_fault_async() {
+    // SOFTRDMA_FAULTS=async:event=device_fatal,after_ms=50; the parent then sends
+    // "async port_err" on the control socket.
+    let d = open_dev();
+    let ev = async_event(d.ctx, 5000).expect("device_fatal from the env rule");
+    assert_eq!(ev.0, ibv_event_type::IBV_EVENT_DEVICE_FATAL as u32);
+    ready_and_wait();
+    let ev = async_event(d.ctx, 5000).expect("port_err from the control socket");
+    assert_eq!(ev.0, ibv_event_type::IBV_EVENT_PORT_ERR as u32);
+    let mut pa: ibv_port_attr = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { ___ibv_query_port(d.ctx, 1, &mut pa) }, 0);
+    assert_eq!(pa.state, ibv_port_state::IBV_PORT_DOWN);
+    cleanup(d, &[], &[], None);
+}
+
+static CM_DROPS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+unsafe extern "C" fn on_drop(_arg: *mut std::ffi::c_void, qpn: u32) {
+    CM_DROPS.lock().unwrap().push(qpn);
+}
+
+fn sc_fault_cmdrop() {
+    // The CM drop request (fault f) reaches librdmacm through the private vtable; here the test
+    // registers the handler itself and the parent sends "cmdrop qp=#1".
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW);
+    let vt = unsafe {
+        let f = libc::dlsym(libc::RTLD_DEFAULT, c"softrdma_private_v1".as_ptr());
+        assert!(!f.is_null(), "softrdma_private_v1 not exported");
+        let f: extern "C" fn() -> *const softrdma_abi::private::SoftrdmaPrivateV1 =
+            std::mem::transmute(f);
+        &*f()
+    };
+    assert_eq!(
+        vt.abi_version,
+        softrdma_abi::private::SOFTRDMA_PRIVATE_ABI_VERSION
+    );
+    unsafe { (vt.set_cm_drop_handler)(Some(on_drop), null_mut()) };
+    ready_and_wait();
+    let t0 = Instant::now();
+    while CM_DROPS.lock().unwrap().is_empty() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(*CM_DROPS.lock().unwrap(), vec![qpn(a)]);
+    unsafe { (vt.set_cm_drop_handler)(None, null_mut()) };
+    cleanup(d, &[a, b], &[], None);
+}
+
+fn sc_fault_random() {
+    // SOFTRDMA_FAULTS=random:seed=42,rate=0.15,kinds=fail|qperr — prints the outcome sequence.
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW | RW);
+    let m = reg(&d, 4096, LW | RW);
+    let mut log = Vec::new();
+    for i in 0..200u64 {
+        assert_eq!(
+            post_send(
+                b,
+                i,
+                op::IBV_WR_RDMA_WRITE,
+                &m,
+                0,
+                8,
+                Some((m.addr() + 64, m.rkey()))
+            ),
+            0
+        );
+        let w = poll(d.cq, 1, 2000);
+        assert_eq!(w.len(), 1);
+        log.push(format!("{}:{}", w[0].wr_id, w[0].status));
+        if w[0].status != st::IBV_WC_SUCCESS {
+            break;
+        }
+    }
+    println!("RANDOM {}", log.join(","));
+    cleanup(d, &[a, b], &[m], None);
+}
+
+fn sc_peer(role: &str) {
+    // Two processes; the parent relays QPNs and later kill -9s the "victim".
+    let d = open_dev();
+    let q = create_qp(&d, null_mut());
+    let rx = reg(&d, 4096, LW | RW);
+    println!("QPN {}", qpn(q));
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    let remote: u32 = line.trim().parse().expect("peer QPN");
+    connect(q, remote, LW | RW);
+    for i in 0..4 {
+        post_recv(q, 600 + i, &rx, 0, 64);
+    }
+    if role == "victim" {
+        println!("READY");
+        std::io::stdout().flush().unwrap();
+        std::thread::sleep(Duration::from_secs(30));
+        return;
+    }
+    // Survivor: one SEND works while the peer lives.
+    line.clear();
+    std::io::stdin().read_line(&mut line).unwrap(); // "go" once the victim is connected
+    assert_eq!(post_send(q, 1, op::IBV_WR_SEND, &rx, 0, 16, None), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(1, st::IBV_WC_SUCCESS)]
+    );
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    line.clear();
+    std::io::stdin().read_line(&mut line).unwrap(); // "killed"
+                                                    // Within a bounded time our QP goes to ERR and the posted receives are flushed.
+    let w = poll(d.cq, 4, 5000);
+    assert_eq!(
+        statuses(&w),
+        (600..604)
+            .map(|i| (i, st::IBV_WC_WR_FLUSH_ERR))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(post_send(q, 2, op::IBV_WR_SEND, &rx, 0, 16, None), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(2, st::IBV_WC_WR_FLUSH_ERR)]
+    );
+    cleanup(d, &[q], &[rx], None);
+}
+
+// ---------------------------------------------------------------- parent side
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+fn libdir() -> PathBuf {
+    let d = repo_root().join("target/softrdma");
+    assert!(
+        d.join("libibverbs.so.1").exists(),
+        "softrdma is not built: {} is missing. Run `bash scripts/build-softrdma.sh` first.",
+        d.join("libibverbs.so.1").display()
+    );
+    d
+}
+
+struct Child {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+    deadline: Instant,
+}
+
+fn spawn(scenario: &str, shm: &str, faults: Option<&str>) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let mut c = Command::new("timeout");
+    c.arg("60").arg(exe).arg("child").arg(scenario);
+    c.env("LD_LIBRARY_PATH", libdir())
+        .env("SOFTRDMA_SHM_DIR", shm)
+        .env_remove("SOFTRDMA_FAULTS");
+    if let Some(f) = faults {
+        c.env("SOFTRDMA_FAULTS", f);
+    }
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = c.spawn().expect("spawn child");
+    let out = BufReader::new(child.stdout.take().unwrap());
+    Child {
+        child,
+        out,
+        deadline: Instant::now() + Duration::from_secs(60),
+    }
+}
+
+impl Child {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    /// Next stdout line (the timeout(1) wrapper bounds the wait).
+    fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.out.read_line(&mut s).expect("child stdout");
+        assert!(Instant::now() < self.deadline, "child timed out");
+        s.trim().to_string()
+    }
+    fn expect_line(&mut self, prefix: &str) -> String {
+        loop {
+            let l = self.line();
+            assert!(!l.is_empty(), "child exited before printing '{prefix}'");
+            if let Some(rest) = l.strip_prefix(prefix) {
+                return rest.trim().to_string();
+            }
+        }
+    }
+    fn send(&mut self, s: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{s}").unwrap();
+        stdin.flush().unwrap();
+    }
+    fn finish(mut self) -> Vec<String> {
+        let mut rest = Vec::new();
+        loop {
+            let l = self.line();
+            if l.is_empty() {
+                break;
+            }
+            rest.push(l);
+        }
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "child failed: {st}");
+        rest
+    }
+}
+
+/// The pid of the softrdma process behind `timeout 60 <exe>` (the wrapper's child).
+fn rdma_pid(wrapper: u32) -> u32 {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children")) {
+            if let Some(p) = s.split_whitespace().next() {
+                return p.parse().unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no child of {wrapper}");
+}
+
+fn control(pid: u32, cmd: &str) {
+    let name = fabric::node_socket_name(pid);
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    UnixDatagram::unbound()
+        .unwrap()
+        .send_to_addr(cmd.as_bytes(), &addr)
+        .expect("control socket");
+}
+
+fn run_simple(name: &str, shm: &str, faults: Option<&str>) -> Vec<String> {
+    println!("scenario {name} (faults: {faults:?})");
+    let c = spawn(name, shm, faults);
+    let rest = c.finish();
+    assert!(rest.iter().any(|l| l == "CLEAN"), "{name}: no CLEAN line");
+    rest
+}
+
+fn parent() {
+    libdir();
+    let shm_dir = std::env::temp_dir().join(format!("softrdma-fabric-test-{}", std::process::id()));
+    let shm = shm_dir.to_str().unwrap().to_string();
+    run_simple("srq", &shm, None);
+    run_simple("remote_access", &shm, None);
+    run_simple(
+        "fault_fail",
+        &shm,
+        Some("fail:op=read,nth=3,status=retry_exc_err,qp=#2"),
+    );
+    run_simple("fault_delay", &shm, Some("delay:qp=#2,ms=300"));
+    run_simple("fault_loseflush", &shm, Some("loseflush:qp=#1,count=2"));
+    for (name, faults, cmd) in [
+        ("fault_qperr", None, "qperr qp=#1"),
+        (
+            "fault_async",
+            Some("async:event=device_fatal,after_ms=50"),
+            "async port_err",
+        ),
+        ("fault_cmdrop", None, "cmdrop qp=#1"),
+    ] {
+        println!("scenario {name} (control: {cmd})");
+        let mut c = spawn(name, &shm, faults);
+        c.expect_line("READY");
+        control(rdma_pid(c.pid()), cmd);
+        c.send("go");
+        assert!(c.finish().iter().any(|l| l == "CLEAN"));
+    }
+    let r1 = run_simple(
+        "fault_random",
+        &shm,
+        Some("random:seed=42,rate=0.15,kinds=fail|qperr"),
+    );
+    let r2 = run_simple(
+        "fault_random",
+        &shm,
+        Some("random:seed=42,rate=0.15,kinds=fail|qperr"),
+    );
+    let seq = |r: &[String]| {
+        r.iter()
+            .find(|l| l.starts_with("RANDOM"))
+            .cloned()
+            .expect("RANDOM line")
+    };
+    assert_eq!(
+        seq(&r1),
+        seq(&r2),
+        "same seed must give the same fault sequence"
+    );
+    assert!(
+        seq(&r1)
+            .split(',')
+            .next_back()
+            .is_some_and(|x| !x.ends_with(":0")),
+        "a random fault must have fired"
+    );
+    // Peer death.
+    println!("scenario peer death (kill -9)");
+    let mut v = spawn("peer_victim", &shm, None);
+    let mut s = spawn("peer_survivor", &shm, None);
+    let vq = v.expect_line("QPN ");
+    let sq = s.expect_line("QPN ");
+    v.send(&sq);
+    s.send(&vq);
+    v.expect_line("READY");
+    s.send("go");
+    s.expect_line("READY");
+    let victim = rdma_pid(v.pid());
+    // SAFETY-free in tests: plain kill(2).
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    let _ = v.child.wait();
+    s.send("killed");
+    assert!(s.finish().iter().any(|l| l == "CLEAN"));
+    let _ = std::fs::remove_dir_all(&shm_dir);
+    println!("all softrdma fabric scenarios passed");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("child") {
+        match args.get(2).map(String::as_str).unwrap_or("") {
+            "srq" => sc_srq(),
+            "remote_access" => sc_remote_access(),
+            "fault_fail" => sc_fault_fail(),
+            "fault_qperr" => sc_fault_qperr(),
+            "fault_delay" => sc_fault_delay(),
+            "fault_loseflush" => sc_fault_loseflush(),
+            "fault_async" => sc_fault_async(),
+            "fault_cmdrop" => sc_fault_cmdrop(),
+            "fault_random" => sc_fault_random(),
+            "peer_victim" => sc_peer("victim"),
+            "peer_survivor" => sc_peer("survivor"),
+            other => panic!("unknown scenario {other}"),
+        }
+        return;
+    }
+    // `cargo test` passes harness flags (e.g. --nocapture, filters); ignore them.
+    if args.iter().any(|a| a == "--list") {
+        println!("fabric: test");
+        return;
+    }
+    parent();
+}
