@@ -625,8 +625,12 @@ impl IdBox {
                     if st.destroyed {
                         continue;
                     }
+                    let disconnected = e == Event::Disconnected;
                     let ev = self.make_event(st, e);
                     self.queue(st, ev);
+                    if disconnected {
+                        schedule_timewait_exit(self);
+                    }
                 }
             }
         }
@@ -1368,5 +1372,81 @@ fn install_fault_handler() {
     if let Some(p) = ffi::private() {
         // SAFETY: vtable function; the handler is a static function valid forever.
         unsafe { (p.set_cm_drop_handler)(Some(fault_handler), std::ptr::null_mut()) };
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Timewait
+
+/// How long a disconnected id stays in timewait before RDMA_CM_EVENT_TIMEWAIT_EXIT
+/// (`SOFTRDMA_CM_TIMEWAIT_MS`, default 1000; 0 disables the event).
+pub fn timewait_ms() -> u64 {
+    static MS: OnceLock<u64> = OnceLock::new();
+    *MS.get_or_init(|| {
+        std::env::var("SOFTRDMA_CM_TIMEWAIT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000)
+    })
+}
+
+type TimewaitTx = std::sync::mpsc::Sender<(std::time::Instant, std::sync::Weak<IdBox>)>;
+
+/// Queue TIMEWAIT_EXIT for `id` after the timewait, unless it is destroyed first (as in the
+/// kernel, where the IB CM reports the end of timewait only to ids that still exist).
+fn schedule_timewait_exit(id: &Arc<IdBox>) {
+    let ms = timewait_ms();
+    if ms == 0 {
+        return;
+    }
+    static TX: Mutex<Option<(u32, TimewaitTx)>> = Mutex::new(None);
+    let mut g = lock(&TX);
+    let pid = std::process::id();
+    if g.as_ref().is_none_or(|(p, _)| *p != pid) {
+        let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, std::sync::Weak<IdBox>)>();
+        let spawned = std::thread::Builder::new()
+            .name("softrdma-cm-tw".into())
+            .spawn(move || timewait_thread(rx));
+        if spawned.is_err() {
+            log("cannot start the timewait thread; TIMEWAIT_EXIT disabled");
+            return;
+        }
+        *g = Some((pid, tx));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    if let Some((_, tx)) = g.as_ref() {
+        let _ = tx.send((deadline, Arc::downgrade(id)));
+    }
+}
+
+fn timewait_thread(rx: std::sync::mpsc::Receiver<(std::time::Instant, std::sync::Weak<IdBox>)>) {
+    // Deadlines arrive in order (constant delay), so a FIFO suffices.
+    let mut q: VecDeque<(std::time::Instant, std::sync::Weak<IdBox>)> = VecDeque::new();
+    loop {
+        let next = match q.front() {
+            Some((d, _)) => {
+                let now = std::time::Instant::now();
+                if *d <= now {
+                    let (_, w) = q.pop_front().expect("front exists");
+                    if let Some(id) = w.upgrade() {
+                        let st = lock(&id.st);
+                        if !st.destroyed {
+                            let ev = EventBox::new(&id, RDMA_CM_EVENT_TIMEWAIT_EXIT, 0);
+                            id.queue(&st, ev);
+                        }
+                    }
+                    continue;
+                }
+                rx.recv_timeout(*d - now)
+            }
+            None => rx
+                .recv()
+                .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok(item) => q.push_back(item),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
     }
 }

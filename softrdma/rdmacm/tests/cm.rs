@@ -124,6 +124,7 @@ fn run_pair(ip: &str, server_mode: &str, client_then: &str, client_env: &[(&str,
     );
     let port = server.expect("PORT ");
     let mut env = vec![
+        ("SOFTRDMA_CM_TIMEWAIT_MS", "50".to_string()),
         ("CM_ADDR", ip.to_string()),
         ("CM_PORT", port),
         ("CM_THEN", client_then.to_string()),
@@ -153,6 +154,7 @@ fn run_pair(ip: &str, server_mode: &str, client_then: &str, client_env: &[(&str,
             assert_eq!(server.expect("QPSTATE "), "6", "server QP must be in ERR");
             if client_then != "sleep" {
                 client.expect("DISCONNECTED");
+                client.expect("TIMEWAIT_EXIT");
                 client.finish();
             }
             server.finish();
@@ -190,6 +192,21 @@ fn injected_cm_drop_disconnects_both_sides() {
     );
 }
 
+/// The synchronous endpoint API rdma-sys programs use: rdma_getaddrinfo, rdma_create_ep
+/// (QP created from the endpoint attributes), rdma_get_request, blocking rdma_accept /
+/// rdma_connect, and a SEND/RECV through the rdma_verbs.h helpers (CQs and comp channels
+/// created by librdmacm with cq_context = id).
+#[test]
+fn sync_endpoints_get_request_and_send() {
+    let mut server = Proc::spawn("ep_server", "ep_server", &[]);
+    let port = server.expect("PORT ");
+    let mut client = Proc::spawn("ep_client", "ep_client", &[("CM_PORT", port)]);
+    assert_eq!(server.expect("RECV "), "hello-ep");
+    client.expect("SENT");
+    client.finish();
+    server.finish();
+}
+
 // ----------------------------------------------------------------------------------------
 // child side
 
@@ -202,6 +219,8 @@ fn child_main() {
     let r = match role.as_str() {
         "server" => server(),
         "client" => client(),
+        "ep_server" => ep_server(),
+        "ep_client" => ep_client(),
         r => Err(format!("unknown role {r}")),
     };
     match r {
@@ -534,9 +553,154 @@ fn client() -> Result<(), String> {
         if st != ibv_qp_state::IBV_QPS_ERR {
             return Err(format!("client QP state {st} after disconnect, want ERR"));
         }
+        // The parent sets SOFTRDMA_CM_TIMEWAIT_MS small: the id leaves timewait.
+        wait_event(ch, RDMA_CM_EVENT_TIMEWAIT_EXIT)?;
+        println!("TIMEWAIT_EXIT");
         rdma_destroy_qp(id);
         rdma_destroy_id(id);
         rdma_destroy_event_channel(ch);
+    }
+    Ok(())
+}
+
+fn ep_attr() -> ibv_qp_init_attr {
+    // SAFETY: all-zero is a valid ibv_qp_init_attr.
+    let mut attr: ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+    attr.cap.max_send_wr = 4;
+    attr.cap.max_recv_wr = 4;
+    attr.cap.max_send_sge = 1;
+    attr.cap.max_recv_sge = 1;
+    attr.qp_type = ibv_qp_type::IBV_QPT_RC;
+    attr.sq_sig_all = 1;
+    attr
+}
+
+fn addrinfo(node: &str, service: &str, passive: bool) -> Result<*mut rdma_addrinfo, String> {
+    let node = std::ffi::CString::new(node).expect("no NUL");
+    let service = std::ffi::CString::new(service).expect("no NUL");
+    // SAFETY: valid C strings and hints; res is an out pointer.
+    unsafe {
+        let mut hints: rdma_addrinfo = std::mem::zeroed();
+        hints.ai_port_space = rdma_port_space::RDMA_PS_TCP as i32;
+        if passive {
+            hints.ai_flags = RAI_PASSIVE as i32;
+        }
+        let mut res: *mut rdma_addrinfo = std::ptr::null_mut();
+        if rdma_getaddrinfo(node.as_ptr(), service.as_ptr(), &hints, &mut res) != 0 {
+            return Err(format!(
+                "rdma_getaddrinfo: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(res)
+    }
+}
+
+fn ep_server() -> Result<(), String> {
+    let res = addrinfo("127.0.0.1", "0", true)?;
+    // SAFETY: straight-line use of the librdmacm API with objects created here.
+    unsafe {
+        let mut listen: *mut rdma_cm_id = std::ptr::null_mut();
+        let mut attr = ep_attr();
+        if rdma_create_ep(&mut listen, res, std::ptr::null_mut(), &mut attr) != 0 {
+            return Err(format!(
+                "rdma_create_ep: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        rdma_freeaddrinfo(res);
+        if rdma_listen(listen, 1) != 0 {
+            return Err("rdma_listen".into());
+        }
+        println!("PORT {}", u16::from_be(rdma_get_src_port(listen)));
+        let mut id: *mut rdma_cm_id = std::ptr::null_mut();
+        if rdma_get_request(listen, &mut id) != 0 {
+            return Err(format!(
+                "rdma_get_request: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if (*id).qp.is_null() || (*id).event.is_null() {
+            return Err("rdma_get_request: new id lacks its QP or its event".into());
+        }
+        let mut buf = [0u8; 16];
+        let mr = rdma_reg_msgs(id, buf.as_mut_ptr().cast(), buf.len());
+        if mr.is_null() {
+            return Err("rdma_reg_msgs".into());
+        }
+        if rdma_post_recv(
+            id,
+            std::ptr::null_mut(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            mr,
+        ) != 0
+        {
+            return Err("rdma_post_recv".into());
+        }
+        if rdma_accept(id, std::ptr::null_mut()) != 0 {
+            return Err(format!(
+                "rdma_accept (sync): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut wc: ibv_wc = std::mem::zeroed();
+        if rdma_get_recv_comp(id, &mut wc) != 1 || wc.status != ibv_wc_status::IBV_WC_SUCCESS {
+            return Err(format!("recv completion status {}", wc.status));
+        }
+        let n = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        println!("RECV {}", String::from_utf8_lossy(&buf[..n]));
+        rdma_disconnect(id);
+        ibv_dereg_mr(mr);
+        rdma_destroy_ep(id);
+        rdma_destroy_ep(listen);
+    }
+    Ok(())
+}
+
+fn ep_client() -> Result<(), String> {
+    let res = addrinfo("127.0.0.1", &env("CM_PORT"), false)?;
+    // SAFETY: straight-line use of the librdmacm API with objects created here.
+    unsafe {
+        let mut id: *mut rdma_cm_id = std::ptr::null_mut();
+        let mut attr = ep_attr();
+        if rdma_create_ep(&mut id, res, std::ptr::null_mut(), &mut attr) != 0 {
+            return Err(format!(
+                "rdma_create_ep: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        rdma_freeaddrinfo(res);
+        let mut buf = *b"hello-ep\0\0\0\0\0\0\0\0";
+        let mr = rdma_reg_msgs(id, buf.as_mut_ptr().cast(), buf.len());
+        if mr.is_null() {
+            return Err("rdma_reg_msgs".into());
+        }
+        if rdma_connect(id, std::ptr::null_mut()) != 0 {
+            return Err(format!(
+                "rdma_connect (sync): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if rdma_post_send(
+            id,
+            std::ptr::null_mut(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            mr,
+            0,
+        ) != 0
+        {
+            return Err("rdma_post_send".into());
+        }
+        let mut wc: ibv_wc = std::mem::zeroed();
+        if rdma_get_send_comp(id, &mut wc) != 1 || wc.status != ibv_wc_status::IBV_WC_SUCCESS {
+            return Err(format!("send completion status {}", wc.status));
+        }
+        println!("SENT");
+        rdma_disconnect(id);
+        ibv_dereg_mr(mr);
+        rdma_destroy_ep(id);
     }
     Ok(())
 }
