@@ -10,3 +10,4 @@
 
 pub mod engine;
 pub mod verbs;
+pub mod initiator;
