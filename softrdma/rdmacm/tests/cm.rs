@@ -150,6 +150,16 @@ fn run_pair(ip: &str, server_mode: &str, client_then: &str, client_env: &[(&str,
                 client.child.kill().expect("kill -9 client");
                 let _ = client.child.wait();
             }
+            if client_then == "ctl" {
+                // Trigger the drop at a chosen moment through the runtime control channel.
+                let pid = client.expect("READY ");
+                let ctl = lib_dir().join("softrdma-ctl");
+                let out = Command::new(&ctl)
+                    .args(["send", &pid, "cmdrop", "qp=*"])
+                    .output()
+                    .unwrap_or_else(|e| panic!("run {}: {e}", ctl.display()));
+                assert!(out.status.success(), "softrdma-ctl failed: {out:?}");
+            }
             server.expect("DISCONNECTED");
             assert_eq!(server.expect("QPSTATE "), "6", "server QP must be in ERR");
             if client_then != "sleep" {
@@ -180,6 +190,11 @@ fn reject_with_private_data() {
 #[test]
 fn peer_kill9_gives_disconnected_and_qp_error() {
     run_pair("127.0.0.1", "accept", "sleep", &[]);
+}
+
+#[test]
+fn cm_drop_from_control_channel_disconnects_both_sides() {
+    run_pair("127.0.0.1", "accept", "ctl", &[]);
 }
 
 #[test]
@@ -539,6 +554,10 @@ fn client() -> Result<(), String> {
             }
             "fault" => {
                 // SOFTRDMA_FAULTS=cmdrop:qp=* drops the connection once established.
+                wait_event(ch, RDMA_CM_EVENT_DISCONNECTED)?;
+            }
+            "ctl" => {
+                println!("READY {}", std::process::id());
                 wait_event(ch, RDMA_CM_EVENT_DISCONNECTED)?;
             }
             _ => {
