@@ -7,7 +7,7 @@ use crate::mr::{self, MrAccess, MrError};
 use crate::qp::{complete, wait_no_delivery, wc, QpWrap, Sq};
 use crate::runtime::Runtime;
 use crate::util::{self, CopyError, SharedLock};
-use softrdma_abi::fabric::{self, Counter, QpRec, RecvWqe};
+use softrdma_abi::fabric::{Counter, QpRec, RecvWqe};
 use softrdma_abi::verbs::*;
 use std::sync::atomic::Ordering;
 
@@ -321,8 +321,10 @@ fn peer(rt: &Runtime, w: &QpWrap) -> Result<Peer, Exec> {
         // The responder QP is gone: like a real requester, retry until the transport timeout.
         return Err(Exec::Stall(StallKind::NotReady));
     }
+    // Liveness is not probed here (that costs syscalls per WR): a dead peer makes the copy fail
+    // with ESRCH, and the event thread's liveness scan moves our QP to ERR within ~100 ms.
     let pid = rec.owner.load(Ordering::Acquire);
-    if pid != rt.pid && !fabric::pid_alive(pid) {
+    if pid == 0 {
         return Err(Exec::Fail(IBV_WC_RETRY_EXC_ERR));
     }
     Ok(Peer { rec, qpn, pid })
