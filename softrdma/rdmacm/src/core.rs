@@ -1128,6 +1128,8 @@ impl Runtime {
             (lst.channel.clone(), false)
         };
         let nid = IdBox::new(channel, sync, context, ps, qp_type);
+        // The application's reference, released by rdma_destroy_id.
+        let _ = Arc::into_raw(nid.clone());
         let mut nst = lock(&nid.st);
         if let Ok(dev) = device_for(&req.dst.ip()) {
             nid.attach_device(&mut nst, dev);
