@@ -11,3 +11,4 @@
 pub mod engine;
 pub mod verbs;
 pub mod initiator;
+pub mod transport;
