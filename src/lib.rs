@@ -9,6 +9,5 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod engine;
+pub mod minitarget;
 pub mod verbs;
-pub mod initiator;
-pub mod transport;

@@ -1128,8 +1128,6 @@ impl Runtime {
             (lst.channel.clone(), false)
         };
         let nid = IdBox::new(channel, sync, context, ps, qp_type);
-        // The application's reference, released by rdma_destroy_id.
-        let _ = Arc::into_raw(nid.clone());
         let mut nst = lock(&nid.st);
         if let Ok(dev) = device_for(&req.dst.ip()) {
             nid.attach_device(&mut nst, dev);
@@ -1314,7 +1312,7 @@ pub fn qpn_of(id: &IdBox, st: &IdState) -> u32 {
 }
 
 /// Drop the CM connection of `id` as if the peer had vanished (fault kind f).
-pub fn drop_connection(id: &Arc<IdBox>, why: &str) {
+pub fn drop_connection(id: &Arc<IdBox>, why: &str, count_it: bool) {
     let mut st = lock(&id.st);
     let qpn = qpn_of(id, &st);
     let Some(c) = st.conn.as_mut() else {
@@ -1328,6 +1326,12 @@ pub fn drop_connection(id: &Arc<IdBox>, why: &str) {
         id.c_ptr(),
         c.machine.state()
     ));
+    if let (true, Some(p)) = (count_it, ffi::private()) {
+        if let Ok(w) = std::ffi::CString::new(format!("cm-drop cm_id={:p}", id.c_ptr())) {
+            // SAFETY: vtable function; NUL-terminated string outliving the call.
+            unsafe { (p.note_cm_fault)(qpn, w.as_ptr()) };
+        }
+    }
     let outs = c.machine.on_eof();
     id.run(&mut st, outs);
 }
@@ -1343,8 +1347,8 @@ pub fn maybe_fault(id: &Arc<IdBox>) -> bool {
     };
     // SAFETY: vtable function.
     if unsafe { (p.cm_should_drop)(qpn) } != 0 {
-        // libibverbs already counted and logged the fault (kind=cmdrop).
-        drop_connection(id, "scheduled cmdrop rule");
+        // cm_should_drop already counted and logged the fault.
+        drop_connection(id, "scheduled cmdrop rule", false);
         true
     } else {
         false
@@ -1359,8 +1363,7 @@ unsafe extern "C" fn fault_handler(_arg: *mut std::ffi::c_void, qpn: u32) {
             qpn_of(&id, &st)
         };
         if qpn == 0 || this == qpn {
-            // libibverbs counted and logged the fault before calling us.
-            drop_connection(&id, "cmdrop requested through libibverbs");
+            drop_connection(&id, "cmdrop requested by libibverbs", true);
         }
     }
 }
