@@ -11,3 +11,5 @@
 pub mod engine;
 pub mod minitarget;
 pub mod verbs;
+pub mod initiator;
+pub mod transport;

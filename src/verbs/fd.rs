@@ -48,3 +48,36 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> Result<bool> {
         return Ok(rc > 0);
     }
 }
+
+/// Wait until any of `fds` is readable or `timeout` passes. Returns the index
+/// of the first readable fd, or `None` on timeout. At most 8 fds.
+pub fn wait_readable_any(fds: &[RawFd], timeout: Duration) -> Result<Option<usize>> {
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; 8];
+    let n = fds.len().min(pfds.len());
+    for (p, &fd) in pfds.iter_mut().zip(fds.iter()) {
+        p.fd = fd;
+    }
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    loop {
+        // SAFETY: `pfds[..n]` is a valid, exclusively borrowed pollfd array.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, ms) };
+        if rc < 0 {
+            let errno = Errno::last();
+            if errno.0 == libc::EINTR {
+                continue;
+            }
+            return Err(VerbsError::Call {
+                call: "poll",
+                errno,
+            });
+        }
+        if rc == 0 {
+            return Ok(None);
+        }
+        return Ok(pfds[..n].iter().position(|p| p.revents != 0));
+    }
+}

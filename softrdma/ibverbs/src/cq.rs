@@ -262,31 +262,61 @@ pub(crate) enum PushError {
 
 /// Append `wc` to the CQ in record slot `slot` owned by `owner`.
 pub(crate) fn push(rt: &Runtime, slot: u32, owner: u32, wc: &ibv_wc) -> Result<(), PushError> {
+    push_with(rt, slot, owner, wc, &[], &[]).map_err(|e| match e {
+        PushOrCopy::Push(p) => p,
+        PushOrCopy::Copy(_) => PushError::Gone,
+    })
+}
+
+/// Failure of [`push_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushOrCopy {
+    /// The completion could not be appended (nothing was copied).
+    Push(PushError),
+    /// The payload copy failed (nothing was published).
+    Copy(util::CopyError),
+}
+
+/// Copy `local` (ours) to `remote` (in `owner`'s memory) and append `wc`, in a single
+/// `process_vm_writev` when the owner is another process. The entry is published (release store
+/// of the tail) only after payload and entry landed.
+pub(crate) fn push_with(
+    rt: &Runtime,
+    slot: u32,
+    owner: u32,
+    wc: &ibv_wc,
+    local: &[(u64, usize)],
+    remote: &[(u64, usize)],
+) -> Result<(), PushOrCopy> {
     let rec = rt.fabric.cq(slot as usize);
     {
         let _l = SharedLock::lock(&rec.lock, rt.pid);
         if rec.owner.load(Ordering::Acquire) != owner {
-            return Err(PushError::Gone);
+            return Err(PushOrCopy::Push(PushError::Gone));
         }
         let cap = rec.cap.load(Ordering::Relaxed) as u64;
         let addr = rec.addr.load(Ordering::Relaxed);
         if cap == 0 || addr == 0 {
-            return Err(PushError::Gone);
+            return Err(PushOrCopy::Push(PushError::Gone));
         }
         let head = rec.head.load(Ordering::Acquire);
         let tail = rec.tail.load(Ordering::Relaxed);
         if tail - head >= cap {
             rec.overrun.store(1, Ordering::Relaxed);
-            return Err(PushError::Overrun);
+            return Err(PushOrCopy::Push(PushError::Overrun));
         }
         let dst = addr + (tail % cap) * std::mem::size_of::<ibv_wc>() as u64;
         if owner == rt.pid {
+            util::write_to(owner, local, remote).map_err(PushOrCopy::Copy)?;
             // SAFETY: dst is inside our own live ring (cap/addr read under the producer lock, which
             // resize/destroy also take).
             unsafe { std::ptr::write(dst as *mut ibv_wc, *wc) };
-        } else if util::write_to(owner, &[(wc as *const ibv_wc as u64, 48)], &[(dst, 48)]).is_err()
-        {
-            return Err(PushError::Gone);
+        } else {
+            let mut l: Vec<(u64, usize)> = local.to_vec();
+            let mut r: Vec<(u64, usize)> = remote.to_vec();
+            l.push((wc as *const ibv_wc as u64, 48));
+            r.push((dst, 48));
+            util::write_to(owner, &l, &r).map_err(PushOrCopy::Copy)?;
         }
         rec.tail.store(tail + 1, Ordering::Release);
     }

@@ -2,12 +2,13 @@
 //! moving payload with `process_vm_readv/writev`, and implements the RC error semantics
 //! (first failing WR with its status, QP → ERR, everything else flushed, LAST_WQE_REACHED).
 
+use crate::cq::{PushError, PushOrCopy};
 use crate::faults::Action;
 use crate::mr::{self, MrAccess, MrError};
 use crate::qp::{complete, wait_no_delivery, wc, QpWrap, Sq};
 use crate::runtime::Runtime;
 use crate::util::{self, CopyError, SharedLock};
-use softrdma_abi::fabric::{self, Counter, QpRec, RecvWqe};
+use softrdma_abi::fabric::{Counter, QpRec, RecvWqe};
 use softrdma_abi::verbs::*;
 use std::sync::atomic::Ordering;
 
@@ -321,8 +322,10 @@ fn peer(rt: &Runtime, w: &QpWrap) -> Result<Peer, Exec> {
         // The responder QP is gone: like a real requester, retry until the transport timeout.
         return Err(Exec::Stall(StallKind::NotReady));
     }
+    // Liveness is not probed here (that costs syscalls per WR): a dead peer makes the copy fail
+    // with ESRCH, and the event thread's liveness scan moves our QP to ERR within ~100 ms.
     let pid = rec.owner.load(Ordering::Acquire);
-    if pid != rt.pid && !fabric::pid_alive(pid) {
+    if pid == 0 {
         return Err(Exec::Fail(IBV_WC_RETRY_EXC_ERR));
     }
     Ok(Peer { rec, qpn, pid })
@@ -461,6 +464,7 @@ fn deliver(
         Exec::Fail(requester)
     };
     let mut guards = Vec::new();
+    let mut payload_remote: Vec<(u64, usize)> = Vec::new();
     if !is_write_imm {
         // Scatter into the WQE's SGEs.
         let mut remote = Vec::new();
@@ -486,13 +490,8 @@ fn deliver(
         if left > 0 {
             return responder_fail(IBV_WC_LOC_LEN_ERR, IBV_WC_REM_INV_REQ_ERR);
         }
-        match util::write_to(p.pid, local, &remote) {
-            Ok(()) => {}
-            Err(CopyError::PeerGone) => return Exec::Fail(IBV_WC_RETRY_EXC_ERR),
-            Err(CopyError::Fault) => return responder_fail(IBV_WC_LOC_PROT_ERR, IBV_WC_REM_OP_ERR),
-        }
+        payload_remote = remote;
     }
-    drop(guards);
     rwc.status = IBV_WC_SUCCESS;
     rwc.byte_len = wr.len as u32;
     match wr.opcode {
@@ -506,16 +505,35 @@ fn deliver(
         }
         _ => {}
     }
-    match crate::cq::push(rt, recv_cq, p.pid, &rwc) {
+    let payload_local: &[(u64, usize)] = if payload_remote.is_empty() {
+        &[]
+    } else {
+        local
+    };
+    // One copy for payload + completion; the completion is published after both landed.
+    let r = crate::cq::push_with(rt, recv_cq, p.pid, &rwc, payload_local, &payload_remote);
+    drop(guards);
+    match r {
         Ok(()) => Exec::Done(0),
-        Err(crate::cq::PushError::Overrun) => {
+        Err(PushOrCopy::Push(PushError::Overrun)) => {
+            // The data still lands; only the completion is lost (and the CQ reports CQ_ERR).
+            let _ = util::write_to(p.pid, payload_local, &payload_remote);
             crate::log::warn(&format!(
                 "QP {:#x}: responder CQ overrun; completion dropped",
                 p.qpn
             ));
             Exec::Done(0)
         }
-        Err(crate::cq::PushError::Gone) => Exec::Fail(IBV_WC_RETRY_EXC_ERR),
+        Err(PushOrCopy::Push(PushError::Gone)) | Err(PushOrCopy::Copy(CopyError::PeerGone)) => {
+            Exec::Fail(IBV_WC_RETRY_EXC_ERR)
+        }
+        Err(PushOrCopy::Copy(CopyError::Fault)) => {
+            rwc.status = IBV_WC_LOC_PROT_ERR;
+            rwc.vendor_err = 0x100 + IBV_WC_LOC_PROT_ERR;
+            let _ = crate::cq::push(rt, recv_cq, p.pid, &rwc);
+            responder_error(rt, p, None);
+            Exec::Fail(IBV_WC_REM_OP_ERR)
+        }
     }
 }
 

@@ -225,11 +225,10 @@ pub unsafe fn destroy_id(idp: *mut rdma_cm_id) -> c_int {
     });
     for e in dropped {
         if e.ev.event == RDMA_CM_EVENT_CONNECT_REQUEST && Arc::as_ptr(&e.id) != me {
-            let child = e.id.clone();
+            let raw = e.id.c_ptr();
             drop(e);
-            // SAFETY: the child id was never handed to the application.
-            let raw = Arc::into_raw(child) as *mut rdma_cm_id;
-            // SAFETY: raw is a live id reference we own.
+            // SAFETY: the child id was never handed to the application, so the
+            // application reference taken when it was created is still ours to release.
             unsafe { destroy_id(raw) };
         }
     }

@@ -1128,6 +1128,8 @@ impl Runtime {
             (lst.channel.clone(), false)
         };
         let nid = IdBox::new(channel, sync, context, ps, qp_type);
+        // The application's reference, released by rdma_destroy_id.
+        let _ = Arc::into_raw(nid.clone());
         let mut nst = lock(&nid.st);
         if let Ok(dev) = device_for(&req.dst.ip()) {
             nid.attach_device(&mut nst, dev);
@@ -1312,7 +1314,7 @@ pub fn qpn_of(id: &IdBox, st: &IdState) -> u32 {
 }
 
 /// Drop the CM connection of `id` as if the peer had vanished (fault kind f).
-pub fn drop_connection(id: &Arc<IdBox>, why: &str, count_it: bool) {
+pub fn drop_connection(id: &Arc<IdBox>, why: &str) {
     let mut st = lock(&id.st);
     let qpn = qpn_of(id, &st);
     let Some(c) = st.conn.as_mut() else {
@@ -1326,12 +1328,6 @@ pub fn drop_connection(id: &Arc<IdBox>, why: &str, count_it: bool) {
         id.c_ptr(),
         c.machine.state()
     ));
-    if let (true, Some(p)) = (count_it, ffi::private()) {
-        if let Ok(w) = std::ffi::CString::new(format!("cm-drop cm_id={:p}", id.c_ptr())) {
-            // SAFETY: vtable function; NUL-terminated string outliving the call.
-            unsafe { (p.note_cm_fault)(qpn, w.as_ptr()) };
-        }
-    }
     let outs = c.machine.on_eof();
     id.run(&mut st, outs);
 }
@@ -1347,8 +1343,8 @@ pub fn maybe_fault(id: &Arc<IdBox>) -> bool {
     };
     // SAFETY: vtable function.
     if unsafe { (p.cm_should_drop)(qpn) } != 0 {
-        // cm_should_drop already counted and logged the fault.
-        drop_connection(id, "scheduled cmdrop rule", false);
+        // libibverbs already counted and logged the fault (kind=cmdrop).
+        drop_connection(id, "scheduled cmdrop rule");
         true
     } else {
         false
@@ -1363,7 +1359,8 @@ unsafe extern "C" fn fault_handler(_arg: *mut std::ffi::c_void, qpn: u32) {
             qpn_of(&id, &st)
         };
         if qpn == 0 || this == qpn {
-            drop_connection(&id, "cmdrop requested by libibverbs", true);
+            // libibverbs counted and logged the fault before calling us.
+            drop_connection(&id, "cmdrop requested through libibverbs");
         }
     }
 }

@@ -94,9 +94,16 @@ impl Proc {
                         panic!("{} failed while waiting for '{prefix}': {l}", self.name);
                     }
                 }
-                Err(_) => {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = self.child.kill();
                     panic!("{}: no '{prefix}' line within {WAIT_MS} ms", self.name);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let st = self.child.wait().map(|s| s.to_string());
+                    panic!(
+                        "{} exited ({st:?}) before printing '{prefix}' (crash? see its stderr above)",
+                        self.name
+                    );
                 }
             }
         }
@@ -150,6 +157,16 @@ fn run_pair(ip: &str, server_mode: &str, client_then: &str, client_env: &[(&str,
                 client.child.kill().expect("kill -9 client");
                 let _ = client.child.wait();
             }
+            if client_then == "ctl" {
+                // Trigger the drop at a chosen moment through the runtime control channel.
+                let pid = client.expect("READY ");
+                let ctl = lib_dir().join("softrdma-ctl");
+                let out = Command::new(&ctl)
+                    .args(["send", &pid, "cmdrop", "qp=*"])
+                    .output()
+                    .unwrap_or_else(|e| panic!("run {}: {e}", ctl.display()));
+                assert!(out.status.success(), "softrdma-ctl failed: {out:?}");
+            }
             server.expect("DISCONNECTED");
             assert_eq!(server.expect("QPSTATE "), "6", "server QP must be in ERR");
             if client_then != "sleep" {
@@ -183,6 +200,11 @@ fn peer_kill9_gives_disconnected_and_qp_error() {
 }
 
 #[test]
+fn cm_drop_from_control_channel_disconnects_both_sides() {
+    run_pair("127.0.0.1", "accept", "ctl", &[]);
+}
+
+#[test]
 fn injected_cm_drop_disconnects_both_sides() {
     run_pair(
         "127.0.0.1",
@@ -190,6 +212,16 @@ fn injected_cm_drop_disconnects_both_sides() {
         "fault",
         &[("SOFTRDMA_FAULTS", "cmdrop:qp=*".to_string())],
     );
+}
+
+/// One process: non-blocking channel (EAGAIN), bind conflicts, listen backlog (a REQ beyond
+/// the backlog of not-yet-retrieved CONNECT_REQUESTs is rejected with status 1), rejecting a
+/// QP-less connection, and destroying a listener with a pending request.
+#[test]
+fn nonblocking_channel_bind_conflicts_and_backlog() {
+    let mut p = Proc::spawn("misc", "misc", &[]);
+    p.expect("DONE");
+    p.finish();
 }
 
 /// The synchronous endpoint API rdma-sys programs use: rdma_getaddrinfo, rdma_create_ep
@@ -220,6 +252,7 @@ fn child_main() {
         "server" => server(),
         "client" => client(),
         "ep_server" => ep_server(),
+        "misc" => misc(),
         "ep_client" => ep_client(),
         r => Err(format!("unknown role {r}")),
     };
@@ -541,6 +574,10 @@ fn client() -> Result<(), String> {
                 // SOFTRDMA_FAULTS=cmdrop:qp=* drops the connection once established.
                 wait_event(ch, RDMA_CM_EVENT_DISCONNECTED)?;
             }
+            "ctl" => {
+                println!("READY {}", std::process::id());
+                wait_event(ch, RDMA_CM_EVENT_DISCONNECTED)?;
+            }
             _ => {
                 if rdma_disconnect(id) != 0 {
                     return Err("rdma_disconnect".into());
@@ -702,5 +739,163 @@ fn ep_client() -> Result<(), String> {
         ibv_dereg_mr(mr);
         rdma_destroy_ep(id);
     }
+    Ok(())
+}
+
+fn active(ch: *mut rdma_event_channel, port: u16) -> Result<*mut rdma_cm_id, String> {
+    use rdma_cm_event_type::*;
+    // SAFETY: straight-line librdmacm use with a live channel.
+    unsafe {
+        let mut id: *mut rdma_cm_id = std::ptr::null_mut();
+        if rdma_create_id(
+            ch,
+            &mut id,
+            std::ptr::null_mut(),
+            rdma_port_space::RDMA_PS_TCP,
+        ) != 0
+        {
+            return Err("rdma_create_id".into());
+        }
+        let mut dst = sockaddr(&SocketAddr::new([127, 0, 0, 1].into(), port));
+        if rdma_resolve_addr(
+            id,
+            std::ptr::null_mut(),
+            &mut dst as *mut _ as *mut libc::sockaddr,
+            2000,
+        ) != 0
+        {
+            return Err("rdma_resolve_addr".into());
+        }
+        let e = wait_event(ch, RDMA_CM_EVENT_ADDR_RESOLVED)?;
+        if e.id != id {
+            return Err("ADDR_RESOLVED for another id".into());
+        }
+        if rdma_resolve_route(id, 2000) != 0 {
+            return Err("rdma_resolve_route".into());
+        }
+        wait_event(ch, RDMA_CM_EVENT_ROUTE_RESOLVED)?;
+        // QP-less connect: the QPN travels in the conn param.
+        let mut p = param(b"x", 1, 1);
+        p.qp_num = 0x1234;
+        if rdma_connect(id, &mut p) != 0 {
+            return Err(format!("rdma_connect: {}", std::io::Error::last_os_error()));
+        }
+        Ok(id)
+    }
+}
+
+fn readable(ch: *mut rdma_event_channel) -> bool {
+    // SAFETY: live channel; valid pollfd.
+    unsafe {
+        let mut pfd = libc::pollfd {
+            fd: (*ch).fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        libc::poll(&mut pfd, 1, WAIT_MS) == 1
+    }
+}
+
+fn misc() -> Result<(), String> {
+    use rdma_cm_event_type::*;
+    // SAFETY: straight-line librdmacm use with objects created here.
+    unsafe {
+        let chl = rdma_create_event_channel();
+        let cha = rdma_create_event_channel();
+        if chl.is_null() || cha.is_null() {
+            return Err("rdma_create_event_channel".into());
+        }
+        // Non-blocking empty channel: EAGAIN.
+        let fl = libc::fcntl((*chl).fd, libc::F_GETFL);
+        libc::fcntl((*chl).fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        let mut e: *mut rdma_cm_event = std::ptr::null_mut();
+        if rdma_get_cm_event(chl, &mut e) != -1
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
+        {
+            return Err(
+                "non-blocking rdma_get_cm_event on an empty channel must fail with EAGAIN".into(),
+            );
+        }
+        let mut listen: *mut rdma_cm_id = std::ptr::null_mut();
+        rdma_create_id(
+            chl,
+            &mut listen,
+            std::ptr::null_mut(),
+            rdma_port_space::RDMA_PS_TCP,
+        );
+        let mut sa = sockaddr(&SocketAddr::new([127, 0, 0, 1].into(), 0));
+        if rdma_bind_addr(listen, &mut sa as *mut _ as *mut libc::sockaddr) != 0 {
+            return Err("bind listener".into());
+        }
+        let port = u16::from_be(rdma_get_src_port(listen));
+        // Wildcard bind of the same port conflicts (TCP rules).
+        let mut other: *mut rdma_cm_id = std::ptr::null_mut();
+        rdma_create_id(
+            chl,
+            &mut other,
+            std::ptr::null_mut(),
+            rdma_port_space::RDMA_PS_TCP,
+        );
+        let mut any = sockaddr(&SocketAddr::new([0, 0, 0, 0].into(), port));
+        if rdma_bind_addr(other, &mut any as *mut _ as *mut libc::sockaddr) != -1
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::EADDRINUSE)
+        {
+            return Err("0.0.0.0:port must conflict with 127.0.0.1:port (EADDRINUSE)".into());
+        }
+        rdma_destroy_id(other);
+        if rdma_listen(listen, 1) != 0 {
+            return Err("rdma_listen".into());
+        }
+        let id1 = active(cha, port)?;
+        if !readable(chl) {
+            return Err("no CONNECT_REQUEST for the first connection".into());
+        }
+        // Backlog 1 is used up by the unretrieved request: the next REQ is rejected.
+        let id2 = active(cha, port)?;
+        let e2 = wait_event(cha, RDMA_CM_EVENT_REJECTED)?;
+        if e2.id != id2 || e2.status != 1 {
+            return Err(format!(
+                "over-backlog connect: status {}, want 1",
+                e2.status
+            ));
+        }
+        let req = wait_event(chl, RDMA_CM_EVENT_CONNECT_REQUEST)?;
+        if rdma_reject(req.id, std::ptr::null(), 0) != 0 {
+            return Err("rdma_reject".into());
+        }
+        let e1 = wait_event(cha, RDMA_CM_EVENT_REJECTED)?;
+        if e1.id != id1 || e1.status != 28 {
+            return Err(format!("rejected connect: status {}, want 28", e1.status));
+        }
+        rdma_destroy_id(req.id);
+        // The backlog slot is free again; then the listener goes away with the request pending.
+        let id3 = active(cha, port)?;
+        if !readable(chl) {
+            return Err("no CONNECT_REQUEST for the third connection".into());
+        }
+        rdma_destroy_id(listen);
+        let e3 = wait_any(cha)?;
+        if e3.id != id3 || e3.kind != RDMA_CM_EVENT_REJECTED {
+            return Err(format!(
+                "listener destroyed with a pending request: event {} status {}",
+                e3.kind, e3.status
+            ));
+        }
+        // Nobody listens any more: REJECTED with status 8 (invalid service id).
+        let id4 = active(cha, port)?;
+        let e4 = wait_event(cha, RDMA_CM_EVENT_REJECTED)?;
+        if e4.id != id4 || e4.status != 8 {
+            return Err(format!(
+                "connect without listener: status {}, want 8",
+                e4.status
+            ));
+        }
+        for id in [id1, id2, id3, id4] {
+            rdma_destroy_id(id);
+        }
+        rdma_destroy_event_channel(cha);
+        rdma_destroy_event_channel(chl);
+    }
+    println!("DONE");
     Ok(())
 }

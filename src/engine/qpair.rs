@@ -1,0 +1,1364 @@
+//! The per-qpair engine: request slab, queues, counters, lifecycle.
+
+use std::collections::VecDeque;
+
+use super::action::{Action, DisconnectReason, Notice, Unexpected};
+use super::codec::nvme::{Command, Completion, DataTransfer, Fuse, Status};
+use super::codec::sgl::{effective_data_transfer, parse_data_layout, DataLayout};
+use super::config::{ConfigError, QpairConfig};
+use super::error::EngineError;
+use super::ids::{RecvId, ReqId, Timestamp};
+use super::queues::Queues;
+use super::request::{Incoming, LocalSge, Request};
+use super::state::{QueueKind, ReqState};
+use super::wr::{WcStatus, WrId, WrKind};
+
+/// Lifecycle of a qpair (upstream §3: active → error/disconnecting →
+/// draining → destroyable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QpairState {
+    /// Normal operation.
+    Active,
+    /// An error was seen (or the peer left); the host has been told with
+    /// [`Action::HostDisconnect`] and the engine waits for `handle_fini`. No
+    /// new WRs are posted; queued requests are dropped.
+    Error,
+    /// `handle_fini` was called: the QP was moved to error and the engine
+    /// waits for every WR, RECV and request to come back, or the deadline.
+    Draining {
+        /// When the drain gives up waiting for the NIC.
+        deadline: Timestamp,
+    },
+    /// [`Action::Finished`] was emitted; the engine accepts no more events.
+    Finished,
+}
+
+/// State of a receive slot owned by a qpair (without SRQ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecvSlot {
+    /// Posted on the QP: owned by the NIC.
+    Posted,
+    /// Completed: holds a command (incoming or attached to a request).
+    Held,
+    /// Back from the NIC for good (the qpair is going away).
+    Retired,
+}
+
+/// Counters of one qpair (what is in flight and held).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Data WRs + response SENDs owned by the NIC.
+    pub send_depth: u32,
+    /// RDMA READs owned by the NIC.
+    pub read_depth: u16,
+    /// Received capsules held by the engine (incoming or attached to a request).
+    pub recv_depth: u16,
+    /// RECVs posted on the QP (without SRQ).
+    pub recvs_posted: u16,
+    /// Request objects not FREE.
+    pub requests_in_use: u16,
+    /// Received capsules waiting for a request object.
+    pub incoming: u16,
+}
+
+/// Statistics (upstream's poller stats that the engine can know).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Commands received.
+    pub requests: u64,
+    /// Times the pending-read head had to wait (`pending_rdma_read`).
+    pub pending_rdma_read: u64,
+    /// Times the pending-write head had to wait (`pending_rdma_write`).
+    pub pending_rdma_write: u64,
+    /// Times the pending-send head had to wait (`pending_rdma_send`).
+    pub pending_rdma_send: u64,
+    /// Times a capsule waited for a free request (`pending_free_request`).
+    pub pending_free_request: u64,
+    /// READ chains posted in more than one part.
+    pub split_reads: u64,
+    /// Completions with an error status.
+    pub wc_errors: u64,
+}
+
+/// Outcome of [`Qpair::abort`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortOutcome {
+    /// No outstanding command with that CID.
+    NotFound,
+    /// The victim was queued; it is answered with ABORTED_BY_REQUEST.
+    Aborted(ReqId),
+    /// The victim is executing in the host: abort it there.
+    Executing(ReqId),
+    /// The victim is moving data; retry until the abort timeout.
+    Busy(ReqId),
+    /// The victim is past the point where it can be aborted.
+    TooLate(ReqId),
+}
+
+/// Direction of a data WR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataOpcode {
+    /// IBV_WR_RDMA_READ (host to controller), signaled.
+    RdmaRead,
+    /// IBV_WR_RDMA_WRITE (controller to host), unsignaled.
+    RdmaWrite,
+}
+
+/// Everything needed to build one data `ibv_send_wr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataWr<'a> {
+    /// `wr_id`.
+    pub wr_id: WrId,
+    /// Opcode.
+    pub opcode: DataOpcode,
+    /// Whether to set IBV_SEND_SIGNALED.
+    pub signaled: bool,
+    /// `wr.rdma.remote_addr`.
+    pub remote_addr: u64,
+    /// `wr.rdma.rkey`.
+    pub rkey: u32,
+    /// Local SGEs.
+    pub sges: &'a [LocalSge],
+}
+
+/// Everything needed to build the response SEND.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendWr {
+    /// `wr_id`.
+    pub wr_id: WrId,
+    /// The 16-byte completion queue entry to send.
+    pub response: [u8; 16],
+    /// Send with invalidate of this rkey (IBV_WR_SEND_WITH_INV), if any.
+    pub invalidate_rkey: Option<u32>,
+}
+
+/// Where a command's data is, for the host executing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataRef<'a> {
+    /// The command moves no data.
+    None,
+    /// In the receive buffer `recv`, at `offset` of its in-capsule area.
+    InCapsule {
+        /// The receive slot.
+        recv: RecvId,
+        /// Offset into the in-capsule data area.
+        offset: u32,
+        /// Length.
+        len: u32,
+    },
+    /// In the granted buffers (in order).
+    Buffers {
+        /// The segments.
+        sges: &'a [LocalSge],
+        /// Total length.
+        len: u32,
+    },
+}
+
+/// The engine of one qpair. See the module documentation of
+/// [`crate::engine`] for how a transport drives it.
+#[derive(Debug)]
+pub struct Qpair {
+    cfg: QpairConfig,
+    reqs: Vec<Request>,
+    queues: Queues,
+    incoming: VecDeque<Incoming>,
+    recv_slots: Vec<RecvSlot>,
+    send_depth: u32,
+    read_depth: u16,
+    recv_depth: u16,
+    recvs_posted: u16,
+    in_use: u16,
+    sq_head: u16,
+    fused_first: Option<ReqId>,
+    /// Fused partners to re-run because their mate was freed.
+    kicks: VecDeque<ReqId>,
+    state: QpairState,
+    host_told: bool,
+    qp_disconnected: bool,
+    last_wqe: bool,
+    qp_destroyed: bool,
+    actions: VecDeque<Action>,
+    stats: Stats,
+    #[cfg(feature = "sim")]
+    sim_bug_3463: bool,
+}
+
+impl Qpair {
+    /// Creates the engine of a new qpair. Without SRQ this emits one
+    /// [`Action::PostRecv`] per receive slot (post them before `rdma_accept`).
+    pub fn new(cfg: QpairConfig) -> Result<Qpair, ConfigError> {
+        cfg.validate()?;
+        let n = usize::from(cfg.max_queue_depth);
+        let mut q = Qpair {
+            cfg,
+            reqs: (0..n).map(|_| Request::new()).collect(),
+            queues: Queues::new(n),
+            incoming: VecDeque::with_capacity(n),
+            recv_slots: Vec::with_capacity(if cfg.srq { 0 } else { n }),
+            send_depth: 0,
+            read_depth: 0,
+            recv_depth: 0,
+            recvs_posted: 0,
+            in_use: 0,
+            sq_head: 0,
+            fused_first: None,
+            kicks: VecDeque::with_capacity(n),
+            state: QpairState::Active,
+            host_told: false,
+            qp_disconnected: false,
+            last_wqe: false,
+            qp_destroyed: false,
+            actions: VecDeque::with_capacity(8 * n + 64),
+            stats: Stats::default(),
+            #[cfg(feature = "sim")]
+            sim_bug_3463: false,
+        };
+        for i in (0..n).rev() {
+            q.queues
+                .push_front(QueueKind::Free, ReqId(i as u16))
+                .map_err(|_| ConfigError::QueueDepth {
+                    label: cfg.label,
+                    value: cfg.max_queue_depth,
+                })?;
+        }
+        if !cfg.srq {
+            for i in 0..n {
+                q.recv_slots.push(RecvSlot::Posted);
+                q.recvs_posted += 1;
+                q.actions.push_back(Action::PostRecv {
+                    recv: RecvId(i as u32),
+                });
+            }
+        }
+        Ok(q)
+    }
+
+    // ------------------------------------------------------------------
+    // Accessors
+    // ------------------------------------------------------------------
+
+    /// The configuration.
+    pub fn config(&self) -> &QpairConfig {
+        &self.cfg
+    }
+
+    /// The lifecycle state.
+    pub fn state(&self) -> QpairState {
+        self.state
+    }
+
+    /// Current counters.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            send_depth: self.send_depth,
+            read_depth: self.read_depth,
+            recv_depth: self.recv_depth,
+            recvs_posted: self.recvs_posted,
+            requests_in_use: self.in_use,
+            incoming: self.incoming.len() as u16,
+        }
+    }
+
+    /// Statistics.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The state of request `req`.
+    pub fn request_state(&self, req: ReqId) -> Option<ReqState> {
+        self.reqs.get(req.index()).map(|r| r.state)
+    }
+
+    /// The command of request `req` (valid from NEW until FREE).
+    pub fn command(&self, req: ReqId) -> Option<&Command> {
+        self.reqs
+            .get(req.index())
+            .filter(|r| r.state != ReqState::Free)
+            .map(|r| &r.cmd)
+    }
+
+    /// The receive slot holding the capsule of `req`, until its response is
+    /// queued.
+    pub fn recv_of(&self, req: ReqId) -> Option<RecvId> {
+        self.reqs.get(req.index()).and_then(|r| r.recv)
+    }
+
+    /// Where the data of `req` is (for [`Action::Execute`]).
+    pub fn data(&self, req: ReqId) -> DataRef<'_> {
+        let Some(r) = self.reqs.get(req.index()) else {
+            return DataRef::None;
+        };
+        match r.layout {
+            DataLayout::None => DataRef::None,
+            DataLayout::InCapsule { offset, len } => match r.recv {
+                Some(recv) => DataRef::InCapsule { recv, offset, len },
+                None => DataRef::None,
+            },
+            DataLayout::Keyed { total_len, .. } if r.has_buffers => DataRef::Buffers {
+                sges: r.plan.all_sges(),
+                len: total_len,
+            },
+            DataLayout::Keyed { .. } => DataRef::None,
+        }
+    }
+
+    /// Data WR `index` of `req` (for [`Action::PostReads`] / [`Action::PostResponse`]).
+    pub fn data_wr(&self, req: ReqId, index: u8) -> Option<DataWr<'_>> {
+        let r = self.reqs.get(req.index())?;
+        if !r.has_buffers || index >= r.plan.nwrs {
+            return None;
+        }
+        let p = &r.plan.wrs[usize::from(index)];
+        let read = r.xfer == DataTransfer::HostToController;
+        Some(DataWr {
+            wr_id: WrId::new(WrKind::Data {
+                req,
+                index,
+                generation: r.generation,
+            }),
+            opcode: if read {
+                DataOpcode::RdmaRead
+            } else {
+                DataOpcode::RdmaWrite
+            },
+            signaled: read,
+            remote_addr: p.remote_addr,
+            rkey: p.rkey,
+            sges: r.plan.sges_of(usize::from(index)),
+        })
+    }
+
+    /// The response SEND of `req` (for [`Action::PostResponse`]).
+    pub fn send_wr(&self, req: ReqId) -> Option<SendWr> {
+        let r = self.reqs.get(req.index())?;
+        let invalidate_rkey = match r.layout {
+            DataLayout::Keyed {
+                invalidate_rkey, ..
+            } if self.cfg.send_with_invalidate => invalidate_rkey,
+            _ => None,
+        };
+        Some(SendWr {
+            wr_id: WrId::new(WrKind::Send {
+                req,
+                generation: r.generation,
+            }),
+            response: r.cpl.to_bytes(),
+            invalidate_rkey,
+        })
+    }
+
+    /// The next action, in order. Handle every action before feeding the next
+    /// event.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Moves all pending actions into `out` (which keeps its capacity).
+    pub fn drain_actions(&mut self, out: &mut Vec<Action>) {
+        out.extend(self.actions.drain(..));
+    }
+
+    /// When [`Qpair::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        match self.state {
+            QpairState::Draining { deadline } if !self.qp_destroyed => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// Test-only switch (feature `sim`): reintroduce SPDK #3463's mistake of
+    /// leaving a request linked in the pending-read queue when its READ chain
+    /// fails mid-way. Absent from builds without the `sim` feature.
+    #[cfg(feature = "sim")]
+    pub fn sim_reintroduce_bug_3463(&mut self, on: bool) {
+        self.sim_bug_3463 = on;
+    }
+
+    // ------------------------------------------------------------------
+    // Events
+    // ------------------------------------------------------------------
+
+    /// A work completion for this qpair: dispatched by its `wr_id`, never by
+    /// its opcode. `payload` is the received bytes (64-byte command + in-capsule
+    /// data, i.e. `byte_len` bytes of the receive buffer) for a successful
+    /// RECV, ignored otherwise.
+    pub fn handle_completion(
+        &mut self,
+        wr_id: u64,
+        status: WcStatus,
+        payload: &[u8],
+    ) -> Result<(), EngineError> {
+        self.check_open()?;
+        let kind = WrId::from_raw(wr_id)?.kind()?;
+        let wr = WrId::new(kind);
+        if !status.is_success() {
+            self.stats.wc_errors += 1;
+            self.notice(Notice::WcError {
+                qpair: self.cfg.label,
+                wr,
+                status,
+            });
+        }
+        let r = match kind {
+            WrKind::Recv { recv } => self.on_recv(recv, status, payload),
+            WrKind::Data {
+                req,
+                index,
+                generation,
+            } => self.on_data(wr, req, index, generation, status),
+            WrKind::Send { req, generation } => self.on_send(wr, req, generation, status),
+        };
+        self.after_event();
+        r
+    }
+
+    /// The host granted buffers for `req` (answer to [`Action::RequestBuffers`]).
+    /// On error nothing was taken: the buffers still belong to the host.
+    pub fn handle_buffers_granted(
+        &mut self,
+        req: ReqId,
+        bufs: &[LocalSge],
+    ) -> Result<(), EngineError> {
+        self.check_open()?;
+        let r = self.req(req)?;
+        if r.state != ReqState::NeedBuffer || !r.buffers_asked {
+            return Err(self.wrong_state(req, "buffers granted"));
+        }
+        let i = req.index();
+        self.reqs[i].buffers_asked = false;
+        self.reqs[i].has_buffers = true;
+        let segments = match self.reqs[i].layout {
+            DataLayout::Keyed { segments, .. } => segments,
+            _ => return Err(self.wrong_state(req, "buffers granted")),
+        };
+        let built = self.reqs[i].plan.build(segments.as_slice(), bufs);
+        match built {
+            Ok(()) => self.set_state(req, ReqState::HaveBuffer)?,
+            Err(_) => self.fail_request(req, Status::DATA_SGL_LENGTH_INVALID)?,
+        }
+        self.drive(req)?;
+        self.after_event();
+        Ok(())
+    }
+
+    /// The host finished executing `req` (SPDK's `req_complete`). `cpl.sqhd`
+    /// and `cpl.cid` are filled in by the engine.
+    pub fn handle_command_executed(
+        &mut self,
+        req: ReqId,
+        cpl: Completion,
+    ) -> Result<(), EngineError> {
+        self.check_open()?;
+        if self.req(req)?.state != ReqState::Executing {
+            return Err(self.wrong_state(req, "command executed"));
+        }
+        let i = req.index();
+        let cid = self.reqs[i].cmd.cid();
+        self.reqs[i].cpl = Completion { cid, ..cpl };
+        self.set_state(req, ReqState::Executed)?;
+        self.drive(req)?;
+        self.after_event();
+        Ok(())
+    }
+
+    /// IBV_EVENT_QP_FATAL (or another QP error event): the QP is in error.
+    pub fn handle_qp_fatal(&mut self) -> Result<(), EngineError> {
+        self.check_open()?;
+        self.enter_error(DisconnectReason::QpFatal);
+        self.after_event();
+        Ok(())
+    }
+
+    /// The peer disconnected (RDMA_CM_EVENT_DISCONNECTED, DEVICE_REMOVAL, ...).
+    pub fn handle_peer_disconnected(&mut self) -> Result<(), EngineError> {
+        self.check_open()?;
+        self.enter_error(DisconnectReason::PeerDisconnected);
+        self.after_event();
+        Ok(())
+    }
+
+    /// The transport failed to post WRs. It must also feed, for every WR of
+    /// the failed chain from `bad_wr` on, a completion with status
+    /// [`WcStatus::Flushed`]: the engine then treats them like flushed WRs.
+    pub fn handle_post_failed(&mut self) -> Result<(), EngineError> {
+        self.check_open()?;
+        self.enter_error(DisconnectReason::PostFailed);
+        self.after_event();
+        Ok(())
+    }
+
+    /// IBV_EVENT_QP_LAST_WQE_REACHED (SRQ): the QP will consume no more
+    /// receives.
+    pub fn handle_last_wqe_reached(&mut self) -> Result<(), EngineError> {
+        self.check_open()?;
+        if self.last_wqe {
+            self.notice(Notice::Unexpected {
+                qpair: self.cfg.label,
+                what: Unexpected::DuplicateLastWqe,
+            });
+        }
+        self.last_wqe = true;
+        self.after_event();
+        Ok(())
+    }
+
+    /// The host tears the qpair down (SPDK's `qpair_fini`). The engine moves
+    /// the QP to error ([`Action::DisconnectQp`]) and drains; if the NIC has
+    /// not returned everything by `deadline`, teardown finishes anyway (see
+    /// [`Qpair::handle_timeout`]). Repeated calls are ignored.
+    pub fn handle_fini(&mut self, deadline: Timestamp) -> Result<(), EngineError> {
+        self.check_open()?;
+        if matches!(self.state, QpairState::Draining { .. }) {
+            return Ok(());
+        }
+        self.host_told = true;
+        self.state = QpairState::Draining { deadline };
+        if !self.qp_disconnected {
+            self.qp_disconnected = true;
+            self.actions.push_back(Action::DisconnectQp);
+        }
+        self.after_event();
+        Ok(())
+    }
+
+    /// Time passed. When draining and `now >= deadline`, every WR still owned
+    /// by the NIC is declared lost: the QP is destroyed ([`Action::DestroyQp`]
+    /// with `forced`), and only then are the buffers those WRs named released.
+    pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), EngineError> {
+        self.check_open()?;
+        if let QpairState::Draining { deadline } = self.state {
+            if now >= deadline && !self.qp_destroyed {
+                self.force_drain()?;
+            }
+        }
+        self.after_event();
+        Ok(())
+    }
+
+    /// Abort the outstanding command `cid` (SPDK's `qpair_abort_request`,
+    /// upstream §6.9).
+    pub fn abort(&mut self, cid: u16) -> Result<AbortOutcome, EngineError> {
+        self.check_open()?;
+        let Some(i) = self
+            .reqs
+            .iter()
+            .position(|r| r.state != ReqState::Free && r.cmd.cid() == cid)
+        else {
+            return Ok(AbortOutcome::NotFound);
+        };
+        let req = ReqId(i as u16);
+        let outcome = match self.reqs[i].state {
+            ReqState::NeedBuffer
+            | ReqState::DataTransferToControllerPending
+            | ReqState::DataTransferToHostPending
+            | ReqState::ReadyToCompletePending => {
+                self.cancel_buffer_ask(req);
+                let mut cpl = Completion::new(cid, Status::ABORTED_BY_REQUEST);
+                cpl.sqid = 0;
+                self.reqs[i].cpl = cpl;
+                // Re-queue at the tail of the send queue.
+                self.set_state(req, ReqState::ReadyToComplete)?;
+                self.set_state(req, ReqState::ReadyToCompletePending)?;
+                self.drive(req)?;
+                AbortOutcome::Aborted(req)
+            }
+            ReqState::Executing => AbortOutcome::Executing(req),
+            ReqState::TransferringHostToController { .. } => AbortOutcome::Busy(req),
+            _ => AbortOutcome::TooLate(req),
+        };
+        self.after_event();
+        Ok(outcome)
+    }
+
+    // ------------------------------------------------------------------
+    // Completion handlers
+    // ------------------------------------------------------------------
+
+    fn on_recv(
+        &mut self,
+        recv: RecvId,
+        status: WcStatus,
+        payload: &[u8],
+    ) -> Result<(), EngineError> {
+        if !self.cfg.srq {
+            let slot =
+                self.recv_slots
+                    .get_mut(recv.0 as usize)
+                    .ok_or(EngineError::UnknownRecv {
+                        qpair: self.cfg.label,
+                        recv,
+                    })?;
+            if *slot != RecvSlot::Posted {
+                return Err(EngineError::UnknownRecv {
+                    qpair: self.cfg.label,
+                    recv,
+                });
+            }
+            *slot = RecvSlot::Held;
+            self.recvs_posted -= 1;
+        }
+        if !status.is_success() {
+            self.enter_error(DisconnectReason::WcError {
+                wr: WrId::recv(recv),
+                status,
+            });
+            self.give_back_recv(recv);
+            return Ok(());
+        }
+        if self.state != QpairState::Active {
+            // The qpair is going away: the command is never answered.
+            self.give_back_recv(recv);
+            return Ok(());
+        }
+        if self.recv_depth >= self.cfg.max_queue_depth {
+            self.notice(Notice::HostOverrun {
+                qpair: self.cfg.label,
+                recv_depth: self.recv_depth,
+                max_queue_depth: self.cfg.max_queue_depth,
+            });
+            self.enter_error(DisconnectReason::HostOverrun {
+                recv_depth: self.recv_depth,
+            });
+            self.give_back_recv(recv);
+            return Ok(());
+        }
+        self.stats.requests += 1;
+        self.recv_depth += 1;
+        let incoming = match payload.get(..64).and_then(Command::from_slice) {
+            Some(cmd) => Incoming {
+                recv,
+                cmd,
+                parsed: self.classify(&cmd, &payload[64..]),
+            },
+            None => {
+                // A capsule shorter than a command: answer it with an error
+                // (its CID is whatever arrived, 0 if none).
+                let mut raw = [0u8; 64];
+                let n = payload.len().min(64);
+                raw[..n].copy_from_slice(&payload[..n]);
+                Incoming {
+                    recv,
+                    cmd: Command::from_bytes(&raw),
+                    parsed: Err(Status::INVALID_FIELD),
+                }
+            }
+        };
+        self.incoming.push_back(incoming);
+        Ok(())
+    }
+
+    fn classify(&self, cmd: &Command, icd: &[u8]) -> Result<DataLayout, Status> {
+        let layout = parse_data_layout(cmd, icd, &self.cfg.sgl).map_err(|e| e.status())?;
+        if let DataLayout::Keyed { segments, .. } = &layout {
+            // A WRITE chain and its SEND are posted together (upstream never
+            // splits C2H): refuse what could never fit the send queue.
+            if segments.len() as u32 + 1 > self.cfg.max_send_depth {
+                return Err(Status::DATA_SGL_LENGTH_INVALID);
+            }
+        }
+        Ok(layout)
+    }
+
+    fn on_data(
+        &mut self,
+        wr: WrId,
+        req: ReqId,
+        index: u8,
+        generation: u32,
+        status: WcStatus,
+    ) -> Result<(), EngineError> {
+        let bit = 1u16 << index;
+        let r = self.req(req)?;
+        if r.generation != generation || r.inflight & bit == 0 {
+            return Err(EngineError::StaleWr {
+                qpair: self.cfg.label,
+                wr,
+            });
+        }
+        let read = r.xfer == DataTransfer::HostToController;
+        let i = req.index();
+        self.reqs[i].inflight &= !bit;
+        self.send_depth -= 1;
+        if read {
+            self.read_depth -= 1;
+        }
+        if !status.is_success() {
+            self.enter_error(DisconnectReason::WcError { wr, status });
+        }
+        if !read || self.reqs[i].inflight != 0 {
+            // WRITE: the chained SEND's completion finishes the request.
+            return Ok(());
+        }
+        // The last outstanding READ of this part of the chain.
+        let partial = self.reqs[i].remaining() > 0;
+        if self.state != QpairState::Active {
+            #[cfg(feature = "sim")]
+            if self.sim_bug_3463 && partial {
+                self.sim_buggy_complete(req);
+                return Ok(());
+            }
+            return self.complete(req);
+        }
+        if partial {
+            self.set_state(req, ReqState::DataTransferToControllerPending)?;
+        } else {
+            self.set_state(req, ReqState::ReadyToExecute)?;
+        }
+        self.drive(req)
+    }
+
+    fn on_send(
+        &mut self,
+        wr: WrId,
+        req: ReqId,
+        generation: u32,
+        status: WcStatus,
+    ) -> Result<(), EngineError> {
+        let r = self.req(req)?;
+        if r.generation != generation || !r.send_inflight {
+            return Err(EngineError::StaleWr {
+                qpair: self.cfg.label,
+                wr,
+            });
+        }
+        let i = req.index();
+        // RC ordering: the SEND completing means every WRITE before it is done.
+        let n = self.reqs[i].outstanding();
+        self.send_depth -= n + 1;
+        self.reqs[i].inflight = 0;
+        self.reqs[i].send_inflight = false;
+        if !status.is_success() {
+            self.enter_error(DisconnectReason::WcError { wr, status });
+        }
+        self.set_state(req, ReqState::Completed)?;
+        self.complete(req)
+    }
+
+    // ------------------------------------------------------------------
+    // The state machine
+    // ------------------------------------------------------------------
+
+    /// The only code that changes a request's state: unlinks it from the queue
+    /// of the old state and links it into the queue of the new one.
+    fn set_state(&mut self, req: ReqId, new: ReqState) -> Result<(), EngineError> {
+        let i = req.index();
+        let old = self.reqs[i].state;
+        let (oq, nq) = (old.queue(), new.queue());
+        if oq != nq || self.queues.on(req) != oq {
+            self.queues.remove(req);
+            if let Some(q) = nq {
+                self.link(q, req)?;
+            }
+        }
+        if old == ReqState::Free && new != ReqState::Free {
+            self.in_use += 1;
+        } else if old != ReqState::Free && new == ReqState::Free {
+            self.in_use -= 1;
+        }
+        self.reqs[i].state = new;
+        Ok(())
+    }
+
+    fn link(&mut self, q: QueueKind, req: ReqId) -> Result<(), EngineError> {
+        match q {
+            // LIFO keeps recently used objects warm (upstream INSERT_HEAD).
+            QueueKind::Free => self.queues.push_front(q, req)?,
+            // Fabrics commands go ahead of every non-fabrics one (7251e4c26c).
+            QueueKind::PendingBuffer if self.reqs[req.index()].fabrics => {
+                let mut anchor = self.queues.head(q);
+                while let Some(a) = anchor {
+                    if !self.reqs[a.index()].fabrics {
+                        break;
+                    }
+                    anchor = self.queues.next(a);
+                }
+                match anchor {
+                    Some(a) => self.queues.insert_before(q, req, a)?,
+                    None => self.queues.push_back(q, req)?,
+                }
+            }
+            _ => self.queues.push_back(q, req)?,
+        }
+        Ok(())
+    }
+
+    /// Runs `req` until it waits (upstream `nvmf_rdma_request_process`).
+    fn drive(&mut self, req: ReqId) -> Result<(), EngineError> {
+        loop {
+            let i = req.index();
+            let state = self.reqs[i].state;
+            if self.state != QpairState::Active && self.can_drop(req) {
+                if state != ReqState::Free {
+                    return self.complete(req);
+                }
+                return Ok(());
+            }
+            match state {
+                ReqState::Free
+                | ReqState::NeedBuffer
+                | ReqState::TransferringHostToController { .. }
+                | ReqState::Executing
+                | ReqState::TransferringControllerToHost
+                | ReqState::Completing => return Ok(()),
+                ReqState::New => self.on_new(req)?,
+                ReqState::HaveBuffer => {
+                    if self.reqs[i].xfer == DataTransfer::HostToController {
+                        self.set_state(req, ReqState::DataTransferToControllerPending)?;
+                    } else {
+                        self.set_state(req, ReqState::ReadyToExecute)?;
+                    }
+                }
+                ReqState::DataTransferToControllerPending => {
+                    if !self.try_post_reads(req)? {
+                        return Ok(());
+                    }
+                }
+                ReqState::ReadyToExecute => {
+                    if !self.try_execute(req)? {
+                        return Ok(());
+                    }
+                }
+                ReqState::Executed => {
+                    let r = &self.reqs[i];
+                    let ok = r.cpl.status.sct == 0 && r.cpl.status.sc == 0;
+                    if ok
+                        && r.xfer == DataTransfer::ControllerToHost
+                        && matches!(r.layout, DataLayout::Keyed { .. })
+                    {
+                        self.set_state(req, ReqState::DataTransferToHostPending)?;
+                    } else {
+                        self.set_state(req, ReqState::ReadyToCompletePending)?;
+                    }
+                }
+                ReqState::DataTransferToHostPending => {
+                    if self.queues.head(QueueKind::PendingWrite) != Some(req) {
+                        return Ok(());
+                    }
+                    let n = u32::from(self.reqs[i].nwrs());
+                    if self.send_depth + n + 1 > self.cfg.max_send_depth {
+                        self.stats.pending_rdma_write += 1;
+                        return Ok(());
+                    }
+                    self.set_state(req, ReqState::ReadyToComplete)?;
+                }
+                ReqState::ReadyToCompletePending => {
+                    if self.queues.head(QueueKind::PendingSend) != Some(req) {
+                        return Ok(());
+                    }
+                    if self.send_depth >= self.cfg.max_send_depth {
+                        self.stats.pending_rdma_send += 1;
+                        return Ok(());
+                    }
+                    self.set_state(req, ReqState::ReadyToComplete)?;
+                }
+                ReqState::ReadyToComplete => self.transfer_out(req)?,
+                ReqState::Completed => return self.complete(req),
+            }
+        }
+    }
+
+    fn on_new(&mut self, req: ReqId) -> Result<(), EngineError> {
+        self.check_fused(req)?;
+        match self.reqs[req.index()].layout {
+            DataLayout::None | DataLayout::InCapsule { .. } => {
+                self.set_state(req, ReqState::ReadyToExecute)
+            }
+            DataLayout::Keyed { .. } => {
+                self.set_state(req, ReqState::NeedBuffer)?;
+                self.ask_buffers();
+                Ok(())
+            }
+        }
+    }
+
+    /// Upstream `nvmf_rdma_check_fused_ordering` (§6.10).
+    fn check_fused(&mut self, req: ReqId) -> Result<(), EngineError> {
+        let fuse = self.reqs[req.index()].cmd.fuse();
+        if let Some(first) = self.fused_first.take() {
+            if fuse == Fuse::Second {
+                self.reqs[first.index()].fused.pair = Some(req);
+                self.reqs[req.index()].fused.pair = Some(first);
+                return Ok(());
+            }
+            self.fail_fused(first)?;
+        }
+        match fuse {
+            Fuse::First => self.fused_first = Some(req),
+            Fuse::Second => self.reqs[req.index()].fused.failed = true,
+            Fuse::Normal | Fuse::Reserved => {}
+        }
+        Ok(())
+    }
+
+    fn fail_fused(&mut self, req: ReqId) -> Result<(), EngineError> {
+        let r = &mut self.reqs[req.index()];
+        r.fused.failed = true;
+        r.fused.pair = None;
+        if r.state == ReqState::ReadyToExecute {
+            self.drive(req)?;
+        }
+        Ok(())
+    }
+
+    fn try_execute(&mut self, req: ReqId) -> Result<bool, EngineError> {
+        let i = req.index();
+        if self.reqs[i].fused.failed {
+            self.fail_request(req, Status::ABORTED_MISSING_FUSED)?;
+            return Ok(true);
+        }
+        if self.fused_first == Some(req) {
+            return Ok(false); // a FIRST waiting for its SECOND
+        }
+        if let Some(partner) = self.reqs[i].fused.pair {
+            if self.reqs[partner.index()].state != ReqState::ReadyToExecute {
+                return Ok(false);
+            }
+            let (first, second) = if self.reqs[i].cmd.fuse() == Fuse::First {
+                (req, partner)
+            } else {
+                (partner, req)
+            };
+            self.reqs[first.index()].fused.pair = None;
+            self.reqs[second.index()].fused.pair = None;
+            self.execute(first)?;
+            self.execute(second)?;
+            return Ok(true);
+        }
+        self.execute(req)?;
+        Ok(true)
+    }
+
+    fn execute(&mut self, req: ReqId) -> Result<(), EngineError> {
+        self.set_state(req, ReqState::Executing)?;
+        self.actions.push_back(Action::Execute { req });
+        Ok(())
+    }
+
+    /// Answer `req` with a transport-generated error status.
+    fn fail_request(&mut self, req: ReqId, status: Status) -> Result<(), EngineError> {
+        let i = req.index();
+        let cid = self.reqs[i].cmd.cid();
+        self.reqs[i].cpl = Completion::new(cid, status);
+        self.notice(Notice::CommandFailed {
+            qpair: self.cfg.label,
+            req,
+            cid,
+            status,
+        });
+        self.set_state(req, ReqState::ReadyToCompletePending)
+    }
+
+    /// Head of the pending-read queue: post as much of the READ chain as the
+    /// read and send depths allow (upstream state 4, with the split of
+    /// `request_prepare_transfer_in_part`).
+    fn try_post_reads(&mut self, req: ReqId) -> Result<bool, EngineError> {
+        if self.queues.head(QueueKind::PendingRead) != Some(req) {
+            return Ok(false);
+        }
+        let i = req.index();
+        let remaining = u32::from(self.reqs[i].remaining());
+        let reads = u32::from(self.cfg.max_read_depth - self.read_depth);
+        let sends = self.cfg.max_send_depth - self.send_depth;
+        let count = remaining.min(reads).min(sends);
+        if count == 0 {
+            self.stats.pending_rdma_read += 1;
+            return Ok(false);
+        }
+        if count < remaining && self.reqs[i].posted == 0 {
+            self.stats.split_reads += 1;
+        }
+        let first = self.reqs[i].posted;
+        let count8 = count as u8;
+        for k in first..first + count8 {
+            self.reqs[i].inflight |= 1 << k;
+        }
+        self.reqs[i].posted += count8;
+        self.read_depth += count as u16;
+        self.send_depth += count;
+        let partial = self.reqs[i].remaining() > 0;
+        self.set_state(req, ReqState::TransferringHostToController { partial })?;
+        self.actions.push_back(Action::PostReads {
+            req,
+            first,
+            count: count8,
+        });
+        Ok(true)
+    }
+
+    /// Upstream `request_transfer_out`: queue the RECV for re-posting, then
+    /// post the WRITE chain (on success of a C2H command) and the SEND.
+    fn transfer_out(&mut self, req: ReqId) -> Result<(), EngineError> {
+        let i = req.index();
+        self.sq_head += 1;
+        if self.sq_head >= self.cfg.sq_size {
+            self.sq_head = 0;
+        }
+        self.reqs[i].cpl.sqhd = self.sq_head;
+        if let Some(recv) = self.reqs[i].recv.take() {
+            self.recv_depth -= 1;
+            self.give_back_recv(recv);
+        }
+        let r = &self.reqs[i];
+        let ok = r.cpl.status.sct == 0 && r.cpl.status.sc == 0;
+        let writes = if ok && r.xfer == DataTransfer::ControllerToHost && r.has_buffers {
+            r.nwrs()
+        } else {
+            0
+        };
+        let r = &mut self.reqs[i];
+        r.inflight = if writes == 0 {
+            0
+        } else {
+            (((1u32 << writes) - 1) & 0xffff) as u16
+        };
+        r.send_inflight = true;
+        self.send_depth += u32::from(writes) + 1;
+        self.actions.push_back(Action::PostResponse { req, writes });
+        if writes > 0 {
+            self.set_state(req, ReqState::TransferringControllerToHost)
+        } else {
+            self.set_state(req, ReqState::Completing)
+        }
+    }
+
+    /// A request nobody will answer any more can be dropped only when no WR
+    /// names it and the host does not hold it.
+    fn can_drop(&self, req: ReqId) -> bool {
+        let r = &self.reqs[req.index()];
+        !r.wrs_in_flight()
+            && !matches!(
+                r.state,
+                ReqState::Executing
+                    | ReqState::TransferringHostToController { .. }
+                    | ReqState::TransferringControllerToHost
+                    | ReqState::Completing
+            )
+    }
+
+    /// COMPLETED → FREE: returns buffers, the RECV (SRQ) and the object.
+    fn complete(&mut self, req: ReqId) -> Result<(), EngineError> {
+        let i = req.index();
+        if self.reqs[i].wrs_in_flight() || self.reqs[i].state.host_owned() {
+            return Err(EngineError::InFlight {
+                qpair: self.cfg.label,
+                req,
+                state: self.reqs[i].state,
+            });
+        }
+        let state = self.reqs[i].state;
+        if self.state != QpairState::Active
+            && !matches!(state, ReqState::Completed | ReqState::Free)
+        {
+            self.notice(Notice::RequestDropped {
+                qpair: self.cfg.label,
+                req,
+                state,
+            });
+        }
+        self.set_state(req, ReqState::Completed)?;
+        self.release(req);
+        self.set_state(req, ReqState::Free)?;
+        Ok(())
+    }
+
+    /// Returns what a finished request holds (upstream `_nvmf_rdma_request_free`).
+    fn release(&mut self, req: ReqId) {
+        let i = req.index();
+        self.cancel_buffer_ask(req);
+        if self.reqs[i].has_buffers {
+            self.reqs[i].has_buffers = false;
+            self.actions.push_back(Action::ReleaseBuffers { req });
+        }
+        if let Some(recv) = self.reqs[i].recv.take() {
+            // Also with SRQ (upstream 470cee22fb): an error-path completion
+            // still owns its RECV.
+            self.recv_depth -= 1;
+            self.give_back_recv(recv);
+        }
+        if self.fused_first == Some(req) {
+            self.fused_first = None;
+        }
+        let r = &mut self.reqs[i];
+        let partner = r.fused.pair.take();
+        r.fused = Default::default();
+        r.posted = 0;
+        r.layout = DataLayout::None;
+        r.xfer = DataTransfer::None;
+        r.fabrics = false;
+        r.plan.nwrs = 0;
+        r.plan.nsges = 0;
+        r.generation = r.generation.wrapping_add(1);
+        if let Some(p) = partner {
+            let pr = &mut self.reqs[p.index()];
+            pr.fused.pair = None;
+            pr.fused.failed = true;
+            if pr.state == ReqState::ReadyToExecute {
+                self.kicks.push_back(p);
+            }
+        }
+    }
+
+    /// The #3463 mistake, for the teeth test only: the request is completed on
+    /// the error path while still linked in the pending-read queue, and put on
+    /// the free queue over the same link.
+    #[cfg(feature = "sim")]
+    fn sim_buggy_complete(&mut self, req: ReqId) {
+        self.release(req);
+        self.reqs[req.index()].state = ReqState::Free;
+        self.in_use -= 1;
+        self.queues.corrupt_push_front(QueueKind::Free, req);
+    }
+
+    fn cancel_buffer_ask(&mut self, req: ReqId) {
+        let r = &mut self.reqs[req.index()];
+        if r.buffers_asked {
+            r.buffers_asked = false;
+            self.actions.push_back(Action::CancelBufferRequest { req });
+        }
+    }
+
+    /// Asks the host for buffers for every queued fabrics command and for the
+    /// first queued non-fabrics one.
+    fn ask_buffers(&mut self) {
+        let mut cur = self.queues.head(QueueKind::PendingBuffer);
+        while let Some(req) = cur {
+            cur = self.queues.next(req);
+            let r = &mut self.reqs[req.index()];
+            if !r.buffers_asked {
+                r.buffers_asked = true;
+                let len = r.layout.len();
+                self.actions.push_back(Action::RequestBuffers { req, len });
+            }
+            if !self.reqs[req.index()].fabrics {
+                break;
+            }
+        }
+    }
+
+    fn give_back_recv(&mut self, recv: RecvId) {
+        if self.cfg.srq {
+            // The SRQ outlives this qpair: always re-post.
+            self.actions.push_back(Action::PostRecv { recv });
+            return;
+        }
+        let slot = &mut self.recv_slots[recv.0 as usize];
+        if self.state == QpairState::Active {
+            *slot = RecvSlot::Posted;
+            self.recvs_posted += 1;
+            self.actions.push_back(Action::PostRecv { recv });
+        } else {
+            *slot = RecvSlot::Retired;
+        }
+    }
+
+    fn enter_error(&mut self, reason: DisconnectReason) {
+        if self.state == QpairState::Active {
+            self.state = QpairState::Error;
+        }
+        if !self.host_told {
+            self.host_told = true;
+            self.actions.push_back(Action::HostDisconnect { reason });
+        }
+    }
+
+    /// Run after every event: pending queues (upstream `process_pending`, on
+    /// every event so nothing waits for a completion that will not come), then
+    /// the teardown checks.
+    fn after_event(&mut self) {
+        if let Err(e) = self.process_pending() {
+            // Only an engine bug gets here; surface it loudly in tests.
+            debug_assert!(false, "engine internal error: {e}");
+            tracing::error!(qpair = self.cfg.label, error = %e, "engine internal error");
+        }
+        self.try_finish();
+    }
+
+    fn process_pending(&mut self) -> Result<(), EngineError> {
+        if self.state != QpairState::Active {
+            return self.drop_everything_droppable();
+        }
+        loop {
+            let mut progress = false;
+            for q in [
+                QueueKind::PendingSend,
+                QueueKind::PendingRead,
+                QueueKind::PendingWrite,
+            ] {
+                while let Some(head) = self.queues.head(q) {
+                    let before = self.reqs[head.index()].state;
+                    self.drive(head)?;
+                    if self.queues.head(q) == Some(head) && self.reqs[head.index()].state == before
+                    {
+                        break;
+                    }
+                    progress = true;
+                }
+            }
+            while !self.incoming.is_empty() {
+                let Some(req) = self.queues.head(QueueKind::Free) else {
+                    self.stats.pending_free_request += 1;
+                    break;
+                };
+                let Some(inc) = self.incoming.pop_front() else {
+                    break;
+                };
+                self.start(req, inc)?;
+                progress = true;
+            }
+            self.ask_buffers();
+            // Fused partners whose mate was freed.
+            while let Some(k) = self.kicks.pop_front() {
+                if self.reqs[k.index()].state == ReqState::ReadyToExecute {
+                    self.drive(k)?;
+                    progress = true;
+                }
+            }
+            if !progress {
+                return Ok(());
+            }
+        }
+    }
+
+    fn start(&mut self, req: ReqId, inc: Incoming) -> Result<(), EngineError> {
+        let i = req.index();
+        {
+            let r = &mut self.reqs[i];
+            r.recv = Some(inc.recv);
+            r.cmd = inc.cmd;
+            r.fabrics = inc.cmd.is_fabrics();
+            r.xfer = effective_data_transfer(&inc.cmd);
+            r.cpl = Completion::new(inc.cmd.cid(), Status::SUCCESS);
+        }
+        self.set_state(req, ReqState::New)?;
+        match inc.parsed {
+            Ok(layout) => {
+                self.reqs[i].layout = layout;
+                if layout == DataLayout::None {
+                    self.reqs[i].xfer = DataTransfer::None;
+                }
+                self.drive(req)
+            }
+            Err(status) => {
+                self.reqs[i].layout = DataLayout::None;
+                self.check_fused(req)?;
+                self.fail_request(req, status)?;
+                self.drive(req)
+            }
+        }
+    }
+
+    /// Error/draining: every request that no WR names and the host does not
+    /// hold is finished without a response, and unpaired capsules are dropped.
+    fn drop_everything_droppable(&mut self) -> Result<(), EngineError> {
+        while let Some(inc) = self.incoming.pop_front() {
+            self.recv_depth -= 1;
+            self.give_back_recv(inc.recv);
+        }
+        for i in 0..self.reqs.len() {
+            let req = ReqId(i as u16);
+            if self.reqs[i].state != ReqState::Free && self.can_drop(req) {
+                self.complete(req)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn nic_drained(&self) -> bool {
+        if self.send_depth != 0 {
+            return false;
+        }
+        if self.cfg.srq {
+            self.last_wqe || !self.cfg.last_wqe_reached_supported
+        } else {
+            self.recvs_posted == 0
+        }
+    }
+
+    fn try_finish(&mut self) {
+        if !matches!(self.state, QpairState::Draining { .. }) {
+            return;
+        }
+        if !self.qp_destroyed && self.nic_drained() {
+            self.qp_destroyed = true;
+            self.actions.push_back(Action::DestroyQp { forced: false });
+        }
+        if self.qp_destroyed && self.in_use == 0 && self.incoming.is_empty() {
+            self.state = QpairState::Finished;
+            self.actions.push_back(Action::Finished);
+        }
+    }
+
+    /// The drain deadline expired: declare every WR the NIC still owns lost,
+    /// destroy the QP first, then release what those WRs named.
+    fn force_drain(&mut self) -> Result<(), EngineError> {
+        let missing_last_wqe =
+            self.cfg.srq && self.cfg.last_wqe_reached_supported && !self.last_wqe;
+        self.notice(Notice::DrainDeadlineExpired {
+            qpair: self.cfg.label,
+            lost_send_wrs: self.send_depth,
+            lost_recvs: u32::from(self.recvs_posted),
+            missing_last_wqe,
+        });
+        self.qp_destroyed = true;
+        self.actions.push_back(Action::DestroyQp { forced: true });
+        for r in self.reqs.iter_mut() {
+            r.inflight = 0;
+            r.send_inflight = false;
+        }
+        self.send_depth = 0;
+        self.read_depth = 0;
+        for slot in self.recv_slots.iter_mut() {
+            if *slot == RecvSlot::Posted {
+                *slot = RecvSlot::Retired;
+            }
+        }
+        self.recvs_posted = 0;
+        for i in 0..self.reqs.len() {
+            let req = ReqId(i as u16);
+            if self.reqs[i].state != ReqState::Free && !self.reqs[i].state.host_owned() {
+                self.complete(req)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // Helpers
+    // ------------------------------------------------------------------
+
+    fn check_open(&self) -> Result<(), EngineError> {
+        if self.state == QpairState::Finished {
+            return Err(EngineError::Finished {
+                qpair: self.cfg.label,
+            });
+        }
+        Ok(())
+    }
+
+    fn req(&self, req: ReqId) -> Result<&Request, EngineError> {
+        self.reqs
+            .get(req.index())
+            .ok_or(EngineError::UnknownRequest {
+                qpair: self.cfg.label,
+                req,
+            })
+    }
+
+    fn wrong_state(&self, req: ReqId, event: &'static str) -> EngineError {
+        EngineError::WrongState {
+            qpair: self.cfg.label,
+            req,
+            state: self.reqs[req.index()].state,
+            event,
+        }
+    }
+
+    fn notice(&mut self, n: Notice) {
+        self.actions.push_back(Action::Notice(n));
+    }
+}
+
+#[path = "invariants.rs"]
+mod invariants;
+pub use invariants::InvariantViolation;

@@ -1,0 +1,253 @@
+//! `nvmf-rdma-rs`: the standalone NVMe/RDMA target (`target`), the #3463
+//! fault demo (`demo`) and an I/O generator driving the initiator (`perf`).
+//!
+//! See `docs/target.md` for every flag.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use nvmf_rdma_rs::transport::TransportOptions;
+
+/// NVMe-oF RDMA target transport in Rust: standalone target, demo and perf.
+#[derive(Parser, Debug)]
+#[command(name = "nvmf-rdma-rs", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the standalone NVMe-oF target (RAM namespaces) until Ctrl-C.
+    Target(TargetArgs),
+}
+
+/// Flags of `target`.
+#[derive(Args, Debug)]
+struct TargetArgs {
+    /// Listen address, `IPv4:PORT` or `[IPv6]:PORT` (repeatable).
+    #[arg(
+        long = "listen",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:4420"
+    )]
+    listen: Vec<std::net::SocketAddr>,
+    /// Subsystem NQN served.
+    #[arg(long, default_value = "nqn.2016-06.io.spdk:cnode1")]
+    nqn: String,
+    /// A RAM namespace of this size (e.g. `64M`, `1G`; repeatable; nsid in order).
+    #[arg(long = "ram-ns", value_name = "SIZE", value_parser = parse_size)]
+    ram_ns: Vec<u64>,
+    /// Poll group threads.
+    #[arg(long, default_value_t = 1)]
+    threads: u16,
+    /// Print the validated transport options (`dump_opts` JSON) and exit.
+    #[arg(long)]
+    dump_opts: bool,
+    #[command(flatten)]
+    transport: TransportArgs,
+}
+
+/// Transport options under `rpc.py nvmf_create_transport`'s long option names.
+/// Unset flags keep upstream's RDMA defaults.
+#[derive(Args, Debug, Default, Clone)]
+pub struct TransportArgs {
+    /// Max number of outstanding I/O per queue (default 128).
+    #[arg(long)]
+    max_queue_depth: Option<u16>,
+    /// Max number of I/O qpairs per controller (default 127).
+    #[arg(long)]
+    max_io_qpairs_per_ctrlr: Option<u16>,
+    /// Max in-capsule data size in bytes (default 4096).
+    #[arg(long)]
+    in_capsule_data_size: Option<u32>,
+    /// Max I/O size in bytes (default 131072).
+    #[arg(long)]
+    max_io_size: Option<u32>,
+    /// I/O unit (data buffer) size in bytes (default 8192).
+    #[arg(long)]
+    io_unit_size: Option<u32>,
+    /// Max number of admin commands per admin queue (default 128).
+    #[arg(long)]
+    max_aq_depth: Option<u32>,
+    /// Number of pooled data buffers (default 4095).
+    #[arg(long)]
+    num_shared_buffers: Option<u32>,
+    /// Shared buffers reserved per poll group (default: computed).
+    #[arg(long)]
+    buf_cache_size: Option<u32>,
+    /// CQ entries when SRQ is off (default 4096).
+    #[arg(long)]
+    num_cqe: Option<i32>,
+    /// SRQ depth per poller (default 4096).
+    #[arg(long)]
+    max_srq_depth: Option<u32>,
+    /// Disable shared receive queues.
+    #[arg(long)]
+    no_srq: bool,
+    /// Post every WR at once instead of batching per poll.
+    #[arg(long)]
+    no_wr_batching: bool,
+    /// Pending connections allowed at one time (default 100).
+    #[arg(long)]
+    acceptor_backlog: Option<i32>,
+    /// Abort execution timeout in seconds (default 1).
+    #[arg(long)]
+    abort_timeout_sec: Option<u32>,
+    /// RDMA data WR pool size (default 4095).
+    #[arg(long)]
+    data_wr_pool_size: Option<u32>,
+    /// Acceptor polling interval in microseconds (default 10000).
+    #[arg(long)]
+    acceptor_poll_rate: Option<u32>,
+    /// Keep-alive support granularity, units of 100 ms (default 100).
+    #[arg(long)]
+    kas: Option<u16>,
+    /// Minimum keep-alive timeout in ms (default 10000).
+    #[arg(long)]
+    min_kato: Option<u32>,
+    /// Disallow command passthru.
+    #[arg(long)]
+    disable_command_passthru: bool,
+    /// Transport options as an `nvmf_create_transport` params JSON object,
+    /// applied before the flags above (unknown keys ignored).
+    #[arg(long, value_name = "JSON")]
+    transport_json: Option<String>,
+}
+
+impl TransportArgs {
+    /// The options these flags describe (not yet validated).
+    pub fn to_options(&self) -> Result<TransportOptions, String> {
+        let mut o = match &self.transport_json {
+            Some(j) => TransportOptions::from_json_params(j).map_err(|e| e.to_string())?,
+            None => TransportOptions::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { o.$f = v; } )* };
+        }
+        set!(
+            max_queue_depth,
+            in_capsule_data_size,
+            max_io_size,
+            io_unit_size,
+            max_aq_depth,
+            num_shared_buffers,
+            buf_cache_size,
+            num_cqe,
+            max_srq_depth,
+            acceptor_backlog,
+            abort_timeout_sec,
+            data_wr_pool_size,
+            acceptor_poll_rate,
+            kas,
+            min_kato
+        );
+        if let Some(v) = self.max_io_qpairs_per_ctrlr {
+            o.max_qpairs_per_ctrlr = v
+                .checked_add(1)
+                .ok_or_else(|| format!("--max-io-qpairs-per-ctrlr {v} is too large"))?;
+        }
+        o.no_srq |= self.no_srq;
+        o.no_wr_batching |= self.no_wr_batching;
+        o.disable_command_passthru |= self.disable_command_passthru;
+        Ok(o)
+    }
+}
+
+/// Parses `4096`, `64K`, `64M`, `1G` (binary units).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?} is not a number with optional K/M/G"))?;
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("size {s:?} is zero or too large"))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NVMF_RDMA_RS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run_target(args: &TargetArgs) -> Result<(), String> {
+    let mut opts = args.transport.to_options()?;
+    let notices = opts
+        .validate(u32::from(args.threads.max(1)))
+        .map_err(|e| format!("invalid transport options: {e}"))?;
+    for n in &notices {
+        tracing::warn!("{n}");
+    }
+    if args.dump_opts {
+        println!("{}", opts.dump_opts_json());
+        return Ok(());
+    }
+    Err("serving is not available in this build yet".into())
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Target(a) => run_target(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nvmf-rdma-rs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn flags_overlay_defaults() {
+        let cli = Cli::try_parse_from([
+            "nvmf-rdma-rs",
+            "target",
+            "--listen",
+            "127.0.0.1:4420",
+            "--listen",
+            "[::1]:4421",
+            "--max-queue-depth",
+            "64",
+            "--max-io-qpairs-per-ctrlr",
+            "3",
+            "--no-srq",
+            "--transport-json",
+            r#"{"num_cqe": 1024, "unknown": 1}"#,
+        ])
+        .unwrap();
+        let Command::Target(t) = cli.command;
+        assert_eq!(t.listen.len(), 2);
+        assert!(t.listen[1].is_ipv6());
+        let o = t.transport.to_options().unwrap();
+        assert_eq!(o.max_queue_depth, 64);
+        assert_eq!(o.max_qpairs_per_ctrlr, 4);
+        assert!(o.no_srq);
+        assert_eq!(o.num_cqe, 1024);
+    }
+}
