@@ -141,6 +141,8 @@ impl Counter {
     }
 }
 
+const _: () = assert!(size_of::<CqRec>() == 64, "CqRec must keep its layout");
+
 /// Segment header (first 4 KiB).
 #[repr(C, align(64))]
 pub struct FabricHeader {
@@ -237,6 +239,11 @@ pub struct CqRec {
     pub cap: AtomicU32,
     /// Generation (bumped on every allocation).
     pub generation: AtomicU32,
+    /// Owner's fd number + 1 of the completion channel's event socket (0 = no channel). Peers
+    /// duplicate it with `pidfd_getfd` to queue completion events without a thread hop.
+    pub chan_fd: AtomicU32,
+    /// Owner's `ibv_cq*` (the event record written to the channel).
+    pub cq_ptr: AtomicU64,
 }
 
 /// One shared receive queue; the WQE ring lives in the owner's private memory.

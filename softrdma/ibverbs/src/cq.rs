@@ -52,6 +52,39 @@ pub(crate) fn make_pipe() -> Result<(c_int, c_int), i32> {
     Ok((fds[0], fds[1]))
 }
 
+/// A completion channel's event socket pair (datagram, so a peer that duplicated the write end
+/// never gets SIGPIPE: sends use MSG_NOSIGNAL). Each 8-byte datagram is one `ibv_cq*` record.
+fn make_event_socket() -> Result<(c_int, c_int), i32> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: fds is a valid 2-element array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(errno());
+    }
+    Ok((fds[0], fds[1]))
+}
+
+/// Queue one event record on a channel's write end (never blocks, never raises SIGPIPE).
+pub(crate) fn send_event(fd: c_int, cq_ptr: u64) -> bool {
+    // SAFETY: sending 8 bytes from a local on an fd we own (or duplicated).
+    let r = unsafe {
+        libc::send(
+            fd,
+            &cq_ptr as *const u64 as *const c_void,
+            8,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    r == 8
+}
+
 pub(crate) unsafe extern "C" fn create_comp_channel(
     ctx: *mut ibv_context,
 ) -> *mut ibv_comp_channel {
@@ -59,7 +92,7 @@ pub(crate) unsafe extern "C" fn create_comp_channel(
         set_errno(libc::ENODEV);
         return std::ptr::null_mut();
     };
-    let (rd, wr) = match make_pipe() {
+    let (rd, wr) = match make_event_socket() {
         Ok(p) => p,
         Err(e) => {
             set_errno(e);
@@ -142,6 +175,8 @@ pub(crate) unsafe extern "C" fn create_cq(
     rec.addr.store(ring as u64, Ordering::Relaxed);
     rec.cap.store(cap as u32, Ordering::Relaxed);
     rec.generation.fetch_add(1, Ordering::Release);
+    rec.chan_fd.store(0, Ordering::Relaxed);
+    rec.cq_ptr.store(0, Ordering::Relaxed);
     let mut cq: ibv_cq = Default::default();
     cq.context = ctx;
     cq.channel = channel;
@@ -168,6 +203,12 @@ pub(crate) unsafe extern "C" fn create_cq(
             (*(&mut (*channel).refcnt as *mut c_int as *const AtomicU32))
                 .fetch_add(1, Ordering::AcqRel);
         }
+    }
+    if !channel.is_null() {
+        // SAFETY: channel is a live ChannelWrap of ours.
+        let wfd = unsafe { (*(channel as *const ChannelWrap)).wr_fd };
+        rec.cq_ptr.store(w as u64, Ordering::Relaxed);
+        rec.chan_fd.store(wfd as u32 + 1, Ordering::Release);
     }
     rt.cqs
         .lock()
@@ -200,6 +241,7 @@ pub(crate) unsafe extern "C" fn destroy_cq(cq: *mut ibv_cq) -> c_int {
             rec.cap.swap(0, Ordering::AcqRel),
         );
         rec.armed.store(0, Ordering::Relaxed);
+        rec.chan_fd.store(0, Ordering::Relaxed);
         r
     };
     rec.owner.store(0, Ordering::Release);
@@ -323,7 +365,7 @@ pub(crate) fn push_with(
     if rec.armed.swap(0, Ordering::AcqRel) == 1 {
         if owner == rt.pid {
             notify_local(rt, slot);
-        } else {
+        } else if !rt.remote_cq_event(owner, slot, rec) {
             rt.send_to(owner, &format!("cq {slot}"));
         }
     }
@@ -350,8 +392,7 @@ unsafe fn notify(w: *mut CqWrap) {
         }
         let cw = ch as *mut ChannelWrap;
         let p = w as *mut ibv_cq as u64;
-        let r = libc::write((*cw).wr_fd, &p as *const u64 as *const c_void, 8);
-        if r != 8 {
+        if !send_event((*cw).wr_fd, p) {
             crate::log::warn("completion event dropped: channel pipe full");
         }
     }

@@ -35,6 +35,10 @@ pub(crate) struct Runtime {
     pub cm_drop: Mutex<Option<(softrdma_abi::private::CmDropHandler, usize)>>,
     /// Number of QPs created so far in this process (for `qp=#N` filters).
     pub qp_seq: AtomicU32,
+    /// Peer event sockets duplicated with pidfd_getfd: (pid, cq slot, cq generation) → our fd.
+    pub peer_fds: Mutex<HashMap<(u32, u32, u32), i32>>,
+    /// Cached abstract socket addresses of peers' node sockets.
+    pub peer_addrs: Mutex<HashMap<u32, SocketAddr>>,
 }
 
 static RT: AtomicPtr<Runtime> = AtomicPtr::new(std::ptr::null_mut());
@@ -133,6 +137,8 @@ impl Runtime {
             shared_ctx: Mutex::new(0),
             cm_drop: Mutex::new(None),
             qp_seq: AtomicU32::new(0),
+            peer_fds: Mutex::new(HashMap::new()),
+            peer_addrs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -143,12 +149,86 @@ impl Runtime {
 
     /// Send a datagram to the node socket of `pid` (best effort).
     pub(crate) fn send_to(&self, pid: u32, msg: &str) {
-        let name = fabric::node_socket_name(pid);
-        if let Ok(addr) = SocketAddr::from_abstract_name(name.as_bytes()) {
-            if let Err(e) = self.sock.send_to_addr(msg.as_bytes(), &addr) {
-                crate::log::debug(&format!("doorbell '{msg}' to pid {pid} failed: {e}"));
-            }
+        let mut g = self.peer_addrs.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() > 4096 {
+            g.clear();
         }
+        let addr = match g.get(&pid) {
+            Some(a) => a.clone(),
+            None => {
+                let name = fabric::node_socket_name(pid);
+                let Ok(a) = SocketAddr::from_abstract_name(name.as_bytes()) else {
+                    return;
+                };
+                g.insert(pid, a.clone());
+                a
+            }
+        };
+        drop(g);
+        if let Err(e) = self.sock.send_to_addr(msg.as_bytes(), &addr) {
+            crate::log::debug(&format!("doorbell '{msg}' to pid {pid} failed: {e}"));
+        }
+    }
+
+    /// Queue a completion event directly on a peer's channel (duplicating its event socket
+    /// with pidfd_getfd once per CQ). False if that is not possible; the caller then rings the
+    /// owner's doorbell instead.
+    pub(crate) fn remote_cq_event(
+        &self,
+        pid: u32,
+        slot: u32,
+        rec: &softrdma_abi::fabric::CqRec,
+    ) -> bool {
+        let gen = rec.generation.load(Ordering::Acquire);
+        let chan = rec.chan_fd.load(Ordering::Acquire);
+        let cq_ptr = rec.cq_ptr.load(Ordering::Relaxed);
+        if chan == 0 || cq_ptr == 0 {
+            return false;
+        }
+        let key = (pid, slot, gen);
+        let mut g = self.peer_fds.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = match g.get(&key) {
+            Some(&fd) => fd,
+            None => {
+                if g.len() >= 1024 {
+                    for (_, fd) in g.drain() {
+                        // SAFETY: closing fds we duplicated.
+                        unsafe { libc::close(fd) };
+                    }
+                }
+                // SAFETY: plain syscalls; failures are reported as -1.
+                let fd = unsafe {
+                    let pidfd =
+                        libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long)
+                            as i32;
+                    if pidfd < 0 {
+                        return false;
+                    }
+                    let fd = libc::syscall(
+                        libc::SYS_pidfd_getfd,
+                        pidfd as libc::c_long,
+                        (chan - 1) as libc::c_long,
+                        0 as libc::c_long,
+                    ) as i32;
+                    libc::close(pidfd);
+                    fd
+                };
+                if fd < 0 {
+                    return false;
+                }
+                // SAFETY: setting close-on-exec on our new fd.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+                g.insert(key, fd);
+                fd
+            }
+        };
+        // The CQ must still be the same one (same generation, same channel) right now.
+        if rec.generation.load(Ordering::Acquire) != gen
+            || rec.chan_fd.load(Ordering::Acquire) != chan
+        {
+            return false;
+        }
+        crate::cq::send_event(fd, cq_ptr)
     }
 
     /// Allocate a free record among `n` using `owner_of(i)` words, starting at a rotating hint.
