@@ -1,0 +1,207 @@
+//! Engine cost per I/O: events in → actions out through the public
+//! [`Qpair`] API, driven the way a transport drives it, with an ideal NIC
+//! (every WR completes at once, successfully) and an ideal host (buffers
+//! granted and commands executed at once). What is measured is the engine's
+//! own work plus a minimal driver loop; no verbs, no copies of data.
+//!
+//! - `read_4k`: 4 KiB READ (keyed SGL) → RECV, buffer grant, execute,
+//!   RDMA WRITE + response SEND, SEND completion, receive re-posted.
+//! - `write_4k`: 4 KiB WRITE (keyed SGL) → RECV, buffer grant, RDMA READ and
+//!   its completion, execute, response SEND, SEND completion.
+//! - `write_4k_in_capsule`: 4 KiB WRITE with in-capsule data → RECV, execute,
+//!   response SEND, SEND completion.
+//! - `read_4k_qd32`: 32 READs in flight per iteration (per-I/O time is the
+//!   iteration time / 32).
+//!
+//! Run: `cargo bench --bench engine` (criterion prints time per iteration).
+
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use nvmf_rdma_rs::engine::codec::nvme::{io_opcode, Command, Completion, Status};
+use nvmf_rdma_rs::engine::codec::sgl::{encode_in_capsule, encode_keyed};
+use nvmf_rdma_rs::engine::{Action, LocalSge, Qpair, QpairConfig, RecvId, ReqId, WcStatus, WrId};
+
+const IO: u32 = 4096;
+const QD: u16 = 128;
+
+/// What the ideal NIC / host will feed back next.
+#[derive(Clone, Copy)]
+enum Event {
+    Grant(ReqId),
+    Executed(ReqId, u16),
+    Complete(u64),
+}
+
+/// A transport-like driver around one qpair: a free-receive list, an event
+/// queue (both reused, no allocation in steady state) and a buffer to grant.
+struct Driver {
+    qp: Qpair,
+    free_recvs: Vec<RecvId>,
+    events: Vec<Event>,
+    buffer: [LocalSge; 1],
+    capsule: Vec<u8>,
+    completed: u64,
+}
+
+impl Driver {
+    fn new() -> Driver {
+        let mut cfg = QpairConfig::new(1, QD, 16);
+        cfg.sq_size = QD;
+        let qp = Qpair::new(cfg).expect("valid config");
+        let mut d = Driver {
+            qp,
+            free_recvs: Vec::with_capacity(usize::from(QD)),
+            events: Vec::with_capacity(4 * usize::from(QD)),
+            buffer: [LocalSge {
+                addr: 0x7f00_0000_0000,
+                len: IO,
+                lkey: 0x55,
+            }],
+            capsule: vec![0u8; 64 + IO as usize],
+            completed: 0,
+        };
+        d.handle_actions();
+        assert_eq!(d.free_recvs.len(), usize::from(QD), "receives posted");
+        d
+    }
+
+    /// Handles every pending action, queuing the ideal NIC's / host's answers.
+    fn handle_actions(&mut self) {
+        while let Some(a) = self.qp.poll_action() {
+            match a {
+                Action::PostRecv { recv } => self.free_recvs.push(recv),
+                Action::RequestBuffers { req, len } => {
+                    assert!(len <= IO);
+                    self.events.push(Event::Grant(req));
+                }
+                Action::PostReads { req, first, count } => {
+                    for i in first..first + count {
+                        let wr = self.qp.data_wr(req, i).expect("posted READ");
+                        black_box(wr.sges);
+                        self.events.push(Event::Complete(wr.wr_id.to_raw()));
+                    }
+                }
+                Action::Execute { req } => {
+                    let cmd = self.qp.command(req).expect("command");
+                    black_box(self.qp.data(req));
+                    self.events.push(Event::Executed(req, cmd.cid()));
+                }
+                Action::PostResponse { req, writes } => {
+                    for i in 0..writes {
+                        black_box(self.qp.data_wr(req, i).expect("posted WRITE").sges);
+                    }
+                    let send = self.qp.send_wr(req).expect("response");
+                    black_box(send.response);
+                    self.events.push(Event::Complete(send.wr_id.to_raw()));
+                }
+                Action::ReleaseBuffers { .. } => self.completed += 1,
+                Action::Notice(n) => panic!("unexpected notice {n:?}"),
+                other => panic!("unexpected action {other:?}"),
+            }
+        }
+    }
+
+    /// Feeds queued events (FIFO) until none is left.
+    fn run_events(&mut self) {
+        let mut next = 0;
+        while next < self.events.len() {
+            let e = self.events[next];
+            next += 1;
+            let r = match e {
+                Event::Grant(req) => self.qp.handle_buffers_granted(req, &self.buffer),
+                Event::Executed(req, cid) => self
+                    .qp
+                    .handle_command_executed(req, Completion::new(cid, Status::SUCCESS)),
+                Event::Complete(wr_id) => self.qp.handle_completion(wr_id, WcStatus::Success, &[]),
+            };
+            r.expect("engine accepts the event");
+            self.handle_actions();
+        }
+        self.events.clear();
+    }
+
+    /// Delivers one command capsule (`len` bytes of `self.capsule`) on a
+    /// free receive.
+    fn receive(&mut self, len: usize) {
+        let recv = self.free_recvs.pop().expect("a posted receive");
+        self.qp
+            .handle_completion(
+                WrId::recv(recv).to_raw(),
+                WcStatus::Success,
+                &self.capsule[..len],
+            )
+            .expect("engine accepts the capsule");
+        self.handle_actions();
+    }
+
+    fn set_command(&mut self, cmd: &Command) {
+        self.capsule[..64].copy_from_slice(cmd.as_bytes());
+    }
+}
+
+fn keyed_cmd(opcode: u8, cid: u16) -> Command {
+    let mut c = Command::new(opcode, cid);
+    c.set_nsid(1);
+    c.set_psdt(1);
+    c.set_cdw12(7); // 8 x 512-byte blocks
+    c.set_sgl1(encode_keyed(
+        0x1_0000_0000 + u64::from(cid) * 4096,
+        IO,
+        0x1234,
+        false,
+    ));
+    c
+}
+
+fn one_io(d: &mut Driver, cmd: &Command, len: usize) {
+    d.set_command(cmd);
+    d.receive(len);
+    d.run_events();
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(1));
+
+    let read = keyed_cmd(io_opcode::READ, 1);
+    let write = keyed_cmd(io_opcode::WRITE, 2);
+    let mut icd_write = Command::new(io_opcode::WRITE, 3);
+    icd_write.set_nsid(1);
+    icd_write.set_cdw12(7);
+    icd_write.set_sgl1(encode_in_capsule(0, IO));
+
+    let mut d = Driver::new();
+    g.bench_function("read_4k", |b| b.iter(|| one_io(&mut d, &read, 64)));
+    assert!(d.completed > 0);
+
+    let mut d = Driver::new();
+    g.bench_function("write_4k", |b| b.iter(|| one_io(&mut d, &write, 64)));
+    assert!(d.completed > 0);
+
+    let mut d = Driver::new();
+    g.bench_function("write_4k_in_capsule", |b| {
+        b.iter(|| one_io(&mut d, &icd_write, 64 + IO as usize))
+    });
+
+    const BATCH: u16 = 32;
+    g.throughput(Throughput::Elements(u64::from(BATCH)));
+    let mut d = Driver::new();
+    let reads: Vec<Command> = (0..BATCH).map(|i| keyed_cmd(io_opcode::READ, i)).collect();
+    g.bench_function("read_4k_qd32", |b| {
+        b.iter(|| {
+            for cmd in &reads {
+                d.set_command(cmd);
+                d.receive(64);
+            }
+            d.run_events();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
