@@ -144,7 +144,7 @@ pub(crate) fn execute(
 }
 
 fn copy_out(data: &mut DataBuffer<'_>, page: &[u8]) -> Outcome {
-    if data.len() < page.len() {
+    if data.writable_len() < page.len() {
         return Outcome::fail(Status::DATA_SGL_LENGTH_INVALID);
     }
     data.write_at(0, page);
@@ -209,7 +209,7 @@ fn get_log_page(
     if offset & 3 != 0 {
         return Outcome::fail(Status::INVALID_FIELD);
     }
-    if len > data.len() as u64 {
+    if len > data.writable_len() as u64 {
         return Outcome::fail(Status::DATA_SGL_LENGTH_INVALID);
     }
     let page = match (ctrl.kind, log_id) {

@@ -16,6 +16,7 @@ pub struct DataBuffer<'a> {
 #[derive(Debug)]
 enum Segments<'a> {
     None,
+    ReadOnly(&'a [u8]),
     One(&'a mut [u8]),
     Many(&'a mut [&'a mut [u8]]),
 }
@@ -35,6 +36,16 @@ impl<'a> DataBuffer<'a> {
         }
     }
 
+    /// Host-to-controller data the target may only read, e.g. in-capsule
+    /// data still in the transport's receive buffer. Commands that return
+    /// data see it as zero bytes long and fail with "Data SGL Length
+    /// Invalid".
+    pub fn read_only(buf: &'a [u8]) -> DataBuffer<'a> {
+        DataBuffer {
+            segments: Segments::ReadOnly(buf),
+        }
+    }
+
     /// A request whose data is spread over several buffers, in order.
     pub fn segments(segments: &'a mut [&'a mut [u8]]) -> DataBuffer<'a> {
         DataBuffer {
@@ -42,17 +53,19 @@ impl<'a> DataBuffer<'a> {
         }
     }
 
-    fn parts(&self) -> &[&'a mut [u8]] {
-        match &self.segments {
-            Segments::None => &[],
-            Segments::One(b) => std::slice::from_ref(b),
-            Segments::Many(s) => s,
-        }
+    fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        let (single, many): (Option<&[u8]>, &[&'a mut [u8]]) = match &self.segments {
+            Segments::None => (None, &[]),
+            Segments::ReadOnly(b) => (Some(b), &[]),
+            Segments::One(b) => (Some(b), &[]),
+            Segments::Many(s) => (None, s),
+        };
+        single.into_iter().chain(many.iter().map(|s| &s[..]))
     }
 
     fn parts_mut(&mut self) -> &mut [&'a mut [u8]] {
         match &mut self.segments {
-            Segments::None => &mut [],
+            Segments::None | Segments::ReadOnly(_) => &mut [],
             Segments::One(b) => std::slice::from_mut(b),
             Segments::Many(s) => s,
         }
@@ -60,7 +73,15 @@ impl<'a> DataBuffer<'a> {
 
     /// Total bytes over all segments.
     pub fn len(&self) -> usize {
-        self.parts().iter().map(|s| s.len()).sum()
+        self.parts().map(<[u8]>::len).sum()
+    }
+
+    /// Bytes the target may write (0 for [`DataBuffer::read_only`]).
+    pub fn writable_len(&self) -> usize {
+        match &self.segments {
+            Segments::ReadOnly(_) => 0,
+            _ => self.len(),
+        }
     }
 
     /// Whether there is no data at all.
@@ -156,6 +177,18 @@ mod tests {
         let mut tail = [0u8; 4];
         assert_eq!(d.read_at(6, &mut tail), 2);
         assert_eq!(d.read_at(9, &mut tail), 0);
+    }
+
+    #[test]
+    fn read_only_is_not_writable() {
+        let src = [1u8, 2, 3];
+        let mut d = DataBuffer::read_only(&src);
+        assert_eq!((d.len(), d.writable_len()), (3, 0));
+        assert_eq!(d.write_at(0, &[9]), 0);
+        assert_eq!(d.zero_at(0, 3), 0);
+        let mut out = [0u8; 3];
+        assert_eq!(d.read_at(0, &mut out), 3);
+        assert_eq!(out, src);
     }
 
     #[test]

@@ -42,7 +42,12 @@ pub(crate) fn execute(
                 // Larger than MDTS allows.
                 return Outcome::fail(Status::INVALID_FIELD);
             }
-            if bytes > data.len() as u64 {
+            let available = if op == io_opcode::READ {
+                data.writable_len()
+            } else {
+                data.len()
+            };
+            if bytes > available as u64 {
                 return Outcome::fail(Status::DATA_SGL_LENGTH_INVALID);
             }
             if op == io_opcode::READ {

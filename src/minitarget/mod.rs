@@ -12,8 +12,10 @@
 //! - [`Target::poll`] enforces keep-alive timeouts and returns the qpairs the
 //!   transport should disconnect ([`Disconnect`]); [`Target::next_timeout`]
 //!   says when to call it next.
-//! - [`Target::qpair_disconnected`] tells the target a qpair is gone: an
-//!   admin qpair takes its controller (and its held AERs) with it.
+//! - [`Target::qpair_disconnecting`] tells the target the transport started
+//!   tearing a qpair down and returns the held commands to free without a
+//!   response; [`Target::qpair_disconnected`] tells it the qpair is gone: an
+//!   admin qpair takes its controller with it.
 //!
 //! What it implements: Fabrics Connect (dynamic controller model, admin and
 //! I/O queues), Property Get/Set (CAP, VS, CC, CSTS with enable, reset and
@@ -337,6 +339,44 @@ impl Target {
     /// Completions of held commands that finished since the last call.
     pub fn take_completions(&mut self) -> Vec<DeferredCompletion> {
         std::mem::take(&mut self.deferred)
+    }
+
+    /// The transport starts tearing `qpair` down (for any reason: a
+    /// [`Disconnect`] from [`Target::poll`], the host disconnecting, a
+    /// transport error). From now on its commands are aborted. Returns the
+    /// command ids of held commands (AERs, including ones whose
+    /// [`DeferredCompletion`] was not taken yet) that the transport must free
+    /// without a response (SPDK: `req_free`), so that the qpair can drain.
+    pub fn qpair_disconnecting(&mut self, qpair: QpairId) -> Vec<u16> {
+        self.disconnects.retain(|d| d.qpair != qpair);
+        let Some(q) = self.qpairs.get_mut(&qpair) else {
+            return Vec::new();
+        };
+        q.state = QpairState::Defunct;
+        let (cntlid, qid) = (q.cntlid, q.qid);
+        let Some(ctrl) = self.controllers.get_mut(&cntlid) else {
+            return Vec::new();
+        };
+        if qid != 0 {
+            if ctrl.io_qpairs.get(&qid) == Some(&qpair) {
+                ctrl.io_qpairs.remove(&qid);
+            }
+            return Vec::new();
+        }
+        let mut released: Vec<u16> = ctrl.held_aers.drain(..).collect();
+        released.extend(ctrl.late.drain(..).map(|l| l.cid));
+        self.deferred.retain(|d| {
+            if d.qpair == qpair {
+                released.push(d.completion.cid);
+                false
+            } else {
+                true
+            }
+        });
+        if !released.is_empty() {
+            tracing::debug!(%qpair, cntlid, ?released, "held commands released");
+        }
+        released
     }
 
     /// The transport reports `qpair` gone (for any reason). Forgets it; an

@@ -1249,3 +1249,81 @@ fn transport_config_values() {
     };
     assert_eq!((small.ioccsz(), small.mdts()), (4, 0));
 }
+
+#[test]
+fn disconnecting_releases_held_aers_and_aborts_commands() {
+    let mut t = target();
+    let cntlid = ready_io(&mut t);
+    assert_eq!(
+        t.execute(ADMIN, &aer(1), DataBuffer::none(), 0),
+        Execution::Held
+    );
+    assert_eq!(
+        t.execute(ADMIN, &aer(2), DataBuffer::none(), 0),
+        Execution::Held
+    );
+    // AER 1 completes, but the transport has not taken it yet.
+    t.add_namespace(512).unwrap();
+    // An I/O qpair going away frees its QID at once and holds nothing.
+    assert!(t.qpair_disconnecting(IO1).is_empty());
+    let c = run(
+        &mut t,
+        IO1,
+        &rw(io_opcode::READ, 1, 0, 1),
+        &mut [0u8; 512],
+        0,
+    );
+    assert_status(&c, Status::ABORTED_SQ_DELETION);
+    assert_status(&connect_io(&mut t, QpairId(8), 1, cntlid), Status::SUCCESS);
+    // The admin qpair: both AERs come back to be freed, nothing to deliver.
+    let mut released = t.qpair_disconnecting(ADMIN);
+    released.sort_unstable();
+    assert_eq!(released, vec![1, 2]);
+    assert!(t.take_completions().is_empty());
+    assert_status(&run0(&mut t, ADMIN, &aer(3)), Status::ABORTED_SQ_DELETION);
+    assert!(
+        t.poll(0).is_empty(),
+        "nothing to ask: the transport is on it"
+    );
+    t.qpair_disconnected(ADMIN);
+    assert!(t.controller_ids().is_empty());
+    assert_eq!(t.poll(0).len(), 1, "the remaining I/O qpair goes");
+    assert!(t.qpair_disconnecting(QpairId(99)).is_empty());
+}
+
+#[test]
+fn read_only_data_serves_writes_and_connect_but_not_reads() {
+    let mut t = target();
+    let d = connect_data(HOSTID, 0xffff, NQN, HOST);
+    let c = t
+        .execute(ADMIN, &connect_cmd(0, 31, 0), DataBuffer::read_only(&d), 0)
+        .completion()
+        .unwrap();
+    assert_status(&c, Status::SUCCESS);
+    assert_status(
+        &prop_set(&mut t, ADMIN, prop::CC, CC_ENABLE),
+        Status::SUCCESS,
+    );
+    assert_status(&connect_io(&mut t, IO1, 1, c.cdw0 as u16), Status::SUCCESS);
+    let src = [0x5au8; 512];
+    let w = t.execute(
+        IO1,
+        &rw(io_opcode::WRITE, 1, 3, 1),
+        DataBuffer::read_only(&src),
+        0,
+    );
+    assert_status(&w.completion().unwrap(), Status::SUCCESS);
+    let r = t.execute(
+        IO1,
+        &rw(io_opcode::READ, 1, 3, 1),
+        DataBuffer::read_only(&src),
+        0,
+    );
+    assert_status(&r.completion().unwrap(), Status::DATA_SGL_LENGTH_INVALID);
+    let mut back = [0u8; 512];
+    assert_status(
+        &run(&mut t, IO1, &rw(io_opcode::READ, 1, 3, 1), &mut back, 0),
+        Status::SUCCESS,
+    );
+    assert_eq!(back, src);
+}
