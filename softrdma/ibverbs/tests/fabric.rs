@@ -385,6 +385,328 @@ fn cleanup(d: Dev, qps: &[*mut ibv_qp], bufs: &[Buf], srq: Option<*mut ibv_srq>)
     println!("CLEAN");
 }
 
+fn post_send_ex(
+    qp: *mut ibv_qp,
+    wr_id: u64,
+    opc: u32,
+    b: &Buf,
+    off: usize,
+    len: u32,
+    flags: u32,
+    imm: u32,
+    remote: Option<(u64, u32)>,
+) -> i32 {
+    unsafe {
+        let mut sge = ibv_sge {
+            addr: b.addr() + off as u64,
+            length: len,
+            lkey: b.lkey(),
+        };
+        let mut wr: ibv_send_wr = std::mem::zeroed();
+        wr.wr_id = wr_id;
+        wr.sg_list = &mut sge;
+        wr.num_sge = 1;
+        wr.opcode = opc;
+        wr.send_flags = flags;
+        wr.imm_data_invalidated_rkey_union.imm_data = imm;
+        if let Some((addr, rkey)) = remote {
+            wr.wr.rdma.remote_addr = addr;
+            wr.wr.rdma.rkey = rkey;
+        }
+        let mut bad = null_mut();
+        ibv_post_send(qp, &mut wr, &mut bad)
+    }
+}
+
+fn post_atomic(
+    qp: *mut ibv_qp,
+    wr_id: u64,
+    opc: u32,
+    b: &Buf,
+    off: usize,
+    remote: (u64, u32),
+    compare_add: u64,
+    swap: u64,
+) -> i32 {
+    unsafe {
+        let mut sge = ibv_sge {
+            addr: b.addr() + off as u64,
+            length: 8,
+            lkey: b.lkey(),
+        };
+        let mut wr: ibv_send_wr = std::mem::zeroed();
+        wr.wr_id = wr_id;
+        wr.sg_list = &mut sge;
+        wr.num_sge = 1;
+        wr.opcode = opc;
+        wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+        wr.wr.atomic.remote_addr = remote.0;
+        wr.wr.atomic.rkey = remote.1;
+        wr.wr.atomic.compare_add = compare_add;
+        wr.wr.atomic.swap = swap;
+        let mut bad = null_mut();
+        ibv_post_send(qp, &mut wr, &mut bad)
+    }
+}
+
+fn sc_opcodes() {
+    let d = open_dev();
+    let (a, b) = pair(
+        &d,
+        null_mut(),
+        LW | RW | RR | ibv_access_flags::IBV_ACCESS_REMOTE_ATOMIC.0,
+    );
+    let mut rx = reg(
+        &d,
+        8192,
+        LW | RW | RR | ibv_access_flags::IBV_ACCESS_REMOTE_ATOMIC.0,
+    );
+    let mut tx = reg(&d, 8192, LW);
+    let sig = ibv_send_flags::IBV_SEND_SIGNALED.0;
+    let of = |w: &[ibv_wc], q: *mut ibv_qp| {
+        w.iter()
+            .filter(|c| c.qp_num == qpn(q))
+            .map(|c| (c.wr_id, c.status, c.opcode, c.byte_len, c.wc_flags))
+            .collect::<Vec<_>>()
+    };
+    // SEND_WITH_IMM, SEND_WITH_INV, inline SEND (buffer overwritten right after the post).
+    for i in 0..4 {
+        post_recv(a, 10 + i, &rx, i as usize * 256, 256);
+    }
+    tx.mem[..5].copy_from_slice(b"hello");
+    assert_eq!(
+        post_send_ex(
+            b,
+            1,
+            op::IBV_WR_SEND_WITH_IMM,
+            &tx,
+            0,
+            5,
+            sig,
+            0x1234_5678u32.to_be(),
+            None
+        ),
+        0
+    );
+    assert_eq!(
+        post_send_ex(b, 2, op::IBV_WR_SEND_WITH_INV, &tx, 0, 5, sig, 0xabcd, None),
+        0
+    );
+    tx.mem[..6].copy_from_slice(b"inline");
+    assert_eq!(
+        post_send_ex(
+            b,
+            3,
+            op::IBV_WR_SEND,
+            &tx,
+            0,
+            6,
+            sig | ibv_send_flags::IBV_SEND_INLINE.0,
+            0,
+            None
+        ),
+        0
+    );
+    tx.mem[..6].copy_from_slice(b"XXXXXX");
+    // Unsignaled WRITE then WRITE_WITH_IMM: only the latter completes at the requester; the
+    // responder sees RECV_RDMA_WITH_IMM after the data of both writes.
+    tx.mem[100..104].copy_from_slice(b"data");
+    assert_eq!(
+        post_send_ex(
+            b,
+            4,
+            op::IBV_WR_RDMA_WRITE,
+            &tx,
+            100,
+            4,
+            0,
+            0,
+            Some((rx.addr() + 4096, rx.rkey()))
+        ),
+        0
+    );
+    assert_eq!(
+        post_send_ex(
+            b,
+            5,
+            op::IBV_WR_RDMA_WRITE_WITH_IMM,
+            &tx,
+            100,
+            4,
+            sig,
+            7u32.to_be(),
+            Some((rx.addr() + 4100, rx.rkey()))
+        ),
+        0
+    );
+    let w = poll(d.cq, 8, 3000);
+    let flags_imm = ibv_wc_flags::IBV_WC_WITH_IMM.0;
+    let flags_inv = ibv_wc_flags::IBV_WC_WITH_INV.0;
+    assert_eq!(
+        of(&w, b),
+        vec![
+            (1, 0, ibv_wc_opcode::IBV_WC_SEND, 0, 0),
+            (2, 0, ibv_wc_opcode::IBV_WC_SEND, 0, 0),
+            (3, 0, ibv_wc_opcode::IBV_WC_SEND, 0, 0),
+            (5, 0, ibv_wc_opcode::IBV_WC_RDMA_WRITE, 0, 0)
+        ]
+    );
+    assert_eq!(
+        of(&w, a),
+        vec![
+            (10, 0, ibv_wc_opcode::IBV_WC_RECV, 5, flags_imm),
+            (11, 0, ibv_wc_opcode::IBV_WC_RECV, 5, flags_inv),
+            (12, 0, ibv_wc_opcode::IBV_WC_RECV, 6, 0),
+            (
+                13,
+                0,
+                ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM,
+                4,
+                flags_imm
+            )
+        ]
+    );
+    let imm: Vec<u32> = w
+        .iter()
+        .filter(|c| c.qp_num == qpn(a))
+        .map(|c| unsafe { c.imm_data_invalidated_rkey_union.imm_data })
+        .collect();
+    assert_eq!(imm[0], 0x1234_5678u32.to_be());
+    assert_eq!(imm[1], 0xabcd, "invalidated rkey reported");
+    assert_eq!(imm[3], 7u32.to_be());
+    assert_eq!(&rx.mem[0..5], b"hello");
+    assert_eq!(
+        &rx.mem[512..518],
+        b"inline",
+        "inline payload copied at post time"
+    );
+    assert_eq!(&rx.mem[4096..4104], b"datadata");
+    // Atomics: CAS then FAA, old values returned.
+    rx.mem[6000..6008].copy_from_slice(&5u64.to_le_bytes());
+    let raddr = rx.addr() + 6000;
+    assert_eq!(
+        post_atomic(
+            b,
+            20,
+            op::IBV_WR_ATOMIC_CMP_AND_SWP,
+            &tx,
+            0,
+            (raddr, rx.rkey()),
+            5,
+            9
+        ),
+        0
+    );
+    assert_eq!(
+        post_atomic(
+            b,
+            21,
+            op::IBV_WR_ATOMIC_FETCH_AND_ADD,
+            &tx,
+            8,
+            (raddr, rx.rkey()),
+            10,
+            0
+        ),
+        0
+    );
+    assert_eq!(statuses(&poll(d.cq, 2, 3000)), vec![(20, 0), (21, 0)]);
+    assert_eq!(u64::from_le_bytes(tx.mem[0..8].try_into().unwrap()), 5);
+    assert_eq!(u64::from_le_bytes(tx.mem[8..16].try_into().unwrap()), 9);
+    assert_eq!(
+        u64::from_le_bytes(rx.mem[6000..6008].try_into().unwrap()),
+        19
+    );
+    // RNR: a SEND without a posted receive waits (rnr_retry 7), a later WRITE waits behind it,
+    // and both complete once a receive is posted.
+    assert_eq!(post_send(b, 30, op::IBV_WR_SEND, &tx, 0, 8, None), 0);
+    assert_eq!(
+        post_send(
+            b,
+            31,
+            op::IBV_WR_RDMA_WRITE,
+            &tx,
+            0,
+            8,
+            Some((rx.addr() + 7000, rx.rkey()))
+        ),
+        0
+    );
+    assert!(
+        poll(d.cq, 1, 100).is_empty(),
+        "RNR: nothing completes without a receive"
+    );
+    post_recv(a, 32, &rx, 0, 64);
+    let w = poll(d.cq, 3, 3000);
+    assert_eq!(
+        of(&w, b).iter().map(|x| (x.0, x.1)).collect::<Vec<_>>(),
+        vec![(30, 0), (31, 0)]
+    );
+    assert!(my_counter(Counter::RnrStalls) >= 1);
+    // Completion channel: non-blocking EAGAIN, then one event after arming and a completion.
+    unsafe {
+        let ch = ibv_create_comp_channel(d.ctx);
+        let cq2 = ibv_create_cq(d.ctx, 16, 0x77 as *mut _, ch, 0);
+        let fd = (*ch).fd;
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        );
+        let (mut ecq, mut ectx) = (null_mut(), null_mut());
+        assert_eq!(ibv_get_cq_event(ch, &mut ecq, &mut ectx), -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EAGAIN)
+        );
+        let q1 = create_qp(
+            &Dev {
+                ctx: d.ctx,
+                pd: d.pd,
+                cq: cq2,
+            },
+            null_mut(),
+        );
+        let q2 = create_qp(&d, null_mut());
+        connect(q1, qpn(q2), LW);
+        connect(q2, qpn(q1), LW);
+        post_recv(q1, 40, &rx, 0, 64);
+        assert_eq!(ibv_req_notify_cq(cq2, 0), 0);
+        assert_eq!(post_send(q2, 41, op::IBV_WR_SEND, &tx, 0, 8, None), 0);
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        assert_eq!(
+            libc::poll(&mut p, 1, 5000),
+            1,
+            "channel fd readable after the completion"
+        );
+        assert_eq!(ibv_get_cq_event(ch, &mut ecq, &mut ectx), 0);
+        assert_eq!((ecq, ectx as usize), (cq2, 0x77));
+        ibv_ack_cq_events(cq2, 1);
+        assert_eq!(statuses(&poll(cq2, 1, 1000)), vec![(40, 0)]);
+        assert_eq!(statuses(&poll(d.cq, 1, 1000)), vec![(41, 0)]);
+        // Receive buffer too small: LOC_LEN_ERR at the responder, REM_INV_REQ_ERR at the requester.
+        post_recv(q1, 42, &rx, 0, 4);
+        assert_eq!(post_send(q2, 43, op::IBV_WR_SEND, &tx, 0, 8, None), 0);
+        assert_eq!(
+            statuses(&poll(cq2, 1, 3000)),
+            vec![(42, st::IBV_WC_LOC_LEN_ERR)]
+        );
+        assert_eq!(
+            statuses(&poll(d.cq, 1, 3000)),
+            vec![(43, st::IBV_WC_REM_INV_REQ_ERR)]
+        );
+        assert_eq!(ibv_destroy_qp(q1), 0);
+        assert_eq!(ibv_destroy_qp(q2), 0);
+        assert_eq!(ibv_destroy_cq(cq2), 0);
+        assert_eq!(ibv_destroy_comp_channel(ch), 0);
+    }
+    cleanup(d, &[a, b], &[rx, tx], None);
+}
+
 fn sc_remote_access() {
     let d = open_dev();
     let (a, b) = pair(&d, null_mut(), LW | RW);
@@ -882,6 +1204,7 @@ fn parent() {
     let shm = shm_dir.to_str().unwrap().to_string();
     run_simple("srq", &shm, None);
     run_simple("remote_access", &shm, None);
+    run_simple("opcodes", &shm, None);
     run_simple(
         "fault_fail",
         &shm,
@@ -960,6 +1283,7 @@ fn main() {
         match args.get(2).map(String::as_str).unwrap_or("") {
             "srq" => sc_srq(),
             "remote_access" => sc_remote_access(),
+            "opcodes" => sc_opcodes(),
             "fault_fail" => sc_fault_fail(),
             "fault_qperr" => sc_fault_qperr(),
             "fault_delay" => sc_fault_delay(),
