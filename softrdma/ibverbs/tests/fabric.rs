@@ -7,7 +7,11 @@
 //! Scenarios: SRQ + LAST_WQE_REACHED, remote access error, each fault kind (fail Nth WR, QP to
 //! error via the control socket, delayed/reordered completions, lost flushes, async events, CM
 //! drop request, seeded random faults — run twice and compared), and peer death (kill -9).
-#![allow(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+#![allow(
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc,
+    clippy::too_many_arguments
+)]
 
 use rdma_sys::*;
 use softrdma_abi::fabric::{self, Counter, Fabric, MAX_NODES};
