@@ -27,6 +27,39 @@
 //! else gets the NVMe status the spec (or upstream SPDK, where the spec
 //! leaves a choice) gives it. Error statuses carry DNR except aborts. See
 //! `docs/minitarget.md`.
+//!
+//! ```
+//! use nvmf_rdma_rs::engine::codec::nvme::{fctype, io_opcode, Command};
+//! use nvmf_rdma_rs::minitarget::{connect_data, DataBuffer, QpairId, Target, TargetConfig};
+//!
+//! let nqn = "nqn.2026-01.io.example:demo";
+//! let mut target = Target::new(TargetConfig::new(nqn, vec![1 << 20])).unwrap();
+//! let (admin, io) = (QpairId(1), QpairId(2));
+//!
+//! // Admin Connect (QID 0, SQSIZE 31, controller id FFFFh = any).
+//! let mut connect = Command::new_fabrics(fctype::CONNECT, 1);
+//! connect.set_cdw11(31);
+//! let mut data = connect_data([0; 16], 0xffff, nqn, "nqn.2014-08.org.nvmexpress:host");
+//! let done = target.execute(admin, &connect, DataBuffer::single(&mut data), 0);
+//! let cntlid = done.completion().unwrap().cdw0 as u16;
+//!
+//! // Property Set CC: EN = 1, IOSQES = 6, IOCQES = 4.
+//! let mut cc = Command::new_fabrics(fctype::PROPERTY_SET, 2);
+//! cc.set_cdw11(0x14);
+//! cc.set_cdw12(1 | 6 << 16 | 4 << 20);
+//! assert!(target.execute(admin, &cc, DataBuffer::none(), 0).completion().unwrap().status.is_success());
+//!
+//! // I/O Connect (QID 1) naming the controller, then read block 0 of namespace 1.
+//! connect.set_cdw10(1 << 16);
+//! let mut data = connect_data([0; 16], cntlid, nqn, "nqn.2014-08.org.nvmexpress:host");
+//! target.execute(io, &connect, DataBuffer::single(&mut data), 0);
+//! let mut read = Command::new(io_opcode::READ, 3);
+//! read.set_nsid(1);
+//! let mut block = [0xffu8; 512];
+//! let done = target.execute(io, &read, DataBuffer::single(&mut block), 0);
+//! assert!(done.completion().unwrap().status.is_success());
+//! assert!(block.iter().all(|&b| b == 0));
+//! ```
 #![forbid(unsafe_code)]
 
 mod admin;
