@@ -69,10 +69,12 @@ fn run_in_child(name: &str, body: fn()) {
         out.status
     );
     // Show the child's report lines (perf numbers) in the parent's output.
-    for line in stdout
-        .lines()
-        .filter(|l| l.starts_with("perf ") || l.starts_with("latency") || l.starts_with("ios "))
-    {
+    for line in stdout.lines().filter(|l| {
+        l.starts_with("perf")
+            || l.starts_with("latency")
+            || l.starts_with("ios ")
+            || l.starts_with("verified")
+    }) {
         println!("{line}");
     }
 }
@@ -622,3 +624,33 @@ fn reject_and_timeout_body() {
     drop(srv);
 }
 softrdma_test!(unreachable_and_wrong_nqn, reject_and_timeout_body);
+
+/// Opt-in measurement: `INITIATOR_PERF_SECS=5 cargo test --release --test
+/// initiator_loopback perf_numbers -- --nocapture` runs 4 KiB randread and
+/// randwrite at QD 1 and 32 against the in-test responder and prints the
+/// reports. Without the variable it does nothing.
+fn perf_numbers_body() {
+    let Some(secs) = std::env::var("INITIATOR_PERF_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    else {
+        println!("perf: INITIATOR_PERF_SECS not set; skipping measurement");
+        return;
+    };
+    let srv = Server::start(addr(false, 5), 256 << 20);
+    for workload in [Workload::RandRead, Workload::RandWrite] {
+        for qd in [1u16, 32] {
+            let mut cfg = ControllerConfig::new(srv.addr, NQN);
+            cfg.io_depth = qd.max(2);
+            let mut p = PerfConfig::new(cfg);
+            p.workload = workload;
+            p.queue_depth = qd;
+            p.duration = Duration::from_secs_f64(secs);
+            let rep = run_perf(&p).expect("perf");
+            println!("perf 4KiB {workload:?} qd={qd}:\n{rep}");
+            assert!(rep.errors.is_empty(), "{:?}", rep.errors);
+        }
+    }
+    drop(srv);
+}
+softrdma_test!(perf_numbers, perf_numbers_body);
