@@ -449,6 +449,9 @@ pub(crate) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_
     }
     rec.head.store(head, Ordering::Release);
     drop(held);
+    if out == 0 {
+        crate::qp::progress_stalled(rt, w.slot);
+    }
     if out > 0 {
         rt.count(Counter::Completions, out as i64);
         for k in 0..out {

@@ -154,7 +154,7 @@ pub(crate) fn run(rt: &Runtime, w: &QpWrap, sq: &mut Sq) {
             return;
         }
         let Some(head) = sq.pending.front() else {
-            w.stalled.store(false, Ordering::Relaxed);
+            w.set_stalled(false);
             return;
         };
         if state != IBV_QPS_RTS && state != IBV_QPS_SQD {
@@ -222,7 +222,7 @@ pub(crate) fn run(rt: &Runtime, w: &QpWrap, sq: &mut Sq) {
                     fail_head(rt, w, sq, status);
                     return;
                 }
-                w.stalled.store(true, Ordering::Relaxed);
+                w.set_stalled(true);
                 return;
             }
             Exec::Fail(status) => {
@@ -262,7 +262,7 @@ pub(crate) fn enter_error(rt: &Runtime, w: &QpWrap, sq: &mut Sq, why: &str) {
     w.attr.lock().unwrap_or_else(|e| e.into_inner()).qp_state = IBV_QPS_ERR;
     wait_no_delivery(w.rec);
     sq.stall = None;
-    w.stalled.store(false, Ordering::Relaxed);
+    w.set_stalled(false);
     while let Some(wr) = sq.pending.pop_front() {
         rt.count(Counter::OutstandingSends, -1);
         complete(

@@ -119,7 +119,7 @@ fn handle(rt: &Runtime, msg: &str) -> Option<String> {
                     if let Ok(mut sq) = w.sq.try_lock() {
                         engine::run(rt, w, &mut sq);
                     } else {
-                        w.stalled.store(true, Ordering::Relaxed);
+                        w.set_stalled(true);
                     }
                 });
             }

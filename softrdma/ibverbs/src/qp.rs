@@ -56,6 +56,40 @@ unsafe impl Send for QpWrap {}
 // SAFETY: as above.
 unsafe impl Sync for QpWrap {}
 
+/// Number of local QPs whose send queue is stalled (RNR / peer not ready).
+pub(crate) static STALLED_QPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl QpWrap {
+    /// Mark the send queue stalled or not (keeps [`STALLED_QPS`] exact).
+    pub(crate) fn set_stalled(&self, on: bool) {
+        if self.stalled.swap(on, Ordering::AcqRel) != on {
+            if on {
+                STALLED_QPS.fetch_add(1, Ordering::AcqRel);
+            } else {
+                STALLED_QPS.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// Give stalled send queues whose send CQ is `cq_slot` a retry (called from an empty
+/// `ibv_poll_cq`, so busy-polling applications make progress without the event thread).
+pub(crate) fn progress_stalled(rt: &Runtime, cq_slot: u32) {
+    if STALLED_QPS.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let Ok(g) = rt.qps.try_lock() else { return };
+    for &p in g.values() {
+        // SAFETY: registered QPs are live while the registry lock is held.
+        let w = unsafe { &*(p as *const QpWrap) };
+        if w.send_cq == cq_slot && w.stalled.load(Ordering::Relaxed) {
+            if let Ok(mut sq) = w.sq.try_lock() {
+                engine::run(rt, w, &mut sq);
+            }
+        }
+    }
+}
+
 /// # Safety
 /// `qp` must be a live QP of ours.
 pub(crate) unsafe fn wrap<'a>(qp: *mut ibv_qp) -> &'a QpWrap {
@@ -393,7 +427,7 @@ pub(crate) unsafe extern "C" fn modify_qp(
                 rt.count(Counter::OutstandingSends, -(sq.pending.len() as i64));
                 sq.pending.clear();
                 sq.stall = None;
-                w.stalled.store(false, Ordering::Relaxed);
+                w.set_stalled(false);
                 let _l = SharedLock::lock(&w.rec.rq_lock, rt.pid);
                 let t = w.rec.rq_tail.load(Ordering::Relaxed);
                 w.rec.rq_head.store(t, Ordering::Relaxed);
@@ -480,6 +514,7 @@ pub(crate) unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> c_int {
         w.rec.rq_addr.store(0, Ordering::Relaxed);
         w.rec.rq_cap.store(0, Ordering::Relaxed);
     }
+    w.set_stalled(false);
     let pending = w.sq.lock().unwrap_or_else(|e| e.into_inner()).pending.len();
     rt.count(Counter::OutstandingSends, -(pending as i64));
     w.rec.owner.store(0, Ordering::Release);
