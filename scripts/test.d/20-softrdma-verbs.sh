@@ -58,6 +58,14 @@ pingpong 18516 -e -n 2000
 step "ibv_rc_pingpong -s 65536 -e"
 pingpong 18517 -e -s 65536 -n 200
 
+step "leak check after ibv_rc_pingpong (every live-object counter is 0)"
+stats=$("$lib/softrdma-ctl" stats)
+echo "$stats"
+[ "$(grep -c . <<<"$stats")" -ge 2 ] || fail "expected the pingpong processes in the fabric"
+for c in contexts pds mrs cqs qps srqs comp_channels outstanding_sends; do
+  if grep -Eq " $c=[1-9-]" <<<"$stats"; then fail "counter $c not 0 after ibv_rc_pingpong exited"; fi
+done
+
 step "qperf server"
 timeout 300 qperf -lp 19765 >/tmp/softrdma-qperf-server.$$ 2>&1 &
 pids+=("$!")
@@ -91,7 +99,6 @@ else
   echo "librdmacm.so.1 not built: skipping qperf -cm1"
 fi
 
-step "leak check (softrdma-ctl stats)"
-stats=$("$lib/softrdma-ctl" stats)
-echo "$stats"
+step "counters after qperf (qperf itself does not free its objects at exit)"
+"$lib/softrdma-ctl" stats
 echo "softrdma verbs acceptance: OK"
