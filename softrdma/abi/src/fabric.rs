@@ -340,7 +340,8 @@ pub const FABRIC_SIZE: usize = round_up(MRS_OFF + MAX_MRS * size_of::<MrRec>(), 
 
 use core::mem::size_of;
 
-/// Directory holding the fabric file: `$SOFTRDMA_SHM_DIR`, else `/dev/shm/softrdma-<uid>`.
+/// Directory holding the fabric file: `$SOFTRDMA_SHM_DIR`, else `/dev/shm/softrdma-<uid>`
+/// (`/tmp/softrdma-<uid>` when there is no `/dev/shm`).
 pub fn fabric_dir() -> String {
     if let Ok(d) = std::env::var("SOFTRDMA_SHM_DIR") {
         if !d.is_empty() {
@@ -349,7 +350,11 @@ pub fn fabric_dir() -> String {
     }
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
-    format!("/dev/shm/softrdma-{uid}")
+    if std::path::Path::new("/dev/shm").is_dir() {
+        format!("/dev/shm/softrdma-{uid}")
+    } else {
+        format!("/tmp/softrdma-{uid}")
+    }
 }
 
 /// Abstract UNIX datagram socket name of the process `pid` (without the leading NUL).

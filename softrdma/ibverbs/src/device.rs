@@ -350,6 +350,7 @@ unsafe extern "C" fn query_device_ex(
     let mut full: ibv_device_attr_ex = Default::default();
     fill_device_attr(&mut full.orig_attr);
     full.max_dm_size = 0;
+    full.device_cap_flags_ex = full.orig_attr.device_cap_flags as u64;
     let n = attr_size.min(std::mem::size_of::<ibv_device_attr_ex>());
     // SAFETY: attr has at least attr_size writable bytes (caller contract); we copy min(size).
     unsafe { std::ptr::copy_nonoverlapping(&full as *const _ as *const u8, attr as *mut u8, n) };
