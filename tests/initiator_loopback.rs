@@ -186,12 +186,19 @@ impl Responder {
         });
     }
 
-    fn run(&mut self, addr: SocketAddr, stop: &AtomicBool, ready: std::sync::mpsc::Sender<()>) {
+    fn run(
+        &mut self,
+        addr: SocketAddr,
+        stop: &AtomicBool,
+        ready: std::sync::mpsc::Sender<SocketAddr>,
+    ) {
         let ch = EventChannel::new().unwrap();
         let listen = CmId::new(&ch).unwrap();
         listen.bind_addr(addr).unwrap();
         listen.listen(16).unwrap();
-        ready.send(()).unwrap();
+        ready
+            .send(listen.local_addr().expect("bound address"))
+            .unwrap();
         let mut wcs = vec![WorkCompletion::EMPTY; 16];
         while !stop.load(Ordering::Relaxed) {
             while let Some(ev) = ch.get_event().unwrap() {
@@ -432,7 +439,8 @@ impl Server {
             };
             r.run(addr, &s2, tx);
         });
-        rx.recv_timeout(Duration::from_secs(10))
+        let addr = rx
+            .recv_timeout(Duration::from_secs(10))
             .expect("responder listening");
         Server {
             stop,
@@ -452,19 +460,19 @@ impl Drop for Server {
     }
 }
 
-fn addr(v6: bool, offset: u16) -> SocketAddr {
-    let port = 45000 + (std::process::id() % 3000) as u16 + offset;
+fn addr(v6: bool) -> SocketAddr {
+    // Port 0: the responder binds an ephemeral port (see Server::start).
     if v6 {
-        format!("[::1]:{port}").parse().unwrap()
+        "[::1]:0".parse().unwrap()
     } else {
-        format!("127.0.0.1:{port}").parse().unwrap()
+        "127.0.0.1:0".parse().unwrap()
     }
 }
 
 // ---------------------------------------------------------------- tests
 
 fn connect_identify_rw_body() {
-    let srv = Server::start(addr(false, 0), 64 << 20);
+    let srv = Server::start(addr(false), 64 << 20);
     let mut cfg = ControllerConfig::new(srv.addr, NQN);
     cfg.io_queues = 2;
     cfg.io_depth = 16;
@@ -519,7 +527,7 @@ softrdma_test!(
 );
 
 fn perf_verify_body() {
-    let srv = Server::start(addr(true, 1), 32 << 20);
+    let srv = Server::start(addr(true), 32 << 20);
     for (qd, size, sgl, workload) in [
         (
             1u16,
@@ -568,7 +576,7 @@ fn perf_verify_body() {
 softrdma_test!(perf_verify_qd_sizes_and_sgl_modes, perf_verify_body);
 
 fn target_drop_body() {
-    let srv = Server::start(addr(false, 2), 8 << 20);
+    let srv = Server::start(addr(false), 8 << 20);
     let mut cfg = ControllerConfig::new(srv.addr, NQN);
     cfg.io_queues = 1;
     cfg.io_depth = 8;
@@ -609,13 +617,13 @@ softrdma_test!(target_drops_connection_then_reconnect, target_drop_body);
 
 fn reject_and_timeout_body() {
     // Nobody listens: connect fails with an error, within the timeout.
-    let mut cfg = ControllerConfig::new(addr(false, 3), NQN);
+    let mut cfg = ControllerConfig::new("127.0.0.1:9".parse().unwrap(), NQN);
     cfg.connect_timeout = Duration::from_secs(2);
     let t0 = Instant::now();
     let e = Controller::connect(cfg).expect_err("no target");
     assert!(t0.elapsed() < Duration::from_secs(8), "bounded: {e}");
     // Wrong subsystem NQN: Fabrics Connect fails with an NVMe status.
-    let srv = Server::start(addr(false, 4), 1 << 20);
+    let srv = Server::start(addr(false), 1 << 20);
     let cfg = ControllerConfig::new(srv.addr, "nqn.2016-06.io.spdk:nope");
     match Controller::connect(cfg) {
         Err(InitiatorError::Nvme { opcode: 0x7f, .. }) => {}
@@ -637,7 +645,7 @@ fn perf_numbers_body() {
         println!("perf: INITIATOR_PERF_SECS not set; skipping measurement");
         return;
     };
-    let srv = Server::start(addr(false, 5), 256 << 20);
+    let srv = Server::start(addr(false), 256 << 20);
     for workload in [Workload::RandRead, Workload::RandWrite] {
         for qd in [1u16, 32] {
             let mut cfg = ControllerConfig::new(srv.addr, NQN);

@@ -67,11 +67,6 @@ macro_rules! softrdma_test {
 
 const T: Duration = Duration::from_secs(10);
 
-fn port(offset: u16) -> u16 {
-    // Spread over a range unlikely to collide with other tests on the host.
-    41000 + (std::process::id() % 4000) as u16 + offset * 4001 % 7
-}
-
 #[track_caller]
 fn wait_event(ch: &EventChannel, want: CmEventKind) -> CmEvent {
     let deadline = Instant::now() + T;
@@ -133,7 +128,7 @@ fn server_accept(
     addr: SocketAddr,
     recvs: u32,
     accept_pd: &'static [u8],
-    tx: std::sync::mpsc::Sender<()>,
+    tx: std::sync::mpsc::Sender<SocketAddr>,
 ) -> (Side, CmEvent, CmId) {
     let ch = EventChannel::new().unwrap();
     let listen = CmId::new(&ch).unwrap();
@@ -143,7 +138,8 @@ fn server_accept(
         "specific address binds a device"
     );
     listen.listen(8).unwrap();
-    tx.send(()).unwrap();
+    tx.send(listen.local_addr().expect("bound address"))
+        .unwrap();
     let mut req = wait_event(&ch, CmEventKind::ConnectRequest);
     assert_eq!(req.listen_key, Some(listen.key()));
     let mut id = req.take_id().expect("new id");
@@ -255,7 +251,7 @@ fn devices_body() {
 softrdma_test!(devices_and_objects, devices_body);
 
 fn connect_send_rdma_body() {
-    let addr: SocketAddr = format!("127.0.0.1:{}", port(0)).parse().unwrap();
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
         let (mut s, req, _listen) = server_accept(addr, 4, b"accept-pd", tx);
@@ -372,7 +368,8 @@ fn connect_send_rdma_body() {
         }
         drop(s.pd);
     });
-    rx.recv_timeout(T).expect("server listening");
+    let addr = rx.recv_timeout(T).expect("server listening");
+    assert_ne!(addr.port(), 0, "port 0 binds an ephemeral port");
     let mut pdata = [0u8; 32];
     pdata[..7].copy_from_slice(b"hello-1");
     let (mut c, est) = client_connect(addr, &pdata);
@@ -420,20 +417,20 @@ fn connect_send_rdma_body() {
 softrdma_test!(connect_send_rdma_and_errors, connect_send_rdma_body);
 
 fn reject_body() {
-    let addr: SocketAddr = format!("127.0.0.1:{}", port(1)).parse().unwrap();
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
         let ch = EventChannel::new().unwrap();
         let listen = CmId::new(&ch).unwrap();
         listen.bind_addr(addr).unwrap();
         listen.listen(4).unwrap();
-        tx.send(()).unwrap();
+        tx.send(listen.local_addr().unwrap()).unwrap();
         let mut req = wait_event(&ch, CmEventKind::ConnectRequest);
         let id = req.take_id().unwrap();
         id.reject(&[0, 0, 7, 0]).unwrap();
         std::thread::sleep(Duration::from_millis(200));
     });
-    rx.recv_timeout(T).unwrap();
+    let addr = rx.recv_timeout(T).unwrap();
     let ch = EventChannel::new().unwrap();
     let mut id = CmId::new(&ch).unwrap();
     id.resolve_addr(None, addr, 2000).unwrap();
@@ -464,15 +461,16 @@ fn reject_body() {
 softrdma_test!(reject_with_private_data, reject_body);
 
 fn ipv6_srq_async_body() {
-    let addr: SocketAddr = format!("[::1]:{}", port(2)).parse().unwrap();
+    let addr: SocketAddr = "[::1]:0".parse().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
         let ch = EventChannel::new().unwrap();
         let listen = CmId::new(&ch).unwrap();
         listen.bind_addr(addr).unwrap();
         listen.listen(4).unwrap();
-        assert_eq!(listen.local_addr(), Some(addr));
-        tx.send(()).unwrap();
+        let bound = listen.local_addr().unwrap();
+        assert_eq!(bound.ip(), addr.ip());
+        tx.send(bound).unwrap();
         let mut req = wait_event(&ch, CmEventKind::ConnectRequest);
         let mut id = req.take_id().unwrap();
         let ctx = id.context().unwrap();
@@ -544,7 +542,7 @@ fn ipv6_srq_async_body() {
         id.destroy_qp();
         assert!(id.qp().is_none());
     });
-    rx.recv_timeout(T).unwrap();
+    let addr = rx.recv_timeout(T).unwrap();
     let (c, _) = client_connect(addr, &[0; 32]);
     let mut c = c;
     c.buf.write(0, b"srq!!").unwrap();
