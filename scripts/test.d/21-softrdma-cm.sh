@@ -54,11 +54,17 @@ server_client rping-v6 7175 "rping -s -a ::1 -p 7175 -v" "rping -c -a ::1 -p 717
 n=$(grep -c '^ping data: rdma-ping-' "$log/rping-v6.client")
 [ "$n" -eq 100 ] || { echo "21-softrdma-cm: rping (IPv6) client printed $n pings, want 100"; exit 1; }
 
+# rping -q: the application creates its QP itself (rdma_init_qp_attr, CONNECT_RESPONSE,
+# rdma_establish on the active side).
+server_client rping-q 7176 "rping -s -q -a 127.0.0.1 -p 7176 -v" "rping -c -q -a 127.0.0.1 -p 7176 -v -V -C 20"
+n=$(grep -c '^ping data: rdma-ping-' "$log/rping-q.client")
+[ "$n" -eq 20 ] || { echo "21-softrdma-cm: rping -q client printed $n pings, want 20"; exit 1; }
+
 # ucmatose: default (1 connection, 10 messages), then 8 connections with channel migration.
 server_client ucmatose 7471 "ucmatose -p 7471" "ucmatose -s 127.0.0.1 -p 7471"
 server_client ucmatose-multi 7472 "ucmatose -p 7472 -c 8 -C 20" "ucmatose -s 127.0.0.1 -p 7472 -c 8 -C 20 -m"
 for f in "$log"/ucmatose*.server "$log"/ucmatose*.client; do
   grep -q "return status 0" "$f" || { echo "21-softrdma-cm: $f did not report success:"; cat "$f"; exit 1; }
 done
-echo "21-softrdma-cm: rping (IPv4, IPv6; 100 verified pings) and ucmatose (1 and 8 connections) passed"
+echo "21-softrdma-cm: rping (IPv4, IPv6: 100 verified pings; -q) and ucmatose (1 and 8 connections) passed"
 rm -rf "$log"

@@ -989,19 +989,28 @@ pub unsafe fn connect(idp: *mut rdma_cm_id, param: *const rdma_conn_param) -> c_
         dst,
         private_data: pdata,
     };
-    // Find the listener: exact address, then wildcards.
+    // Find the listener: exact address, then wildcards. A port that is bound but not yet
+    // listening (qperf 0.4.11 sends its port before rdma_listen) gets the REQ retried for a
+    // bounded time, as the IB CM retransmits an unanswered REQ; then REJECTED (status 8).
     let uid = uid();
-    let mut sock = None;
-    for cand in addr::connect_candidates(&dst) {
-        let name = addr::socket_name(uid, addr::NameKind::Listen, id.ps(), &cand);
-        match connect_name(&name) {
-            Ok(s) => {
-                sock = Some(s);
-                break;
-            }
-            Err(_) => continue,
+    let cands = addr::connect_candidates(&dst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(req_retry_ms());
+    let sock = loop {
+        let found = cands.iter().find_map(|cand| {
+            let name = addr::socket_name(uid, addr::NameKind::Listen, id.ps(), cand);
+            connect_name(&name).ok()
+        });
+        if found.is_some() || std::time::Instant::now() >= deadline {
+            break found;
         }
-    }
+        let bound = addr::reservations_in(&proc_net_unix(), uid, id.ps(), dst.port())
+            .iter()
+            .any(|ip| cands.iter().any(|c| c.ip() == *ip));
+        if !bound {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
     let Some(sock) = sock else {
         debug!("cm_id {idp:p}: nobody listens on {dst}");
         let ev = EventBox::new(
@@ -1035,6 +1044,18 @@ pub unsafe fn connect(idp: *mut rdma_cm_id, param: *const rdma_conn_param) -> c_
         return unsafe { complete(idp) };
     }
     0
+}
+
+/// How long a REQ to a bound-but-not-listening port is retried (`SOFTRDMA_CM_REQ_RETRY_MS`,
+/// default 1000).
+fn req_retry_ms() -> u64 {
+    static MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MS.get_or_init(|| {
+        std::env::var("SOFTRDMA_CM_REQ_RETRY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000)
+    })
 }
 
 /// rdma_accept.
