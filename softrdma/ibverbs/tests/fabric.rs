@@ -1036,6 +1036,145 @@ fn sc_fault_random() {
     cleanup(d, &[a, b], &[m], None);
 }
 
+const STRESS_MSGS: u64 = 3000;
+
+fn read_line() -> String {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    line.trim().to_string()
+}
+
+/// Responder: one SRQ shared by 4 QPs, fed by 2 requester processes × 2 QPs concurrently.
+fn sc_stress_responder() {
+    let d = open_dev();
+    let srq = unsafe {
+        let mut a: ibv_srq_init_attr = std::mem::zeroed();
+        a.attr.max_wr = 64;
+        a.attr.max_sge = 1;
+        ibv_create_srq(d.pd, &mut a)
+    };
+    assert!(!srq.is_null());
+    let rx = reg(&d, 64 * 64, LW);
+    let qps: Vec<_> = (0..4).map(|_| create_qp(&d, srq)).collect();
+    println!(
+        "QPNS {}",
+        qps.iter()
+            .map(|&q| qpn(q).to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    std::io::stdout().flush().unwrap();
+    let peers: Vec<u32> = read_line()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    for (q, p) in qps.iter().zip(&peers) {
+        connect(*q, *p, LW);
+    }
+    for i in 0..64u64 {
+        post_srq(srq, i, &rx, i as usize * 64, 64);
+    }
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    let mut next = [0u64; 4];
+    let mut total = 0;
+    let t0 = Instant::now();
+    while total < 4 * STRESS_MSGS {
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "stress: only {total} messages arrived"
+        );
+        let mut wc: [ibv_wc; 16] = unsafe { std::mem::zeroed() };
+        let n = unsafe { ibv_poll_cq(d.cq, 16, wc.as_mut_ptr()) };
+        assert!(n >= 0);
+        for w in &wc[..n as usize] {
+            assert_eq!(
+                w.status,
+                st::IBV_WC_SUCCESS,
+                "stress: recv wr_id {} failed",
+                w.wr_id
+            );
+            let k = qps
+                .iter()
+                .position(|&q| qpn(q) == w.qp_num)
+                .expect("qp_num of an SRQ receive");
+            let off = w.wr_id as usize * 64;
+            let seq = u64::from_le_bytes(rx.mem[off..off + 8].try_into().unwrap());
+            assert_eq!(seq, next[k], "stress: QP {k} out of order");
+            next[k] += 1;
+            total += 1;
+            post_srq(srq, w.wr_id, &rx, off, 64);
+        }
+        if n == 0 {
+            std::thread::yield_now();
+        }
+    }
+    println!("RECEIVED {total}");
+    std::io::stdout().flush().unwrap();
+    read_line(); // requesters done
+    cleanup(d, &qps, &[rx], Some(srq));
+}
+
+/// Requester: 2 QPs, STRESS_MSGS SENDs each, interleaved, bounded outstanding.
+fn sc_stress_requester() {
+    let d = open_dev();
+    let mut tx = reg(&d, 4096, LW);
+    let qps: Vec<_> = (0..2).map(|_| create_qp(&d, null_mut())).collect();
+    println!(
+        "QPNS {}",
+        qps.iter()
+            .map(|&q| qpn(q).to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    std::io::stdout().flush().unwrap();
+    let peers: Vec<u32> = read_line()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    for (q, p) in qps.iter().zip(&peers) {
+        connect(*q, *p, LW);
+    }
+    read_line(); // go
+    let mut sent = [0u64; 2];
+    let mut done = 0u64;
+    let mut outstanding = 0;
+    let t0 = Instant::now();
+    while done < 2 * STRESS_MSGS {
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "stress: requester stuck at {done}"
+        );
+        for k in 0..2 {
+            if sent[k] < STRESS_MSGS && outstanding < 32 {
+                let slot = k * 1024 + (sent[k] as usize % 64) * 16;
+                tx.mem[slot..slot + 8].copy_from_slice(&sent[k].to_le_bytes());
+                assert_eq!(
+                    post_send(qps[k], sent[k], op::IBV_WR_SEND, &tx, slot, 8, None),
+                    0
+                );
+                sent[k] += 1;
+                outstanding += 1;
+            }
+        }
+        let mut wc: [ibv_wc; 16] = unsafe { std::mem::zeroed() };
+        let n = unsafe { ibv_poll_cq(d.cq, 16, wc.as_mut_ptr()) };
+        for w in &wc[..n.max(0) as usize] {
+            assert_eq!(
+                w.status,
+                st::IBV_WC_SUCCESS,
+                "stress: send {} failed",
+                w.wr_id
+            );
+            done += 1;
+            outstanding -= 1;
+        }
+    }
+    println!("SENT {done}");
+    std::io::stdout().flush().unwrap();
+    cleanup(d, &qps, &[tx], None);
+}
+
 fn sc_peer(role: &str) {
     // Two processes; the parent relays QPNs and later kill -9s the "victim".
     let d = open_dev();
@@ -1260,6 +1399,31 @@ fn parent() {
             .is_some_and(|x| !x.ends_with(":0")),
         "a random fault must have fired"
     );
+    // Cross-process SRQ stress: 2 requester processes × 2 QPs into one SRQ shared by 4 QPs.
+    println!("scenario cross-process SRQ stress");
+    let mut r = spawn("stress_responder", &shm, None);
+    let mut q1 = spawn("stress_requester", &shm, None);
+    let mut q2 = spawn("stress_requester", &shm, None);
+    let rq: Vec<String> = r
+        .expect_line("QPNS ")
+        .split(' ')
+        .map(str::to_string)
+        .collect();
+    let a = q1.expect_line("QPNS ");
+    let b = q2.expect_line("QPNS ");
+    r.send(&format!("{a} {b}"));
+    q1.send(&rq[..2].join(" "));
+    q2.send(&rq[2..].join(" "));
+    r.expect_line("READY");
+    q1.send("go");
+    q2.send("go");
+    assert_eq!(r.expect_line("RECEIVED "), (4 * STRESS_MSGS).to_string());
+    assert_eq!(q1.expect_line("SENT "), (2 * STRESS_MSGS).to_string());
+    assert_eq!(q2.expect_line("SENT "), (2 * STRESS_MSGS).to_string());
+    assert!(q1.finish().iter().any(|l| l == "CLEAN"));
+    assert!(q2.finish().iter().any(|l| l == "CLEAN"));
+    r.send("done");
+    assert!(r.finish().iter().any(|l| l == "CLEAN"));
     // Peer death.
     println!("scenario peer death (kill -9)");
     let mut v = spawn("peer_victim", &shm, None);
@@ -1295,6 +1459,8 @@ fn main() {
             "fault_async" => sc_fault_async(),
             "fault_cmdrop" => sc_fault_cmdrop(),
             "fault_random" => sc_fault_random(),
+            "stress_responder" => sc_stress_responder(),
+            "stress_requester" => sc_stress_requester(),
             "peer_victim" => sc_peer("victim"),
             "peer_survivor" => sc_peer("survivor"),
             other => panic!("unknown scenario {other}"),
