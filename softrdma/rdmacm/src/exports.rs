@@ -89,6 +89,55 @@ unsafe extern "C" fn create_qp(
 }
 export!(create_qp, "rdma_create_qp@@RDMACM_1.0");
 
+unsafe extern "C" fn create_qp_ex(id: *mut rdma_cm_id, attr: *mut ibv_qp_init_attr_ex) -> c_int {
+    if attr.is_null() {
+        return err(libc::EINVAL);
+    }
+    // SAFETY: C contract of rdma_create_qp_ex: attr points at a valid ibv_qp_init_attr_ex.
+    let a = unsafe { &mut *attr };
+    if a.comp_mask & !IBV_QP_INIT_ATTR_PD != 0 || a.create_flags != 0 {
+        note_once(
+            "rdma_create_qp_ex",
+            "only comp_mask IBV_QP_INIT_ATTR_PD is supported (EOPNOTSUPP)",
+        );
+        return err(libc::EOPNOTSUPP);
+    }
+    let pd = if a.comp_mask & IBV_QP_INIT_ATTR_PD != 0 {
+        a.pd
+    } else {
+        std::ptr::null_mut()
+    };
+    let mut b = ibv_qp_init_attr {
+        qp_context: a.qp_context,
+        send_cq: a.send_cq,
+        recv_cq: a.recv_cq,
+        srq: a.srq,
+        cap: ibv_qp_cap {
+            max_send_wr: a.cap.max_send_wr,
+            max_recv_wr: a.cap.max_recv_wr,
+            max_send_sge: a.cap.max_send_sge,
+            max_recv_sge: a.cap.max_recv_sge,
+            max_inline_data: a.cap.max_inline_data,
+        },
+        qp_type: a.qp_type,
+        sq_sig_all: a.sq_sig_all,
+    };
+    // SAFETY: C contract of rdma_create_qp (same id; b is a valid attr).
+    let r = unsafe { api::create_qp(id, pd, &mut b) };
+    if r == 0 {
+        // Report back what was created (CQs librdmacm made, actual caps).
+        a.send_cq = b.send_cq;
+        a.recv_cq = b.recv_cq;
+        a.cap.max_send_wr = b.cap.max_send_wr;
+        a.cap.max_recv_wr = b.cap.max_recv_wr;
+        a.cap.max_send_sge = b.cap.max_send_sge;
+        a.cap.max_recv_sge = b.cap.max_recv_sge;
+        a.cap.max_inline_data = b.cap.max_inline_data;
+    }
+    r
+}
+export!(create_qp_ex, "rdma_create_qp_ex@@RDMACM_1.0");
+
 unsafe extern "C" fn destroy_qp(id: *mut rdma_cm_id) {
     // SAFETY: C contract of rdma_destroy_qp.
     unsafe { api::destroy_qp(id) }
@@ -309,7 +358,6 @@ macro_rules! enosys {
 }
 
 enosys! {
-    create_qp_ex => "rdma_create_qp_ex@@RDMACM_1.0", "rdma_create_qp_ex", c_int = -1;
     create_srq_ex => "rdma_create_srq_ex@@RDMACM_1.0", "rdma_create_srq_ex", c_int = -1;
     join_multicast => "rdma_join_multicast@@RDMACM_1.0", "rdma_join_multicast", c_int = -1;
     join_multicast_ex => "rdma_join_multicast_ex@@RDMACM_1.1", "rdma_join_multicast_ex", c_int = -1;

@@ -185,8 +185,13 @@ fn connect_accept_private_data_disconnect_ipv4() {
 }
 
 #[test]
-fn connect_accept_private_data_disconnect_ipv6() {
-    run_pair("::1", "accept", "disconnect", &[]);
+fn connect_accept_private_data_disconnect_ipv6_qp_ex() {
+    run_pair(
+        "::1",
+        "accept",
+        "disconnect",
+        &[("CM_QP_EX", "1".to_string())],
+    );
 }
 
 #[test]
@@ -352,6 +357,30 @@ fn sockaddr(a: &SocketAddr) -> libc::sockaddr_storage {
 }
 
 fn create_qp(id: *mut rdma_cm_id) -> Result<(), String> {
+    if std::env::var_os("CM_QP_EX").is_some() {
+        // rdma_create_qp_ex with the PD given in the extended attributes.
+        // SAFETY: as below; comp_mask says only `pd` is valid among the extensions.
+        unsafe {
+            let mut attr: ibv_qp_init_attr_ex = std::mem::zeroed();
+            attr.cap.max_send_wr = 8;
+            attr.cap.max_recv_wr = 8;
+            attr.cap.max_send_sge = 1;
+            attr.cap.max_recv_sge = 1;
+            attr.qp_type = ibv_qp_type::IBV_QPT_RC;
+            attr.comp_mask = ibv_qp_init_attr_mask::IBV_QP_INIT_ATTR_PD.0;
+            attr.pd = (*id).pd;
+            if rdma_create_qp_ex(id, &mut attr) != 0 {
+                return Err(format!(
+                    "rdma_create_qp_ex: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            if (*id).qp.is_null() || attr.send_cq.is_null() || attr.cap.max_send_wr < 8 {
+                return Err("rdma_create_qp_ex did not report the QP / CQs / caps".into());
+            }
+        }
+        return Ok(());
+    }
     // SAFETY: id is live and bound to a device; the attr struct is zero-initialised
     // and fully valid; NULL CQs make librdmacm create them.
     unsafe {
