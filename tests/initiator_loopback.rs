@@ -662,3 +662,74 @@ fn perf_numbers_body() {
     drop(srv);
 }
 softrdma_test!(perf_numbers, perf_numbers_body);
+
+/// Malformed input through the raw APIs the e2e tests use: bad CM private
+/// data is rejected with the NVMe-oF status, and raw capsules get the NVMe
+/// status the codecs give them.
+fn raw_inputs_body() {
+    use nvmf_rdma_rs::engine::codec::{encode_keyed, encode_last_segment, RejectStatus, Status};
+    let srv = Server::start(addr(false), 1 << 20);
+    let mut o = QueueOptions::new(1, 4);
+    let bad = CmRequest {
+        recfmt: 1,
+        qid: 1,
+        hrqsize: 4,
+        hsqsize: 3,
+        cntlid: 1,
+    }
+    .to_bytes()
+    .to_vec();
+    o.raw_private_data = Some(bad);
+    match Queue::connect(srv.addr, o) {
+        Err(InitiatorError::Rejected { reason, .. }) => {
+            assert_eq!(reason, Some(RejectStatus::InvalidRecfmt))
+        }
+        other => panic!("expected a reject, got {other:?}"),
+    }
+    // (A short private data length cannot be tested over IB-style CM: the
+    // CM pads REQ private data to its fixed size, as the kernel does.)
+
+    let mut ctrl = Controller::connect(ControllerConfig::new(srv.addr, NQN)).expect("connect");
+    let nsid = ctrl.namespaces()[0].nsid;
+    let q = &mut ctrl.io_queues()[0];
+    let mut done = Vec::new();
+    let mut run = |q: &mut Queue, capsule: &[u8]| -> Status {
+        let cid = q.alloc().unwrap();
+        q.submit_raw(cid, capsule).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            q.wait(&mut done, Duration::from_millis(100)).unwrap();
+            if let Some(d) = done.pop() {
+                q.release(d.cid);
+                return d.completion.status;
+            }
+            assert!(Instant::now() < deadline, "no response");
+        }
+    };
+    // Unknown I/O opcode.
+    let mut cmd = Command::new(0xc5, 0);
+    cmd.set_nsid(nsid);
+    assert_eq!(run(q, cmd.as_bytes()), Status::INVALID_OPCODE.with_dnr());
+    // Last Segment list of 17 descriptors (> MSDBD 16).
+    let (a, k) = q.data_region(0);
+    let mut cmd = nvmf_rdma_rs::initiator::wire::read_write(0, true, nsid, 0, 1);
+    cmd.set_psdt(1);
+    cmd.set_sgl1(encode_last_segment(0, 17 * 16));
+    let mut capsule = cmd.as_bytes().to_vec();
+    for _ in 0..17 {
+        capsule.extend_from_slice(&encode_keyed(a, 32, k, false).raw);
+    }
+    let st = run(q, &capsule);
+    assert!(!st.is_success(), "17 descriptors refused: {st:?}");
+    // Keyed length above max_io_size.
+    let mut cmd = nvmf_rdma_rs::initiator::wire::read_write(0, false, nsid, 0, 1);
+    cmd.set_sgl1(encode_keyed(a, 1 << 20, k, false));
+    assert_eq!(run(q, cmd.as_bytes()), Status::DATA_SGL_LENGTH_INVALID);
+    // The queue is still usable.
+    let mut out = vec![0u8; 512];
+    ctrl.read(0, nsid, 0, &mut out, SglMode::Keyed)
+        .expect("queue usable after bad commands");
+    drop(ctrl);
+    drop(srv);
+}
+softrdma_test!(raw_capsules_and_bad_private_data, raw_inputs_body);

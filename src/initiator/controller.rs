@@ -39,6 +39,9 @@ pub struct ControllerConfig {
     pub command_timeout: Duration,
     /// Busy-poll instead of sleeping on the completion channel.
     pub busy_poll: bool,
+    /// RDMA READs each I/O queue lets the target have outstanding (CM
+    /// responder resources; the target's read depth is at most this).
+    pub responder_resources: u8,
 }
 
 impl ControllerConfig {
@@ -59,6 +62,7 @@ impl ControllerConfig {
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(10),
             busy_poll: false,
+            responder_resources: 16,
         }
     }
 }
@@ -236,6 +240,7 @@ impl Controller {
             o.connect_timeout = cfg.connect_timeout;
             o.command_timeout = cfg.command_timeout;
             o.busy_poll = cfg.busy_poll;
+            o.responder_resources = cfg.responder_resources;
             let mut q = Queue::connect(cfg.addr, o)?;
             q.set_in_capsule_size(icd);
             let sq = q.depth() - 1;

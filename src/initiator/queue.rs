@@ -64,6 +64,10 @@ pub struct QueueOptions {
     pub command_timeout: Duration,
     /// Spin instead of sleeping on the completion channel when idle.
     pub busy_poll: bool,
+    /// Send these bytes as the CM connect private data instead of the
+    /// NVMe-oF request built from the fields above (tests of a target's
+    /// handling of bad private data).
+    pub raw_private_data: Option<Vec<u8>>,
 }
 
 impl QueueOptions {
@@ -79,6 +83,7 @@ impl QueueOptions {
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(10),
             busy_poll: false,
+            raw_private_data: None,
         }
     }
 }
@@ -277,13 +282,14 @@ impl Queue {
             hsqsize: depth - 1,
             cntlid: opts.cntlid,
         };
-        let pdata = req.to_bytes();
+        let built = req.to_bytes();
+        let pdata: &[u8] = opts.raw_private_data.as_deref().unwrap_or(&built);
         let rr = opts
             .responder_resources
             .min(attr.max_qp_rd_atom.min(255) as u8)
             .max(1);
         id.connect(&ConnParam {
-            private_data: &pdata,
+            private_data: pdata,
             responder_resources: rr,
             initiator_depth: 0,
             retry_count: 7,
@@ -571,6 +577,59 @@ impl Queue {
         slot.submitted = Instant::now();
         self.outstanding += 1;
         Ok(())
+    }
+
+    /// Queue a raw command capsule in slot `cid`: `capsule` (64-byte SQE plus
+    /// any in-capsule bytes, at most the allocated capsule size) is sent as
+    /// is, except that bytes 2..4 are set to `cid` so the response can be
+    /// matched. For tests of a target's handling of malformed commands (bad
+    /// SGL types, descriptor counts, offsets, lengths, unknown opcodes).
+    pub fn submit_raw(&mut self, cid: u16, capsule: &[u8]) -> Result<()> {
+        self.check_alive()?;
+        let qid = self.opts.qid;
+        let v = |source| InitiatorError::Verbs { qid, source };
+        match self.slots.get(cid as usize).map(|s| s.state) {
+            Some(SlotState::Allocated) => {}
+            _ => return Err(InitiatorError::UnknownCid { qid, cid }),
+        }
+        if capsule.len() < COMMAND_CAPSULE_SIZE || capsule.len() > self.capsule_stride {
+            return Err(InitiatorError::TooLarge {
+                qid,
+                what: "raw capsule bytes",
+                value: capsule.len() as u64,
+                limit: self.capsule_stride as u64,
+            });
+        }
+        let off = cid as usize * self.capsule_stride;
+        self.cmd_buf.write(off, capsule).map_err(v)?;
+        self.cmd_buf.write(off + 2, &cid.to_le_bytes()).map_err(v)?;
+        let sge = self.cmd_buf.sge(off, capsule.len() as u32).map_err(v)?;
+        self.send_list
+            .push(
+                WrId::send(qid as u32, cid as u32),
+                SendOp::Send,
+                &[sge],
+                SendFlags::SIGNALED,
+            )
+            .map_err(v)?;
+        let slot = &mut self.slots[cid as usize];
+        slot.state = SlotState::InFlight {
+            send_done: false,
+            response: None,
+            opcode: capsule[0],
+        };
+        slot.submitted = Instant::now();
+        self.outstanding += 1;
+        Ok(())
+    }
+
+    /// Address and rkey of slot `cid`'s data buffer (to build raw SGLs).
+    pub fn data_region(&self, cid: u16) -> (u64, u32) {
+        (
+            self.data_buf
+                .addr(cid as usize * self.opts.max_io_size as usize),
+            self.data_buf.rkey(),
+        )
     }
 
     /// Post queued command capsules (one doorbell).
