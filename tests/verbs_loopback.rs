@@ -145,6 +145,10 @@ fn server_accept(
     let mut id = req.take_id().expect("new id");
     assert!(req.take_id().is_none());
     let ctx = id.context().expect("request id has a device");
+    assert!(
+        rdma_devices().unwrap().iter().any(|d| d.key() == ctx.key()),
+        "cm_id->verbs is one of rdma_get_devices() (upstream compares the pointers)"
+    );
     let pd = Pd::new(&ctx).unwrap();
     let cq = Cq::new(&ctx, 64, None).unwrap();
     let buf = DmaBuf::new(&pd, 8192, Access::LOCAL_WRITE).unwrap();
@@ -239,6 +243,12 @@ fn devices_body() {
     ch.set_nonblocking().unwrap();
     let cq = Cq::new(&ctx, 32, Some(&ch)).unwrap();
     assert!(cq.capacity() >= 32);
+    cq.resize(256).unwrap();
+    assert!(
+        cq.capacity() >= 256,
+        "resize grows the CQ: {}",
+        cq.capacity()
+    );
     let mr = DmaBuf::new(&pd, 4096, Access::LOCAL_WRITE).unwrap();
     drop(ctx);
     drop(pd);
