@@ -173,6 +173,18 @@ pub struct NodeRec {
     pub starttime: AtomicU64,
     /// Counters, indexed by [`Counter`].
     pub counters: [AtomicU64; NUM_COUNTERS],
+    /// Owner's virtual address of its ring arena (`arena-<pid>-<starttime>` in the fabric dir),
+    /// 0 = none. Peers map the same file and translate ring addresses by the difference.
+    pub arena_base: AtomicU64,
+    /// Length of the arena mapping in bytes.
+    pub arena_len: AtomicU64,
+}
+
+const _: () = assert!(size_of::<NodeRec>() == 192, "NodeRec must keep its layout");
+
+/// Path of the ring arena of process `pid` started at `starttime`.
+pub fn arena_path(pid: u32, starttime: u64) -> String {
+    format!("{}/arena-{pid}-{starttime}", fabric_dir())
 }
 
 /// One queue pair.

@@ -131,16 +131,21 @@ pub(crate) unsafe extern "C" fn destroy_comp_channel(ch: *mut ibv_comp_channel) 
 }
 
 fn alloc_ring(cap: usize) -> *mut ibv_wc {
-    let v: Box<[ibv_wc]> = (0..cap).map(|_| ibv_wc::default()).collect();
-    Box::into_raw(v) as *mut ibv_wc
+    match runtime::get() {
+        Some(rt) => rt.alloc_ring::<ibv_wc>(cap),
+        None => {
+            let v: Box<[ibv_wc]> = (0..cap.max(1)).map(|_| ibv_wc::default()).collect();
+            Box::into_raw(v) as *mut ibv_wc
+        }
+    }
 }
 
 /// # Safety
 /// `p`/`cap` must come from `alloc_ring`.
 unsafe fn free_ring(p: *mut ibv_wc, cap: usize) {
-    if !p.is_null() {
-        // SAFETY: reconstructing the boxed slice allocated by alloc_ring with the same length.
-        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, cap)) });
+    if let Some(rt) = runtime::get() {
+        // SAFETY: p/cap come from alloc_ring (caller contract).
+        unsafe { rt.free_ring(p, cap) };
     }
 }
 
@@ -353,6 +358,12 @@ pub(crate) fn push_with(
             // SAFETY: dst is inside our own live ring (cap/addr read under the producer lock, which
             // resize/destroy also take).
             unsafe { std::ptr::write(dst as *mut ibv_wc, *wc) };
+        } else if let Some(p) = rt.peer_ptr(owner, dst, 48) {
+            // Fast path: the ring lives in the owner's arena, mapped here.
+            util::write_to(owner, local, remote).map_err(PushOrCopy::Copy)?;
+            // SAFETY: p is our mapping of the 48-byte slot inside the owner's live ring (bounds
+            // checked by peer_ptr); the slot is reserved for us by the producer lock.
+            unsafe { std::ptr::write_volatile(p as *mut ibv_wc, *wc) };
         } else {
             let mut l: Vec<(u64, usize)> = local.to_vec();
             let mut r: Vec<(u64, usize)> = remote.to_vec();

@@ -420,9 +420,14 @@ fn pop_wqe(rt: &Runtime, p: &Peer, my_qpn: u32) -> Result<Option<(RecvWqe, u32)>
     }
     let src = base + (h % cap as u64) * std::mem::size_of::<RecvWqe>() as u64;
     let mut wqe = RecvWqe::default();
+    let n = std::mem::size_of::<RecvWqe>() as u64;
     if p.pid == rt.pid {
         // SAFETY: src is a published slot of our own live RQ/SRQ ring (we hold its lock).
         wqe = unsafe { std::ptr::read(src as *const RecvWqe) };
+    } else if let Some(lp) = rt.peer_ptr(p.pid, src, n) {
+        // SAFETY: lp maps the published slot inside the peer's arena (bounds checked); RecvWqe
+        // is plain data, valid for any bit pattern; we hold the ring's lock.
+        wqe = unsafe { std::ptr::read_volatile(lp as *const RecvWqe) };
     } else {
         let n = std::mem::size_of::<RecvWqe>();
         if util::read_from(p.pid, &[(&mut wqe as *mut RecvWqe as u64, n)], &[(src, n)]).is_err() {

@@ -11,6 +11,7 @@
     clippy::type_complexity
 )]
 
+mod arena;
 mod cq;
 mod device;
 mod engine;

@@ -97,9 +97,8 @@ pub(crate) unsafe fn wrap<'a>(qp: *mut ibv_qp) -> &'a QpWrap {
     unsafe { &*(qp as *const QpWrap) }
 }
 
-fn alloc_rq(cap: usize) -> *mut RecvWqe {
-    let v: Box<[RecvWqe]> = vec![RecvWqe::default(); cap].into_boxed_slice();
-    Box::into_raw(v) as *mut RecvWqe
+fn alloc_rq(rt: &Runtime, cap: usize) -> *mut RecvWqe {
+    rt.alloc_ring::<RecvWqe>(cap)
 }
 
 pub(crate) unsafe extern "C" fn create_qp(
@@ -162,7 +161,7 @@ pub(crate) unsafe extern "C" fn create_qp(
     let qpn = (gen << 16) | slot as u32;
     let rq_cap = c.max_recv_wr as usize;
     let rq = if a.srq.is_null() {
-        alloc_rq(rq_cap)
+        alloc_rq(rt, rq_cap)
     } else {
         std::ptr::null_mut()
     };
@@ -520,7 +519,7 @@ pub(crate) unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> c_int {
     w.rec.owner.store(0, Ordering::Release);
     if !w.rq.is_null() {
         // SAFETY: the ring was allocated by alloc_rq with rq_cap entries and is unreachable now.
-        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(w.rq, w.rq_cap as usize)) });
+        unsafe { rt.free_ring(w.rq, w.rq_cap as usize) };
     }
     rt.count(Counter::Qps, -1);
     0

@@ -39,6 +39,10 @@ pub(crate) struct Runtime {
     pub peer_fds: Mutex<HashMap<(u32, u32, u32), i32>>,
     /// Cached abstract socket addresses of peers' node sockets.
     pub peer_addrs: Mutex<HashMap<u32, SocketAddr>>,
+    /// Our ring arena (None: rings live on the heap, peers use process_vm_*).
+    pub arena: Option<crate::arena::Arena>,
+    /// Peers' arenas mapped here.
+    pub peers: crate::arena::Peers,
 }
 
 static RT: AtomicPtr<Runtime> = AtomicPtr::new(std::ptr::null_mut());
@@ -124,6 +128,10 @@ impl Runtime {
         let sock = UnixDatagram::bind_addr(&addr)?;
         sock.set_nonblocking(true)?;
         let faults = Faults::from_env();
+        let arena = crate::arena::Arena::create(&fabric, node, pid, start);
+        if arena.is_none() {
+            crate::log::debug("no ring arena: rings on the heap (process_vm_* for peers)");
+        }
         crate::log::debug(&format!("runtime up: node slot {node}, socket @{name}"));
         Ok(Runtime {
             fabric,
@@ -139,7 +147,42 @@ impl Runtime {
             qp_seq: AtomicU32::new(0),
             peer_fds: Mutex::new(HashMap::new()),
             peer_addrs: Mutex::new(HashMap::new()),
+            arena,
+            peers: crate::arena::Peers::new(),
         })
+    }
+
+    /// Allocate a zeroed ring of `n` `T`s: in the arena when possible, else on the heap.
+    pub(crate) fn alloc_ring<T: Copy + Default>(&self, n: usize) -> *mut T {
+        let bytes = n.max(1) * std::mem::size_of::<T>();
+        if let Some(p) = self.arena.as_ref().and_then(|a| a.alloc(bytes)) {
+            // All-zero is a valid T for the POD ring entries used here (RecvWqe, ibv_wc).
+            return p as *mut T;
+        }
+        let v: Box<[T]> = vec![T::default(); n.max(1)].into_boxed_slice();
+        Box::into_raw(v) as *mut T
+    }
+
+    /// Free a ring from [`Runtime::alloc_ring`] (same `n`).
+    ///
+    /// # Safety
+    /// `p` must come from `alloc_ring::<T>(n)` and not be used afterwards.
+    pub(crate) unsafe fn free_ring<T>(&self, p: *mut T, n: usize) {
+        if p.is_null() {
+            return;
+        }
+        match &self.arena {
+            Some(a) if a.contains(p as *const u8) => {
+                a.free(p as *mut u8, n.max(1) * std::mem::size_of::<T>())
+            }
+            // SAFETY: heap rings are boxed slices of n.max(1) entries (alloc_ring).
+            _ => drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n.max(1))) }),
+        }
+    }
+
+    /// Our pointer to `[addr, addr+len)` of process `pid` if it lies in that process's arena.
+    pub(crate) fn peer_ptr(&self, pid: u32, addr: u64, len: u64) -> Option<*mut u8> {
+        self.peers.translate(&self.fabric, pid, addr, len)
     }
 
     /// Add `delta` to one of our counters.

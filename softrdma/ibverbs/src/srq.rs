@@ -47,8 +47,7 @@ pub(crate) unsafe extern "C" fn create_srq(
     };
     let rec = f.srq(i);
     let cap = a.attr.max_wr;
-    let ring =
-        Box::into_raw(vec![RecvWqe::default(); cap as usize].into_boxed_slice()) as *mut RecvWqe;
+    let ring = rt.alloc_ring::<RecvWqe>(cap as usize);
     rec.lock.store(0, Ordering::Relaxed);
     // SAFETY: pd is a live PD of ours.
     rec.pd.store(unsafe { pd_id(pd) }, Ordering::Relaxed);
@@ -136,8 +135,8 @@ pub(crate) unsafe extern "C" fn destroy_srq(srq: *mut ibv_srq) -> c_int {
         w.rec.cap.store(0, Ordering::Relaxed);
     }
     w.rec.owner.store(0, Ordering::Release);
-    // SAFETY: the ring came from a boxed slice of cap entries and is unreachable now.
-    drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(w.ring, w.cap as usize)) });
+    // SAFETY: the ring came from alloc_ring(cap) and is unreachable now.
+    unsafe { rt.free_ring(w.ring, w.cap as usize) };
     rt.count(Counter::Srqs, -1);
     0
 }
