@@ -1,6 +1,6 @@
 //! Sparse RAM namespaces with 512-byte logical blocks.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use super::config::LBA_SIZE;
 use super::data::DataBuffer;
@@ -15,7 +15,7 @@ const CHUNK: u64 = 64 * 1024;
 pub struct RamNamespace {
     nsid: u32,
     blocks: u64,
-    chunks: BTreeMap<u64, Box<[u8]>>,
+    chunks: HashMap<u64, Box<[u8]>>,
     nguid: [u8; 16],
     uuid: [u8; 16],
 }
@@ -32,7 +32,7 @@ impl RamNamespace {
         RamNamespace {
             nsid,
             blocks: size_bytes / u64::from(LBA_SIZE),
-            chunks: BTreeMap::new(),
+            chunks: HashMap::new(),
             nguid,
             uuid,
         }
