@@ -34,21 +34,23 @@ for f in "max_qp_wr:.*16384" "max_sge:.*32" "max_cqe:" "max_srq_wr:" "max_qp_rd_
 done
 
 pingpong() {
+  local tool=ibv_rc_pingpong
+  case $1 in ibv_*) tool=$1; shift ;; esac
   local port=$1; shift
-  timeout 60 ibv_rc_pingpong -p "$port" "$@" >/tmp/softrdma-pp-server.$$ 2>&1 &
+  timeout 60 $tool -p "$port" "$@" >/tmp/softrdma-pp-server.$$ 2>&1 &
   local spid=$!
   pids+=("$spid")
   sleep 0.5
   local ok=0
   for _ in 1 2 3 4 5; do
-    if timeout 60 ibv_rc_pingpong -p "$port" "$@" 127.0.0.1 >/tmp/softrdma-pp-client.$$ 2>&1; then ok=1; break; fi
+    if timeout 60 $tool -p "$port" "$@" 127.0.0.1 >/tmp/softrdma-pp-client.$$ 2>&1; then ok=1; break; fi
     grep -q "Couldn't connect" /tmp/softrdma-pp-client.$$ || break
     sleep 0.5
   done
   cat /tmp/softrdma-pp-client.$$
-  [ $ok = 1 ] || { cat /tmp/softrdma-pp-server.$$; fail "ibv_rc_pingpong $* (client)"; }
-  wait "$spid" || { cat /tmp/softrdma-pp-server.$$; fail "ibv_rc_pingpong $* (server)"; }
-  grep -q "iters in" /tmp/softrdma-pp-client.$$ || fail "ibv_rc_pingpong $*: no result line"
+  [ $ok = 1 ] || { cat /tmp/softrdma-pp-server.$$; fail "$tool $* (client)"; }
+  wait "$spid" || { cat /tmp/softrdma-pp-server.$$; fail "$tool $* (server)"; }
+  grep -q "iters in" /tmp/softrdma-pp-client.$$ || fail "$tool $*: no result line"
   rm -f /tmp/softrdma-pp-server.$$ /tmp/softrdma-pp-client.$$
 }
 step "ibv_rc_pingpong"
@@ -57,6 +59,12 @@ step "ibv_rc_pingpong -e"
 pingpong 18516 -e -n 2000
 step "ibv_rc_pingpong -s 65536 -e"
 pingpong 18517 -e -s 65536 -n 200
+step "ibv_rc_pingpong -g 0 -e (GRH addressing)"
+pingpong 18518 -g 0 -e -n 500
+step "ibv_srq_pingpong -e (16 QPs on one SRQ)"
+pingpong ibv_srq_pingpong 18519 -e -n 500
+step "ibv_uc_pingpong -e"
+pingpong ibv_uc_pingpong 18520 -e -n 500
 
 step "leak check after ibv_rc_pingpong (every live-object counter is 0)"
 stats=$("$lib/softrdma-ctl" stats)
