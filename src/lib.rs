@@ -9,7 +9,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod engine;
-pub mod minitarget;
-pub mod verbs;
 pub mod initiator;
+pub mod minitarget;
+pub mod standalone;
 pub mod transport;
+pub mod verbs;

@@ -5,8 +5,15 @@
 
 use std::process::ExitCode;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use clap::{Args, Parser, Subcommand};
-use nvmf_rdma_rs::transport::TransportOptions;
+use nvmf_rdma_rs::initiator::{
+    run_perf as run_initiator_perf, ControllerConfig, PerfConfig, SglMode,
+};
+use nvmf_rdma_rs::standalone::MiniHost;
+use nvmf_rdma_rs::transport::{RunConfig, Transport, TransportOptions};
 
 /// NVMe-oF RDMA target transport in Rust: standalone target, demo and perf.
 #[derive(Parser, Debug)]
@@ -20,6 +27,49 @@ struct Cli {
 enum Command {
     /// Run the standalone NVMe-oF target (RAM namespaces) until Ctrl-C.
     Target(TargetArgs),
+    /// Drive I/O against an NVMe/RDMA target with the project's initiator.
+    Perf(PerfArgs),
+}
+
+/// Flags of `perf`.
+#[derive(Args, Debug)]
+struct PerfArgs {
+    /// Target address `ADDR:PORT`.
+    #[arg(long, default_value = "127.0.0.1:4420")]
+    addr: std::net::SocketAddr,
+    /// Subsystem NQN.
+    #[arg(long, default_value = "nqn.2016-06.io.spdk:cnode1")]
+    nqn: String,
+    /// randread, randwrite, read, write, randrw / verify.
+    #[arg(long, default_value = "randread")]
+    workload: String,
+    /// I/O size (e.g. 4096, 4K, 1M).
+    #[arg(long = "io-size", default_value = "4096", value_parser = parse_size)]
+    io_size: u64,
+    /// Queue depth per I/O queue.
+    #[arg(long = "queue-depth", short = 'q', default_value_t = 32)]
+    queue_depth: u16,
+    /// I/O queues (one worker each).
+    #[arg(long = "io-queues", default_value_t = 1)]
+    io_queues: u16,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 5)]
+    time: u64,
+    /// Stop after this many I/Os (0 = time only).
+    #[arg(long, default_value_t = 0)]
+    ios: u64,
+    /// Check read data against what was written (prefills the region).
+    #[arg(long)]
+    verify: bool,
+    /// Data descriptors: keyed, incapsule, or multi:N (N keyed descriptors).
+    #[arg(long, default_value = "keyed")]
+    sgl: String,
+    /// Limit I/O to the first N bytes of the namespace (0 = all).
+    #[arg(long, default_value = "0", value_parser = parse_size_or_zero)]
+    region: u64,
+    /// Busy-poll the completion queue (lower latency, one core).
+    #[arg(long)]
+    busy_poll: bool,
 }
 
 /// Flags of `target`.
@@ -44,6 +94,12 @@ struct TargetArgs {
     /// Print the validated transport options (`dump_opts` JSON) and exit.
     #[arg(long)]
     dump_opts: bool,
+    /// Write the listen addresses to this file once listening (for scripts).
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<std::path::PathBuf>,
+    /// Print counters and per-poller statistics (JSON) every N seconds.
+    #[arg(long, value_name = "SECS")]
+    stats_interval: Option<u64>,
     #[command(flatten)]
     transport: TransportArgs,
 }
@@ -171,6 +227,57 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is zero or too large"))
 }
 
+fn parse_size_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        Ok(0)
+    } else {
+        parse_size(s)
+    }
+}
+
+fn parse_sgl(s: &str) -> Result<SglMode, String> {
+    match s {
+        "keyed" => Ok(SglMode::Keyed),
+        "incapsule" => Ok(SglMode::InCapsule),
+        _ => match s.strip_prefix("multi:").map(str::parse::<u8>) {
+            Some(Ok(n)) if (1..=16).contains(&n) => Ok(SglMode::MultiKeyed(n)),
+            _ => Err(format!(
+                "--sgl {s:?}: expected keyed, incapsule or multi:1..16"
+            )),
+        },
+    }
+}
+
+fn run_perf(a: &PerfArgs) -> Result<(), String> {
+    let mut ctrl = ControllerConfig::new(a.addr, &a.nqn);
+    ctrl.io_queues = a.io_queues.max(1);
+    ctrl.io_depth = a.queue_depth.max(1);
+    ctrl.busy_poll = a.busy_poll;
+    let io_size = u32::try_from(a.io_size).map_err(|_| "--io-size too large".to_string())?;
+    ctrl.max_io_size = ctrl.max_io_size.max(io_size);
+    let mut cfg = PerfConfig::new(ctrl);
+    cfg.workload = a.workload.parse().map_err(|e| format!("--workload: {e}"))?;
+    cfg.io_size = io_size;
+    cfg.queue_depth = a.queue_depth.max(1);
+    cfg.duration = std::time::Duration::from_secs(a.time);
+    cfg.io_limit = a.ios;
+    cfg.verify = a.verify;
+    cfg.prefill = a.verify;
+    cfg.sgl = parse_sgl(&a.sgl)?;
+    cfg.region_bytes = a.region;
+    let report = run_initiator_perf(&cfg).map_err(|e| format!("perf: {e}"))?;
+    println!("{report}");
+    if report.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} error(s): {}",
+            report.errors.len(),
+            report.errors.join("; ")
+        ))
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NVMF_RDMA_RS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -192,7 +299,71 @@ fn run_target(args: &TargetArgs) -> Result<(), String> {
         println!("{}", opts.dump_opts_json());
         return Ok(());
     }
-    Err("serving is not available in this build yet".into())
+    let ns = if args.ram_ns.is_empty() {
+        vec![64 << 20]
+    } else {
+        args.ram_ns.clone()
+    };
+    let threads = args.threads.max(1);
+    let host = Arc::new(
+        MiniHost::new(&args.nqn, ns.clone(), &opts, &args.listen, threads)
+            .map_err(|e| format!("target configuration: {e}"))?,
+    );
+    let run = RunConfig {
+        poll_groups: threads,
+        ..RunConfig::default()
+    };
+    let transport = Transport::start(host.clone(), opts, &args.listen, run)
+        .map_err(|e| format!("starting the transport: {e}"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst))
+        .map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
+    println!(
+        "nvmf-rdma-rs target: {} on {:?}, {} namespace(s) {:?}, {} poll group(s); Ctrl-C to stop",
+        args.nqn,
+        transport.listen_addrs(),
+        ns.len(),
+        ns,
+        threads
+    );
+    if let Some(path) = &args.ready_file {
+        let addrs: Vec<String> = transport
+            .listen_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        std::fs::write(path, addrs.join("\n") + "\n")
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    let mut last = std::time::Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if let Some(every) = args.stats_interval {
+            if last.elapsed().as_secs() >= every.max(1) {
+                last = std::time::Instant::now();
+                print_stats(&transport);
+            }
+        }
+    }
+    println!("shutting down");
+    let counters = transport.counters();
+    print_stats(&transport);
+    transport.shutdown();
+    println!("stopped: {}", serde_json::Value::Object(counters.to_json()));
+    Ok(())
+}
+
+fn print_stats(t: &Transport) {
+    let groups: Vec<serde_json::Value> = t
+        .stats()
+        .iter()
+        .map(|g| serde_json::Value::Object(g.to_json()))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({"counters": serde_json::Value::Object(t.counters().to_json()), "poll_groups": groups})
+    );
 }
 
 fn main() -> ExitCode {
@@ -200,6 +371,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Target(a) => run_target(a),
+        Command::Perf(a) => run_perf(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -241,7 +413,9 @@ mod tests {
             r#"{"num_cqe": 1024, "unknown": 1}"#,
         ])
         .unwrap();
-        let Command::Target(t) = cli.command;
+        let Command::Target(t) = cli.command else {
+            panic!("expected target");
+        };
         assert_eq!(t.listen.len(), 2);
         assert!(t.listen[1].is_ipv6());
         let o = t.transport.to_options().unwrap();

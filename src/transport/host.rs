@@ -33,6 +33,7 @@
 use std::net::SocketAddr;
 
 use crate::engine::codec::nvme::{Command, Completion};
+use crate::verbs::{Pd, Sge};
 
 /// Names one qpair for the host: poll group index, slot in the group and a
 /// generation so that a stale handle never names a newer qpair.
@@ -195,11 +196,6 @@ pub trait Host: Send + Sync + 'static {
     /// group's thread.
     fn create_group(&self, index: u16) -> Self::Group;
 
-    /// A memory region registration the host needs on `device` (e.g. its data
-    /// buffer pool). Called once per device at transport creation, before any
-    /// group exists (SPDK: the device's `spdk_mem_map`).
-    fn attach_device(&self, device: &crate::verbs::Pd) -> Result<(), HostError>;
-
     /// A log line from the transport (SPDK: `SPDK_NOTICELOG` and friends).
     fn log(&self, level: tracing::Level, message: &str) {
         match level {
@@ -213,6 +209,24 @@ pub trait Host: Send + Sync + 'static {
 
 /// The per-poll-group part of the host, driven only by the group's thread.
 pub trait HostGroup: 'static {
+    /// Device `device` (transport device index) is used by this group, with
+    /// protection domain `pd`: register what the host needs on it (e.g. its
+    /// data buffer pool). Called once per device before any qpair of it
+    /// joins (SPDK: the device's `spdk_mem_map`).
+    fn attach_device(&mut self, device: usize, pd: &Pd) -> Result<(), HostError>;
+
+    /// Translates (part of) a granted buffer to an SGE the NIC may use
+    /// (SPDK: `spdk_mem_map` translation). `None` if the range is not inside
+    /// memory the host registered on `device`.
+    fn translate(&self, device: usize, buf: DataBuffer) -> Option<Sge>;
+
+    /// The transport needs the qpair gone (an error completion, a fatal QP
+    /// event, the peer left; SPDK: the transport calls
+    /// `spdk_nvmf_qpair_disconnect`). The host stops submitting to it and,
+    /// once it holds no executing command of it, reports
+    /// [`HostEvent::Disconnect`] (SPDK: `qpair_fini`).
+    fn disconnect_requested(&mut self, qpair: QpairHandle);
+
     /// A new qpair joined this group (SPDK: the qpair after
     /// `spdk_nvmf_poll_group_add`). Returning `false` refuses it (the
     /// connection is rejected with NO_RESOURCES).

@@ -1,0 +1,443 @@
+//! The standalone target: the mini NVMe-oF controller ([`crate::minitarget`])
+//! as the transport's [`Host`], with a registered data-buffer pool.
+//!
+//! - One [`Target`] shared by every poll group (a controller's admin and I/O
+//!   queues may sit in different groups), behind a mutex.
+//! - Per poll group and device, one registered region of `pool_buffers`
+//!   buffers of `io_unit_size` bytes. Buffers are handed out with the
+//!   region's lkey; when the pool is exhausted the request waits (FIFO) and
+//!   is granted when buffers come back ([`HostEvent::BuffersGranted`]).
+//! - Commands complete through [`HostGroup::poll`], never inside
+//!   [`HostGroup::execute`]. Held commands (AERs) complete when the target
+//!   produces their completion, or with ABORTED_SQ_DELETION when their qpair
+//!   goes away.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::engine::codec::nvme::{Command, Completion, Status};
+use crate::minitarget::{
+    DataBuffer as TargetData, Execution, Listener, QpairId, Target, TargetConfig,
+};
+use crate::transport::{
+    BufferGrant, CommandData, DataBuffer, Direction, Host, HostError, HostEvent, HostGroup,
+    QpairHandle, QpairInfo, RequestHandle, TransportOptions,
+};
+use crate::verbs::{Access, DmaBuf, Pd, Sge};
+
+struct Inner {
+    target: Target,
+    /// qpair id → handle, for routing target-initiated events.
+    handles: HashMap<QpairId, QpairHandle>,
+    /// Held commands: (qpair, cid) → request.
+    held: HashMap<(QpairId, u16), RequestHandle>,
+    /// Events for each group produced while another group held the lock.
+    outbox: Vec<Vec<HostEvent>>,
+}
+
+/// The standalone host (see the module docs).
+pub struct MiniHost {
+    inner: Arc<Mutex<Inner>>,
+    io_unit_size: u32,
+    pool_buffers: u32,
+    start: Instant,
+}
+
+fn qpair_id(h: QpairHandle) -> QpairId {
+    QpairId(
+        (u64::from(h.group) << 48) | (u64::from(h.slot & 0xffff) << 32) | u64::from(h.generation),
+    )
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MiniHost {
+    /// A host serving `subnqn` with RAM namespaces of `namespaces` bytes,
+    /// advertising the transport limits of `opts`, for `poll_groups` groups.
+    pub fn new(
+        subnqn: &str,
+        namespaces: Vec<u64>,
+        opts: &TransportOptions,
+        listen: &[SocketAddr],
+        poll_groups: u16,
+    ) -> Result<MiniHost, crate::minitarget::ConfigError> {
+        let mut cfg = TargetConfig::new(subnqn, namespaces);
+        cfg.transport.max_queue_depth = opts.max_queue_depth;
+        cfg.transport.max_aq_depth = u16::try_from(opts.max_aq_depth).unwrap_or(u16::MAX);
+        cfg.transport.max_qpairs_per_ctrlr = opts.max_qpairs_per_ctrlr;
+        cfg.transport.in_capsule_data_size = opts.in_capsule_data_size;
+        cfg.transport.max_io_size = opts.max_io_size;
+        cfg.kas = opts.kas;
+        cfg.min_kato_ms = opts.min_kato;
+        cfg.listeners = listen.iter().map(|a| Listener::rdma(*a)).collect();
+        let target = Target::new(cfg)?;
+        let groups = u32::from(poll_groups.max(1));
+        Ok(MiniHost {
+            inner: Arc::new(Mutex::new(Inner {
+                target,
+                handles: HashMap::new(),
+                held: HashMap::new(),
+                outbox: vec![Vec::new(); usize::from(poll_groups.max(1))],
+            })),
+            io_unit_size: opts.io_unit_size,
+            pool_buffers: (opts.num_shared_buffers / groups).max(2 * 33),
+            start: Instant::now(),
+        })
+    }
+
+    /// Read/write statistics of the target.
+    pub fn io_stats(&self) -> crate::minitarget::IoStats {
+        lock(&self.inner).target.stats()
+    }
+
+    /// Qpairs the target knows (connected).
+    pub fn qpair_count(&self) -> usize {
+        lock(&self.inner).target.qpair_count()
+    }
+}
+
+struct Pool {
+    buf: DmaBuf,
+    unit: u32,
+    free: Vec<u32>,
+    total: u32,
+}
+
+impl Pool {
+    fn base(&self) -> u64 {
+        self.buf.addr(0)
+    }
+
+    fn offset_of(&self, b: &DataBuffer) -> Option<usize> {
+        let off = b.addr.checked_sub(self.base())?;
+        let end = off.checked_add(u64::from(b.len))?;
+        (b.lkey == self.buf.lkey() && end <= self.buf.len() as u64).then_some(off as usize)
+    }
+}
+
+/// The per-poll-group part of [`MiniHost`].
+pub struct MiniGroup {
+    index: u16,
+    inner: Arc<Mutex<Inner>>,
+    io_unit_size: u32,
+    pool_buffers: u32,
+    start: Instant,
+    pools: Vec<Option<Pool>>,
+    waiting: VecDeque<(RequestHandle, u32, usize)>,
+    events: Vec<HostEvent>,
+    scratch: Vec<u8>,
+}
+
+impl Host for MiniHost {
+    type Group = MiniGroup;
+
+    fn create_group(&self, index: u16) -> MiniGroup {
+        MiniGroup {
+            index,
+            inner: self.inner.clone(),
+            io_unit_size: self.io_unit_size,
+            pool_buffers: self.pool_buffers,
+            start: self.start,
+            pools: Vec::new(),
+            waiting: VecDeque::new(),
+            events: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl MiniGroup {
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn take(&mut self, len: u32, device: usize) -> Option<Vec<DataBuffer>> {
+        let pool = self.pools.get_mut(device)?.as_mut()?;
+        let n = len.div_ceil(pool.unit).max(1) as usize;
+        if pool.free.len() < n {
+            return None;
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut left = len;
+        for _ in 0..n {
+            let i = pool.free.pop()?;
+            let l = left.min(pool.unit);
+            left -= l;
+            out.push(DataBuffer {
+                addr: pool.buf.addr(i as usize * pool.unit as usize),
+                len: l,
+                lkey: pool.buf.lkey(),
+            });
+        }
+        Some(out)
+    }
+
+    fn grant_waiting(&mut self) {
+        while let Some(&(req, len, device)) = self.waiting.front() {
+            match self.take(len, device) {
+                Some(buffers) => {
+                    self.waiting.pop_front();
+                    self.events.push(HostEvent::BuffersGranted { req, buffers });
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Completes every held command of `qpair` with ABORTED_SQ_DELETION.
+    fn abort_held(inner: &mut Inner, qpair: QpairHandle, events: &mut Vec<HostEvent>) {
+        let id = qpair_id(qpair);
+        let keys: Vec<(QpairId, u16)> = inner
+            .held
+            .keys()
+            .filter(|(q, _)| *q == id)
+            .copied()
+            .collect();
+        for k in keys {
+            if let Some(req) = inner.held.remove(&k) {
+                events.push(HostEvent::Completed {
+                    req,
+                    completion: Completion::new(k.1, Status::ABORTED_SQ_DELETION),
+                });
+            }
+        }
+    }
+
+    fn copy_in(&mut self, bufs: &[DataBuffer], device: usize) -> usize {
+        let total: usize = bufs.iter().map(|b| b.len as usize).sum();
+        if self.scratch.len() < total {
+            self.scratch.resize(total, 0);
+        }
+        let mut at = 0;
+        if let Some(Some(pool)) = self.pools.get(device) {
+            for b in bufs {
+                let len = b.len as usize;
+                if let Some(off) = pool.offset_of(b) {
+                    if let Err(e) = pool.buf.read(off, &mut self.scratch[at..at + len]) {
+                        tracing::error!("reading data buffer: {e}");
+                    }
+                }
+                at += len;
+            }
+        }
+        total
+    }
+
+    fn copy_out(&mut self, bufs: &[DataBuffer], device: usize) {
+        let mut at = 0;
+        if let Some(Some(pool)) = self.pools.get_mut(device) {
+            for b in bufs {
+                let len = b.len as usize;
+                if let Some(off) = pool.offset_of(b) {
+                    if let Err(e) = pool.buf.write(off, &self.scratch[at..at + len]) {
+                        tracing::error!("writing data buffer: {e}");
+                    }
+                }
+                at += len;
+            }
+        }
+    }
+
+    fn device_of(&self, bufs: &[DataBuffer]) -> usize {
+        let Some(b) = bufs.first() else { return 0 };
+        self.pools
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| p.offset_of(b).is_some()))
+            .unwrap_or(0)
+    }
+}
+
+impl HostGroup for MiniGroup {
+    fn attach_device(&mut self, device: usize, pd: &Pd) -> Result<(), HostError> {
+        let unit = self.io_unit_size.max(512);
+        let len = unit as usize * self.pool_buffers as usize;
+        let buf =
+            DmaBuf::new(pd, len, Access::LOCAL_WRITE).map_err(|e| HostError::Registration {
+                device: format!("#{device}"),
+                reason: e.to_string(),
+            })?;
+        while self.pools.len() <= device {
+            self.pools.push(None);
+        }
+        self.pools[device] = Some(Pool {
+            buf,
+            unit,
+            free: (0..self.pool_buffers).rev().collect(),
+            total: self.pool_buffers,
+        });
+        tracing::info!(
+            group = self.index,
+            device,
+            buffers = self.pool_buffers,
+            io_unit_size = unit,
+            "data buffer pool registered"
+        );
+        Ok(())
+    }
+
+    fn translate(&self, device: usize, buf: DataBuffer) -> Option<Sge> {
+        let pool = self.pools.get(device)?.as_ref()?;
+        let off = pool.offset_of(&buf)?;
+        pool.buf.sge(off, buf.len).ok()
+    }
+
+    fn qpair_added(&mut self, info: &QpairInfo) -> bool {
+        let mut inner = lock(&self.inner);
+        inner.handles.insert(qpair_id(info.handle), info.handle);
+        true
+    }
+
+    fn execute(
+        &mut self,
+        req: RequestHandle,
+        cmd: &Command,
+        data: CommandData<'_>,
+        direction: Direction,
+    ) {
+        let now = self.now_ns();
+        let id = qpair_id(req.qpair);
+        let (exec, device, bufs) = match data {
+            CommandData::None => {
+                let e = lock(&self.inner)
+                    .target
+                    .execute(id, cmd, TargetData::none(), now);
+                (e, 0, None)
+            }
+            CommandData::InCapsule(bytes) => {
+                let len = bytes.len();
+                if self.scratch.len() < len {
+                    self.scratch.resize(len, 0);
+                }
+                self.scratch[..len].copy_from_slice(bytes);
+                let inner = self.inner.clone();
+                let e = lock(&inner).target.execute(
+                    id,
+                    cmd,
+                    TargetData::single(&mut self.scratch[..len]),
+                    now,
+                );
+                (e, 0, None)
+            }
+            CommandData::Buffers(bufs) => {
+                let device = self.device_of(bufs);
+                let total = if direction == Direction::HostToController {
+                    self.copy_in(bufs, device)
+                } else {
+                    let t: usize = bufs.iter().map(|b| b.len as usize).sum();
+                    if self.scratch.len() < t {
+                        self.scratch.resize(t, 0);
+                    }
+                    self.scratch[..t].fill(0);
+                    t
+                };
+                let inner = self.inner.clone();
+                let e = lock(&inner).target.execute(
+                    id,
+                    cmd,
+                    TargetData::single(&mut self.scratch[..total]),
+                    now,
+                );
+                (e, device, Some(bufs.to_vec()))
+            }
+        };
+        match exec {
+            Execution::Complete(completion) => {
+                if direction == Direction::ControllerToHost {
+                    if let Some(b) = bufs {
+                        self.copy_out(&b, device);
+                    }
+                }
+                self.events.push(HostEvent::Completed { req, completion });
+            }
+            Execution::Held => {
+                lock(&self.inner).held.insert((id, cmd.cid()), req);
+            }
+        }
+    }
+
+    fn get_buffers(&mut self, req: RequestHandle, len: u32, device: usize) -> BufferGrant {
+        if self.waiting.is_empty() {
+            if let Some(b) = self.take(len, device) {
+                return BufferGrant::Granted(b);
+            }
+        }
+        self.waiting.push_back((req, len, device));
+        BufferGrant::Later
+    }
+
+    fn cancel_buffers(&mut self, req: RequestHandle) {
+        self.waiting.retain(|(r, _, _)| *r != req);
+    }
+
+    fn release_buffers(&mut self, _req: RequestHandle, buffers: &[DataBuffer]) {
+        for b in buffers {
+            for pool in self.pools.iter_mut().flatten() {
+                if let Some(off) = pool.offset_of(b) {
+                    let i = (off / pool.unit as usize) as u32;
+                    if i < pool.total && !pool.free.contains(&i) {
+                        pool.free.push(i);
+                    }
+                    break;
+                }
+            }
+        }
+        self.grant_waiting();
+    }
+
+    fn disconnect_requested(&mut self, qpair: QpairHandle) {
+        let mut inner = lock(&self.inner);
+        Self::abort_held(&mut inner, qpair, &mut self.events);
+        self.events.push(HostEvent::Disconnect { qpair });
+    }
+
+    fn qpair_gone(&mut self, qpair: QpairHandle) {
+        self.waiting.retain(|(r, _, _)| r.qpair != qpair);
+        let mut inner = lock(&self.inner);
+        let id = qpair_id(qpair);
+        inner.held.retain(|(q, _), _| *q != id);
+        inner.handles.remove(&id);
+        inner.target.qpair_disconnected(id);
+    }
+
+    fn poll(&mut self, now: u64, events: &mut Vec<HostEvent>) {
+        let _ = now;
+        let now = self.now_ns();
+        {
+            let mut guard = lock(&self.inner);
+            let inner = &mut *guard;
+            for d in inner.target.take_completions() {
+                if let Some(req) = inner.held.remove(&(d.qpair, d.completion.cid)) {
+                    let g = usize::from(req.qpair.group);
+                    if let Some(o) = inner.outbox.get_mut(g) {
+                        o.push(HostEvent::Completed {
+                            req,
+                            completion: d.completion,
+                        });
+                    }
+                }
+            }
+            let due = inner.target.next_timeout().is_some_and(|t| t <= now);
+            if due || !inner.handles.is_empty() {
+                for d in inner.target.poll(now) {
+                    if let Some(&h) = inner.handles.get(&d.qpair) {
+                        tracing::info!(qpair = %h, cntlid = d.cntlid, qid = d.qid, reason = ?d.reason, "controller asks for disconnect");
+                        let mut evs = Vec::new();
+                        Self::abort_held(inner, h, &mut evs);
+                        evs.push(HostEvent::Disconnect { qpair: h });
+                        if let Some(o) = inner.outbox.get_mut(usize::from(h.group)) {
+                            o.extend(evs);
+                        }
+                    }
+                }
+            }
+            if let Some(o) = inner.outbox.get_mut(usize::from(self.index)) {
+                self.events.append(o);
+            }
+        }
+        events.append(&mut self.events);
+    }
+}

@@ -1,0 +1,43 @@
+//! Counters shared between the acceptor and the poll group threads.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::stats::{PollGroupStats, ResourceCounters};
+
+/// Atomic resource counters plus the latest per-group statistics.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub live_qpairs: AtomicU64,
+    pub qpairs_created: AtomicU64,
+    pub qpairs_destroyed: AtomicU64,
+    pub qpairs_forced: AtomicU64,
+    pub connects_rejected: AtomicU64,
+    pub commands_in_host: AtomicU64,
+    pub buffers_held: AtomicU64,
+    pub wc_errors: AtomicU64,
+    pub wc_flushed: AtomicU64,
+    pub shutdown: AtomicBool,
+    /// Live qpairs per group (connection scheduling).
+    pub group_load: Mutex<Vec<u64>>,
+    /// Latest statistics per group.
+    pub group_stats: Mutex<Vec<PollGroupStats>>,
+}
+
+impl Shared {
+    /// A snapshot of the counters.
+    pub(crate) fn counters(&self) -> ResourceCounters {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ResourceCounters {
+            live_qpairs: l(&self.live_qpairs),
+            qpairs_created: l(&self.qpairs_created),
+            qpairs_destroyed: l(&self.qpairs_destroyed),
+            qpairs_forced: l(&self.qpairs_forced),
+            connects_rejected: l(&self.connects_rejected),
+            commands_in_host: l(&self.commands_in_host),
+            buffers_held: l(&self.buffers_held),
+            wc_errors: l(&self.wc_errors),
+            wc_flushed: l(&self.wc_flushed),
+        }
+    }
+}
