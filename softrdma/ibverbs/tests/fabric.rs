@@ -690,6 +690,9 @@ fn sc_opcodes() {
         assert_eq!(ibv_get_cq_event(ch, &mut ecq, &mut ectx), 0);
         assert_eq!((ecq, ectx as usize), (cq2, 0x77));
         ibv_ack_cq_events(cq2, 1);
+        // Resize with a completion pending: it survives and cqe reflects the new size.
+        assert_eq!(ibv_resize_cq(cq2, 100), 0);
+        assert!((*cq2).cqe >= 100);
         assert_eq!(statuses(&poll(cq2, 1, 1000)), vec![(40, 0)]);
         assert_eq!(statuses(&poll(d.cq, 1, 1000)), vec![(41, 0)]);
         // Receive buffer too small: LOC_LEN_ERR at the responder, REM_INV_REQ_ERR at the requester.
