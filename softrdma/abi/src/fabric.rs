@@ -305,7 +305,7 @@ pub struct MrRec {
 }
 
 /// Maximum SGEs in a receive WQE.
-pub const MAX_RECV_SGE: usize = 16;
+pub const MAX_RECV_SGE: usize = 32;
 
 /// A posted receive, as stored in an RQ/SRQ ring (owner-private memory, read by peers).
 #[repr(C)]

@@ -19,7 +19,7 @@ pub(crate) const MAX_QP_WR: u32 = 16384;
 pub(crate) const MAX_SGE: u32 = 32;
 pub(crate) const MAX_CQE: u32 = 4_194_303;
 pub(crate) const MAX_SRQ_WR: u32 = 32767;
-pub(crate) const MAX_SRQ_SGE: u32 = 16;
+pub(crate) const MAX_SRQ_SGE: u32 = 32;
 pub(crate) const MAX_RD_ATOM: u32 = 16;
 pub(crate) const MAX_INLINE: u32 = 512;
 
