@@ -196,7 +196,7 @@ pub(crate) fn port_down() -> bool {
 
 fn note(msg: String) {
     crate::log::fault(&msg);
-    if let Some(rt) = crate::runtime::get() {
+    if let Some(rt) = crate::runtime::existing() {
         rt.count(Counter::FaultsInjected, 1);
     }
 }
@@ -438,7 +438,7 @@ impl Faults {
         if !self.any_delay.load(Ordering::Relaxed) {
             return None;
         }
-        let seq = crate::runtime::get()
+        let seq = crate::runtime::existing()
             .and_then(|rt| qp_seq(rt, qpn))
             .unwrap_or(0);
         let st = self.st.lock().unwrap_or_else(|e| e.into_inner());
@@ -474,7 +474,7 @@ impl Faults {
         if !self.active.load(Ordering::Acquire) {
             return false;
         }
-        let seq = crate::runtime::get()
+        let seq = crate::runtime::existing()
             .and_then(|rt| qp_seq(rt, qpn))
             .unwrap_or(0);
         let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
@@ -538,4 +538,110 @@ pub(crate) fn raise_async(event: u32) {
     }
     note(format!("kind=async event={event} qp=- wr_id=-"));
     crate::events::raise_device_event(event);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters() {
+        assert_eq!(QpFilter::parse("*"), Ok(QpFilter::Any));
+        assert_eq!(QpFilter::parse("0x10005"), Ok(QpFilter::Qpn(0x10005)));
+        assert_eq!(QpFilter::parse("65541"), Ok(QpFilter::Qpn(65541)));
+        assert_eq!(QpFilter::parse("#3"), Ok(QpFilter::Seq(3)));
+        assert!(QpFilter::parse("#x").is_err());
+        assert!(QpFilter::Seq(2).matches(7, 2));
+        assert!(!QpFilter::Seq(2).matches(7, 0));
+        assert!(!QpFilter::Qpn(5).matches(6, 1));
+    }
+
+    #[test]
+    fn statuses_and_ops() {
+        assert_eq!(parse_status("retry_exc_err"), Ok(IBV_WC_RETRY_EXC_ERR));
+        assert_eq!(
+            parse_status("IBV_WC_REM_ACCESS_ERR"),
+            Ok(IBV_WC_REM_ACCESS_ERR)
+        );
+        assert_eq!(parse_status("13"), Ok(IBV_WC_RNR_RETRY_EXC_ERR));
+        assert!(parse_status("0").is_err(), "success is not a fault");
+        assert!(parse_status("5").is_err(), "flush is not injectable");
+        assert_eq!(parse_op("read"), Ok(Some(IBV_WR_RDMA_READ)));
+        assert_eq!(parse_op("any"), Ok(None));
+        assert!(parse_op("nop").is_err());
+        assert_eq!(parse_event("port_err"), Ok(IBV_EVENT_PORT_ERR));
+    }
+
+    fn faults() -> Faults {
+        Faults {
+            st: Mutex::new(State::default()),
+            active: AtomicBool::new(false),
+            any_delay: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn fail_nth_of_opcode_fires_once_per_qp() {
+        let f = faults();
+        f.add("fail:op=read,nth=3,status=rem_access_err,qp=*")
+            .unwrap();
+        assert_eq!(f.on_wr(0x10001, 1, IBV_WR_RDMA_READ, 1, 1, 1), None);
+        assert_eq!(f.on_wr(0x10001, 1, IBV_WR_RDMA_WRITE, 1, 2, 2), None);
+        assert_eq!(f.on_wr(0x10001, 1, IBV_WR_RDMA_READ, 2, 3, 3), None);
+        assert_eq!(
+            f.on_wr(0x10001, 1, IBV_WR_RDMA_READ, 3, 4, 4),
+            Some(Action::Fail(IBV_WC_REM_ACCESS_ERR))
+        );
+        assert_eq!(
+            f.on_wr(0x10001, 1, IBV_WR_RDMA_READ, 3, 4, 4),
+            None,
+            "fires once per QP"
+        );
+        assert_eq!(
+            f.on_wr(0x10002, 2, IBV_WR_RDMA_READ, 3, 3, 9),
+            Some(Action::Fail(IBV_WC_REM_ACCESS_ERR))
+        );
+    }
+
+    #[test]
+    fn qperr_after_and_loseflush_count() {
+        let f = faults();
+        f.add("qperr:qp=#2,after=2").unwrap();
+        f.add("loseflush:qp=#1,count=1").unwrap();
+        assert_eq!(f.on_wr(0x10001, 2, IBV_WR_SEND, 1, 1, 1), None);
+        assert_eq!(
+            f.on_wr(0x10001, 2, IBV_WR_SEND, 2, 2, 2),
+            Some(Action::QpError)
+        );
+        assert!(f.lose_flush(0x10002, 1, 5));
+        assert!(!f.lose_flush(0x10002, 1, 6), "count exhausted");
+        assert!(!f.lose_flush(0x10003, 3, 7), "filter");
+    }
+
+    #[test]
+    fn random_is_deterministic() {
+        let run = || {
+            let f = faults();
+            f.add("random:seed=9,rate=0.3,kinds=fail|qperr").unwrap();
+            (0..200)
+                .map(|i| f.on_wr(0x10001, 1, IBV_WR_SEND, i, i, i))
+                .collect::<Vec<_>>()
+        };
+        let a = run();
+        assert_eq!(a, run());
+        let fired = a.iter().filter(|x| x.is_some()).count();
+        assert!(
+            (20..=100).contains(&fired),
+            "rate 0.3 over 200 WRs fired {fired}"
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_rejected() {
+        let f = faults();
+        assert!(f.add("explode:qp=*").is_err());
+        assert!(f.add("fail:op=read,nth=x").is_err());
+        assert!(f.add("random:rate=2").is_err());
+        assert!(f.add("fail:op=read,nth").is_err());
+    }
 }

@@ -695,3 +695,38 @@ pub(crate) unsafe extern "C" fn post_send(
     }
     err
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rc_transition_table() {
+        let (req, _) = required(IBV_QPS_RESET, IBV_QPS_INIT).unwrap();
+        assert_eq!(
+            req,
+            IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS
+        );
+        let (req, _) = required(IBV_QPS_INIT, IBV_QPS_RTR).unwrap();
+        assert!(req & IBV_QP_DEST_QPN != 0 && req & IBV_QP_MAX_DEST_RD_ATOMIC != 0);
+        let (req, _) = required(IBV_QPS_RTR, IBV_QPS_RTS).unwrap();
+        assert!(req & IBV_QP_SQ_PSN != 0 && req & IBV_QP_MAX_QP_RD_ATOMIC != 0);
+        assert!(required(IBV_QPS_RESET, IBV_QPS_RTS).is_none());
+        assert!(required(IBV_QPS_INIT, IBV_QPS_RTS).is_none());
+        assert!(required(IBV_QPS_RTS, IBV_QPS_RTR).is_none());
+        for s in [
+            IBV_QPS_RESET,
+            IBV_QPS_INIT,
+            IBV_QPS_RTR,
+            IBV_QPS_RTS,
+            IBV_QPS_ERR,
+        ] {
+            assert!(required(s, IBV_QPS_ERR).is_some());
+            assert!(required(s, IBV_QPS_RESET).is_some());
+        }
+        assert_eq!(
+            uc_adjust(required(IBV_QPS_RTR, IBV_QPS_RTS).unwrap().0),
+            IBV_QP_STATE | IBV_QP_SQ_PSN
+        );
+    }
+}

@@ -55,6 +55,13 @@ extern "C" fn atfork_child() {
     INIT.store(0, Ordering::SeqCst);
 }
 
+/// The runtime if it already exists (never creates it).
+pub(crate) fn existing() -> Option<&'static Runtime> {
+    let p = RT.load(Ordering::Acquire);
+    // SAFETY: RT only ever holds a leaked Box<Runtime>, never freed.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
 /// The runtime, creating it on first use. Returns None (after logging) if the fabric cannot
 /// be set up.
 pub(crate) fn get() -> Option<&'static Runtime> {

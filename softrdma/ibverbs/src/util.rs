@@ -172,3 +172,36 @@ pub(crate) fn now_ms() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iovec_windows() {
+        let list = [(100u64, 10usize), (200, 5), (300, 20)];
+        let v = slice_from(&list, 12, 64);
+        assert_eq!(v.len(), 2);
+        assert_eq!((v[0].iov_base as u64, v[0].iov_len), (202, 3));
+        assert_eq!((v[1].iov_base as u64, v[1].iov_len), (300, 20));
+        assert_eq!(slice_from(&list, 0, 2).len(), 2);
+    }
+
+    #[test]
+    fn self_copy_and_fault() {
+        let src = *b"0123456789";
+        let mut dst = [0u8; 10];
+        let pid = std::process::id();
+        write_to(
+            pid,
+            &[(src.as_ptr() as u64, 4), (src.as_ptr() as u64 + 4, 6)],
+            &[(dst.as_mut_ptr() as u64, 10)],
+        )
+        .unwrap();
+        assert_eq!(&dst, b"0123456789");
+        assert_eq!(
+            write_to(pid, &[(src.as_ptr() as u64, 4)], &[(8, 4)]),
+            Err(CopyError::Fault)
+        );
+    }
+}
