@@ -37,6 +37,7 @@
 //! println!("{report}");
 //! ```
 
+mod cli;
 mod controller;
 mod error;
 mod histogram;
@@ -45,6 +46,7 @@ mod perf;
 mod queue;
 pub mod wire;
 
+pub use cli::{parse_perf_args, PERF_USAGE};
 pub use controller::{Controller, ControllerConfig};
 pub use error::{InitiatorError, Result};
 pub use histogram::{LatencyHistogram, LatencySummary};
