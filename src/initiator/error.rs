@@ -36,7 +36,10 @@ pub enum InitiatorError {
         status: i32,
     },
     /// The target rejected the RDMA connection.
-    #[error("queue {qid}: connection rejected: {reason:?} (cm status {cm_status})")]
+    #[error(
+        "queue {qid}: connection rejected: {} (cm status {cm_status})",
+        reject_reason(reason)
+    )]
     Rejected {
         /// Queue id.
         qid: u16,
@@ -137,6 +140,13 @@ pub enum InitiatorError {
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+}
+
+fn reject_reason(r: &Option<RejectStatus>) -> String {
+    match r {
+        Some(s) => format!("NVMe-oF status {s:?}"),
+        None => "no NVMe-oF reject data (no listener at that address?)".to_string(),
+    }
 }
 
 impl InitiatorError {
