@@ -3,6 +3,8 @@
 //!
 //! See `docs/target.md` for every flag.
 
+mod demo;
+
 use std::process::ExitCode;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +31,8 @@ enum Command {
     Target(TargetArgs),
     /// Drive I/O against an NVMe/RDMA target with the project's initiator.
     Perf(PerfArgs),
+    /// Target + initiator over softrdma with the SPDK #3463 fault sequence.
+    Demo(demo::DemoArgs),
 }
 
 /// Flags of `perf`.
@@ -70,6 +74,11 @@ struct PerfArgs {
     /// Busy-poll the completion queue (lower latency, one core).
     #[arg(long)]
     busy_poll: bool,
+    /// RDMA READs the target may have outstanding per I/O queue (CM
+    /// responder resources; a small value splits multi-descriptor writes
+    /// into several READ batches).
+    #[arg(long, default_value_t = 16)]
+    responder_resources: u8,
 }
 
 /// Flags of `target`.
@@ -251,8 +260,11 @@ fn parse_sgl(s: &str) -> Result<SglMode, String> {
 fn run_perf(a: &PerfArgs) -> Result<(), String> {
     let mut ctrl = ControllerConfig::new(a.addr, &a.nqn);
     ctrl.io_queues = a.io_queues.max(1);
-    ctrl.io_depth = a.queue_depth.max(1);
+    // The initiator needs a queue of at least 2 entries; QD 1 keeps one
+    // I/O outstanding on such a queue.
+    ctrl.io_depth = a.queue_depth.max(2);
     ctrl.busy_poll = a.busy_poll;
+    ctrl.responder_resources = a.responder_resources.max(1);
     let io_size = u32::try_from(a.io_size).map_err(|_| "--io-size too large".to_string())?;
     ctrl.max_io_size = ctrl.max_io_size.max(io_size);
     let mut cfg = PerfConfig::new(ctrl);
@@ -261,8 +273,8 @@ fn run_perf(a: &PerfArgs) -> Result<(), String> {
     cfg.queue_depth = a.queue_depth.max(1);
     cfg.duration = std::time::Duration::from_secs(a.time);
     cfg.io_limit = a.ios;
-    cfg.verify = a.verify;
-    cfg.prefill = a.verify;
+    cfg.verify = a.verify || a.workload == "verify";
+    cfg.prefill = cfg.verify;
     cfg.sgl = parse_sgl(&a.sgl)?;
     cfg.region_bytes = a.region;
     let report = run_initiator_perf(&cfg).map_err(|e| format!("perf: {e}"))?;
@@ -372,6 +384,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Target(a) => run_target(a),
         Command::Perf(a) => run_perf(a),
+        Command::Demo(a) => demo::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
