@@ -94,6 +94,11 @@ pub fn reservations_in(proc_net_unix: &str, uid: u32, ps: u32, port: u16) -> Vec
         .collect()
 }
 
+/// True for an IPv4-mapped IPv6 socket address (`::ffff:a.b.c.d`).
+pub fn is_v4_mapped(a: &SocketAddr) -> bool {
+    matches!(a.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
+}
+
 /// Write `addr` into a C `sockaddr_storage`; returns the length used.
 pub fn to_storage(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
     // Start from all-zero bytes so padding and sin_zero are clean.

@@ -1087,6 +1087,34 @@ impl Runtime {
             return;
         };
         let mut lst = lock(&listener.st);
+        if lst.listen.is_none() {
+            drop(lst);
+            self.deregister(key, fd.as_raw_fd());
+            return;
+        }
+        // An IPv6 wildcard listener with RDMA_OPTION_ID_AFONLY does not take IPv4 peers.
+        let v6_only = lst.opts.afonly
+            && lst
+                .local
+                .is_some_and(|a| a.is_ipv6() && a.ip().is_unspecified());
+        if v6_only && (req.dst.is_ipv4() || addr::is_v4_mapped(&req.dst)) {
+            debug!(
+                "listener {:p}: AFONLY; refusing IPv4 REQ from {}",
+                listener.c_ptr(),
+                req.src
+            );
+            send_msg(
+                fd.as_raw_fd(),
+                &Msg::Rej {
+                    reason: proto::REJ_INVALID_SERVICE_ID,
+                    private_data: Vec::new(),
+                },
+                listener.c_ptr(),
+            );
+            drop(lst);
+            self.deregister(key, fd.as_raw_fd());
+            return;
+        }
         let Some(l) = lst.listen.as_mut() else {
             drop(lst);
             self.deregister(key, fd.as_raw_fd());

@@ -922,6 +922,53 @@ fn misc() -> Result<(), String> {
         for id in [id1, id2, id3, id4] {
             rdma_destroy_id(id);
         }
+        // IPv6 wildcard listeners are dual-stack unless RDMA_OPTION_ID_AFONLY is set.
+        for afonly in [1i32, 0] {
+            let mut l6: *mut rdma_cm_id = std::ptr::null_mut();
+            rdma_create_id(
+                chl,
+                &mut l6,
+                std::ptr::null_mut(),
+                rdma_port_space::RDMA_PS_TCP,
+            );
+            if rdma_set_option(
+                l6,
+                0, // RDMA_OPTION_ID (rdma_cma.h; not in rdma-sys)
+                2, // RDMA_OPTION_ID_AFONLY
+                &afonly as *const i32 as *mut c_void,
+                std::mem::size_of::<i32>(),
+            ) != 0
+            {
+                return Err("rdma_set_option(AFONLY)".into());
+            }
+            let mut any6 = sockaddr(&"[::]:0".parse().expect("literal"));
+            if rdma_bind_addr(l6, &mut any6 as *mut _ as *mut libc::sockaddr) != 0
+                || rdma_listen(l6, 0) != 0
+            {
+                return Err("bind/listen [::]:0".into());
+            }
+            if !(*l6).verbs.is_null() {
+                return Err("a wildcard bind must leave cm_id->verbs NULL".into());
+            }
+            let p6 = u16::from_be(rdma_get_src_port(l6));
+            let id5 = active(cha, p6)?;
+            if afonly == 1 {
+                let e5 = wait_event(cha, RDMA_CM_EVENT_REJECTED)?;
+                if e5.id != id5 || e5.status != 8 {
+                    return Err(format!("AFONLY listener: status {}, want 8", e5.status));
+                }
+            } else {
+                let r5 = wait_event(chl, RDMA_CM_EVENT_CONNECT_REQUEST)?;
+                if (*r5.id).verbs.is_null() {
+                    return Err("a CONNECT_REQUEST id must be bound to the device".into());
+                }
+                rdma_reject(r5.id, std::ptr::null(), 0);
+                wait_event(cha, RDMA_CM_EVENT_REJECTED)?;
+                rdma_destroy_id(r5.id);
+            }
+            rdma_destroy_id(id5);
+            rdma_destroy_id(l6);
+        }
         rdma_destroy_event_channel(cha);
         rdma_destroy_event_channel(chl);
     }
