@@ -21,7 +21,7 @@ trap cleanup EXIT
 # Wait (bounded) until a softrdma CM listener is bound on <port>.
 wait_listener() {
   for _ in $(seq 1 100); do
-    grep -q "@softrdma/$(id -u)/cm/106/.*/$1\$" /proc/net/unix && return 0
+    grep -q "@softrdma/[^/]*/cm/106/.*/$1\$" /proc/net/unix && return 0
     sleep 0.05
   done
   echo "21-softrdma-cm: no listener on port $1" >&2

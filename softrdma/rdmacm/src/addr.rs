@@ -13,6 +13,23 @@ pub enum AddrError {
     Family(i32),
 }
 
+/// The name namespace: the effective uid, plus a hash of the fabric directory when one is
+/// chosen with `SOFTRDMA_SHM_DIR` (separate softrdma fabrics never see each other's CM).
+pub fn namespace(euid: u32, shm_dir: Option<&str>) -> String {
+    match shm_dir {
+        None | Some("") => euid.to_string(),
+        Some(d) => {
+            // FNV-1a, 64 bit.
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in d.as_bytes() {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            format!("{euid}-{h:016x}")
+        }
+    }
+}
+
 /// Which kind of abstract name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NameKind {
@@ -23,13 +40,13 @@ pub enum NameKind {
 }
 
 /// The abstract socket name (without the leading NUL) for `ps`/`addr`.
-pub fn socket_name(uid: u32, kind: NameKind, ps: u32, addr: &SocketAddr) -> String {
+pub fn socket_name(ns: &str, kind: NameKind, ps: u32, addr: &SocketAddr) -> String {
     let k = match kind {
         NameKind::Bind => "bind",
         NameKind::Listen => "cm",
     };
     format!(
-        "softrdma/{uid}/{k}/{ps:x}/{}/{}",
+        "softrdma/{ns}/{k}/{ps:x}/{}/{}",
         canonical_ip(&addr.ip()),
         addr.port()
     )
@@ -82,8 +99,8 @@ pub fn conflicts(new: &IpAddr, old: &IpAddr) -> bool {
 }
 
 /// Parse the reservations of port `port` in space `ps` out of `/proc/net/unix` text.
-pub fn reservations_in(proc_net_unix: &str, uid: u32, ps: u32, port: u16) -> Vec<IpAddr> {
-    let prefix = format!("@softrdma/{uid}/bind/{ps:x}/");
+pub fn reservations_in(proc_net_unix: &str, ns: &str, ps: u32, port: u16) -> Vec<IpAddr> {
+    let prefix = format!("@softrdma/{ns}/bind/{ps:x}/");
     let suffix = format!("/{port}");
     proc_net_unix
         .lines()
@@ -241,7 +258,7 @@ mod tests {
     fn names_and_candidates() {
         let a: SocketAddr = "[::ffff:127.0.0.1]:7".parse().unwrap();
         assert_eq!(
-            socket_name(0, NameKind::Listen, 0x106, &a),
+            socket_name("0", NameKind::Listen, 0x106, &a),
             "softrdma/0/cm/106/127.0.0.1/7"
         );
         let c = connect_candidates(&"127.0.0.1:7".parse().unwrap());
@@ -255,6 +272,15 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_separate_fabrics() {
+        assert_eq!(namespace(0, None), "0");
+        assert_eq!(namespace(5, Some("")), "5");
+        let a = namespace(0, Some("/dev/shm/a"));
+        let b = namespace(0, Some("/dev/shm/b"));
+        assert!(a.starts_with("0-") && b.starts_with("0-") && a != b);
+    }
+
+    #[test]
     fn parses_proc_net_unix() {
         let text = "Num RefCount Protocol Flags Type St Inode Path\n\
             0000: 00000002 00000000 00000000 0005 01 1 @softrdma/0/bind/106/127.0.0.1/4420\n\
@@ -262,7 +288,7 @@ mod tests {
             0000: 00000002 00000000 00000000 0005 01 1 @softrdma/0/bind/111/::1/4420\n\
             0000: 00000002 00000000 00000000 0005 01 1 @softrdma/0/bind/106/::1/44200\n\
             0000: 00000002 00000000 00000000 0005 01 1 /run/x.sock\n";
-        let r = reservations_in(text, 0, 0x106, 4420);
+        let r = reservations_in(text, "0", 0x106, 4420);
         assert_eq!(
             r,
             vec![

@@ -522,7 +522,7 @@ pub unsafe fn listen(idp: *mut rdma_cm_id, backlog: c_int) -> c_int {
         }
     }
     let local = st.local.expect("bound above");
-    let name = addr::socket_name(uid(), addr::NameKind::Listen, id.ps(), &local);
+    let name = addr::socket_name(namespace(), addr::NameKind::Listen, id.ps(), &local);
     let fd = match bind_name(&name) {
         Ok(f) => f,
         Err(e) => return err(e),
@@ -992,18 +992,18 @@ pub unsafe fn connect(idp: *mut rdma_cm_id, param: *const rdma_conn_param) -> c_
     // Find the listener: exact address, then wildcards. A port that is bound but not yet
     // listening (qperf 0.4.11 sends its port before rdma_listen) gets the REQ retried for a
     // bounded time, as the IB CM retransmits an unanswered REQ; then REJECTED (status 8).
-    let uid = uid();
+    let ns = namespace();
     let cands = addr::connect_candidates(&dst);
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(req_retry_ms());
     let sock = loop {
         let found = cands.iter().find_map(|cand| {
-            let name = addr::socket_name(uid, addr::NameKind::Listen, id.ps(), cand);
+            let name = addr::socket_name(ns, addr::NameKind::Listen, id.ps(), cand);
             connect_name(&name).ok()
         });
         if found.is_some() || std::time::Instant::now() >= deadline {
             break found;
         }
-        let bound = addr::reservations_in(&proc_net_unix(), uid, id.ps(), dst.port())
+        let bound = addr::reservations_in(&proc_net_unix(), ns, id.ps(), dst.port())
             .iter()
             .any(|ip| cands.iter().any(|c| c.ip() == *ip));
         if !bound {

@@ -849,15 +849,15 @@ pub fn reserve(
     port: u16,
     reuse: bool,
 ) -> Result<(OwnedFd, u16), c_int> {
-    let uid = uid();
+    let ns = namespace();
     let try_port = |p: u16| -> Result<OwnedFd, c_int> {
         if !reuse {
-            let existing = addr::reservations_in(&proc_net_unix(), uid, ps, p);
+            let existing = addr::reservations_in(&proc_net_unix(), ns, ps, p);
             if existing.iter().any(|o| addr::conflicts(&ip, o)) {
                 return Err(libc::EADDRINUSE);
             }
         }
-        let name = addr::socket_name(uid, NameKind::Bind, ps, &SocketAddr::new(ip, p));
+        let name = addr::socket_name(ns, NameKind::Bind, ps, &SocketAddr::new(ip, p));
         bind_name(&name)
     };
     if port != 0 {
@@ -876,10 +876,15 @@ pub fn reserve(
     Err(libc::EADDRINUSE)
 }
 
-/// The effective uid (namespaces the socket names).
-pub fn uid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+/// The socket-name namespace of this process (effective uid, fabric directory).
+pub fn namespace() -> &'static str {
+    static NS: OnceLock<String> = OnceLock::new();
+    NS.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        let dir = std::env::var("SOFTRDMA_SHM_DIR").ok();
+        addr::namespace(euid, dir.as_deref())
+    })
 }
 
 // ------------------------------------------------------------------------------------------
