@@ -126,7 +126,10 @@ impl<'a> Entropy<'a> {
 pub struct SimOptions {
     /// Reintroduce SPDK #3463's mistake in every qpair (teeth test).
     pub bug_3463: bool,
-    /// Events of traffic before the host tears everything down.
+    /// Upper bound of the traffic phase, in events (each world draws its own
+    /// length between a fifth of this and this). Then traffic stops, every
+    /// command on a healthy qpair must be answered (liveness), and the host
+    /// tears everything down.
     pub traffic_events: u32,
     /// Hard cap on events; reaching it is a failure (teardown must finish).
     pub max_events: u32,
@@ -138,8 +141,8 @@ impl Default for SimOptions {
     fn default() -> SimOptions {
         SimOptions {
             bug_3463: false,
-            traffic_events: 60,
-            max_events: 20_000,
+            traffic_events: 250,
+            max_events: 100_000,
             stress_split_reads: false,
         }
     }

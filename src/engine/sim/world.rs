@@ -14,6 +14,8 @@ use crate::engine::{
 
 /// Size of one host data buffer.
 const UNIT: u32 = 4096;
+/// Events allowed between the end of traffic and the last answer on healthy qpairs.
+const QUIESCE_LIMIT: u64 = 20_000;
 /// Status the simulated host uses for a failed command (LBA out of range).
 const HOST_FAIL: Status = Status::new(0, 0x80);
 
@@ -155,7 +157,13 @@ pub struct World<'a> {
     wait: VecDeque<(usize, ReqId, u32)>,
     exec: Vec<HostExec>,
     now: u64,
+    /// Traffic stopped: every command on a healthy qpair must now be answered.
+    quiesce_since: Option<u64>,
     teardown: bool,
+    teardown_started: bool,
+    traffic: u64,
+    steps: u64,
+    quiesce_steps: u64,
     next_addr: u64,
     payload: Vec<u8>,
     trace: VecDeque<TraceEv>,
@@ -228,7 +236,16 @@ impl<'a> World<'a> {
         } else {
             0
         };
-        let pool_size = e.range(16, 64);
+        // A fused FIRST keeps its buffers while its SECOND waits for some (as
+        // upstream); with one such FIRST per qpair holding up to 16 buffers, a
+        // pool below 16 * (qpairs + 1) can deadlock. Stay just above that so
+        // exhaustion is still common.
+        let floor = 16 * (nqp as u32 + 1);
+        let pool_size = e.range(floor, floor + 48);
+        let traffic = u64::from(e.range(
+            opts.traffic_events / 5,
+            opts.traffic_events.max(opts.traffic_events / 5),
+        ));
         World {
             e,
             opts: *opts,
@@ -242,7 +259,12 @@ impl<'a> World<'a> {
             wait: VecDeque::new(),
             exec: Vec::new(),
             now: 0,
+            quiesce_since: None,
             teardown: false,
+            teardown_started: false,
+            traffic,
+            steps: 0,
+            quiesce_steps: 0,
             next_addr: 0x10_0000,
             payload: Vec::with_capacity(64 + 4096),
             trace: VecDeque::with_capacity(64),
@@ -260,13 +282,36 @@ impl<'a> World<'a> {
             if self.qps.iter().all(|q| q.finished > 0) {
                 break;
             }
+            self.steps += 1;
+            if self.steps >= 4 * u64::from(self.opts.max_events) {
+                return Err(self.fail(format!(
+                    "step cap reached: nothing progresses; stuck: {}",
+                    self.stuck_commands()
+                )));
+            }
             if self.report.events >= u64::from(self.opts.max_events) {
                 return Err(self.fail("event cap reached: teardown did not finish".into()));
             }
-            if !self.teardown
-                && (self.report.events >= u64::from(self.opts.traffic_events) || self.e.exhausted())
+            if self.quiesce_since.is_none()
+                && (self.report.events >= self.traffic || self.e.exhausted())
             {
-                self.teardown = true;
+                self.quiesce_since = Some(self.report.events);
+                self.quiesce_steps = self.steps;
+            }
+            if let (Some(since), false) = (self.quiesce_since, self.teardown) {
+                if self.healthy_all_answered() {
+                    self.teardown = true;
+                } else if self.report.events - since > QUIESCE_LIMIT
+                    || self.steps - self.quiesce_steps > 4 * QUIESCE_LIMIT
+                {
+                    return Err(self.fail(format!(
+                        "{QUIESCE_LIMIT} events after traffic stopped, commands on a healthy qpair are still unanswered: {}",
+                        self.stuck_commands()
+                    )));
+                }
+            }
+            if self.teardown && !self.teardown_started {
+                self.teardown_started = true;
                 for q in self.qps.iter_mut() {
                     if q.fini_at.is_none() {
                         q.fini_at = Some(self.now);
@@ -297,7 +342,8 @@ impl<'a> World<'a> {
                 && if srq { srq_has } else { !q.nic.rq.is_empty() }
         };
         let srq_has = !self.srq.is_empty();
-        if !self.teardown && self.qps.iter().any(|q| can_send(q, srq_has)) {
+        let traffic = self.quiesce_since.is_none();
+        if traffic && self.qps.iter().any(|q| can_send(q, srq_has)) {
             w[0] = 30;
         }
         if self
@@ -318,10 +364,10 @@ impl<'a> World<'a> {
                 w[4] = 20;
             }
         }
-        if !self.teardown && self.qps.iter().any(|q| !q.ini.outstanding.is_empty()) {
+        if traffic && self.qps.iter().any(|q| !q.ini.outstanding.is_empty()) {
             w[5] = 2;
         }
-        if !self.teardown && self.k.fault_rate > 0 {
+        if traffic && self.k.fault_rate > 0 {
             w[6] = self.k.fault_rate / 5;
         }
         w[7] = 3;
@@ -431,7 +477,12 @@ impl<'a> World<'a> {
             return Ok(());
         }
         let kind = self.e.below(1000);
-        if kind < 30 && self.qps[qp].ini.outstanding.len() + 2 <= limit {
+        let recvs = if self.k.srq {
+            self.srq.len()
+        } else {
+            self.qps[qp].nic.rq.len()
+        };
+        if kind < 30 && self.qps[qp].ini.outstanding.len() + 2 <= limit && recvs >= 2 {
             // A fused pair (sometimes broken).
             let broken = self.e.below(4);
             let first = if broken == 3 {
@@ -1098,6 +1149,47 @@ impl<'a> World<'a> {
     // ------------------------------------------------------------------
     // Checks
     // ------------------------------------------------------------------
+
+    /// A qpair nothing has gone wrong with (no error, no teardown).
+    fn healthy(q: &SimQp) -> bool {
+        q.engine.state() == QpairState::Active
+            && !q.nic.error
+            && !q.peer_gone
+            && !q.fini_called
+            && q.fini_at.is_none()
+            && q.finished == 0
+    }
+
+    fn healthy_all_answered(&self) -> bool {
+        self.qps
+            .iter()
+            .all(|q| !Self::healthy(q) || q.ini.outstanding.is_empty())
+    }
+
+    fn stuck_commands(&self) -> String {
+        let mut out = String::new();
+        for (i, q) in self.qps.iter().enumerate() {
+            if Self::healthy(q) && !q.ini.outstanding.is_empty() {
+                let cids: Vec<u16> = q.ini.outstanding.keys().copied().collect();
+                let qd = q.engine.config().max_queue_depth;
+                let states: Vec<String> = (0..qd)
+                    .filter_map(|r| {
+                        let st = q.engine.request_state(ReqId(r))?;
+                        (st != ReqState::Free).then(|| format!("{r}:{st:?}"))
+                    })
+                    .collect();
+                out.push_str(&format!(
+                    "qpair {i} cids {cids:?} counters {:?} requests {states:?}; ",
+                    q.engine.counters()
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "host pool {}/{} wait {:?}",
+            self.pool_free, self.pool_size, self.wait
+        ));
+        out
+    }
 
     fn check(&self, qp: usize) -> Res {
         let q = &self.qps[qp];
