@@ -354,3 +354,88 @@ mod tests {
         assert_eq!(a.state(), State::ReqSent);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Input {
+        Msg(u8),
+        Eof,
+        Accept,
+        Reject,
+        Establish,
+        Disconnect,
+        FailRep,
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        prop_oneof![
+            (0u8..6).prop_map(Input::Msg),
+            Just(Input::Eof),
+            Just(Input::Accept),
+            Just(Input::Reject),
+            Just(Input::Establish),
+            Just(Input::Disconnect),
+            Just(Input::FailRep),
+        ]
+    }
+
+    fn msg(i: u8) -> Msg {
+        match i {
+            0 => Msg::Rep(Rep {
+                qpn: 1,
+                psn: 1,
+                lid: 1,
+                srq: false,
+                responder_resources: 1,
+                initiator_depth: 1,
+                flow_control: 0,
+                rnr_retry_count: 7,
+                private_data: vec![],
+            }),
+            1 => Msg::Rtu,
+            2 => Msg::Rej {
+                reason: 28,
+                private_data: vec![],
+            },
+            3 => Msg::Dreq,
+            4 => Msg::Drep,
+            _ => Msg::Rtu,
+        }
+    }
+
+    proptest! {
+        /// Whatever arrives in whatever order: no panic, at most one terminal event
+        /// (DISCONNECTED / REJECTED / CONNECT_ERROR) per connection, nothing but `Close` and
+        /// `QpToError` after it, and once Closed the machine stays Closed.
+        #[test]
+        fn at_most_one_terminal_event(active in any::<bool>(), inputs in proptest::collection::vec(input(), 0..40)) {
+            let mut c = if active { Conn::active() } else { Conn::passive() };
+            let mut terminal = 0;
+            for i in inputs {
+                let before = c.state();
+                let outs = match i {
+                    Input::Msg(m) => c.on_msg(msg(m)).unwrap_or_default(),
+                    Input::Eof => c.on_eof(),
+                    Input::Accept => c.accept(match msg(0) { Msg::Rep(r) => r, _ => unreachable!() }).unwrap_or_default(),
+                    Input::Reject => c.reject(28, vec![]).unwrap_or_default(),
+                    Input::Establish => c.establish().unwrap_or_default(),
+                    Input::Disconnect => c.disconnect().unwrap_or_default(),
+                    Input::FailRep => if c.state() == State::RepRcvd { c.fail_rep() } else { vec![] },
+                };
+                if before == State::Closed {
+                    prop_assert_eq!(c.state(), State::Closed);
+                    for o in &outs {
+                        prop_assert!(matches!(o, Output::Close | Output::QpToError), "{o:?} after Closed");
+                    }
+                }
+                terminal += outs.iter().filter(|o| matches!(o,
+                    Output::Event(Event::Disconnected | Event::Rejected { .. } | Event::ConnectError))).count();
+                prop_assert!(terminal <= 1, "{terminal} terminal events");
+            }
+        }
+    }
+}

@@ -410,3 +410,21 @@ mod tests {
         assert_eq!(Msg::decode(&bad), Err(ProtoError::BadFamily(5)));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary datagrams never panic the decoder, and whatever decodes survives an
+        /// encode/decode round trip unchanged.
+        #[test]
+        fn decode_is_total_and_canonical(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(m) = Msg::decode(&bytes) {
+                let again = Msg::decode(&m.encode()).expect("re-decode");
+                prop_assert_eq!(again, m);
+            }
+        }
+    }
+}
