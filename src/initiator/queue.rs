@@ -936,11 +936,13 @@ impl Queue {
         if let Err(e) = self.id.disconnect() {
             tracing::debug!(qid = self.opts.qid, error = %e, "rdma_disconnect");
         }
-        let qid = self.opts.qid;
-        self.kill(InitiatorError::Disconnected {
-            qid,
-            why: "local disconnect",
-        });
+        if self.dead.is_none() {
+            let qid = self.opts.qid;
+            self.dead = Some(InitiatorError::Disconnected {
+                qid,
+                why: "local disconnect",
+            });
+        }
     }
 }
 
