@@ -254,7 +254,7 @@ fn demo(args: &DemoArgs, dir: &Path) -> Result<(), String> {
         "  resources at end:          live qpairs {}, buffers {}, commands {}",
         end.live_qpairs, end.buffers_held, end.commands_in_host
     );
-    transport.shutdown();
+    let _ = transport.shutdown();
     if failures.is_empty() {
         println!(
             "demo OK: the target survived the #3463 fault sequence and served verified I/O again"

@@ -106,9 +106,9 @@ struct TargetArgs {
     /// Write the listen addresses to this file once listening (for scripts).
     #[arg(long, value_name = "PATH")]
     ready_file: Option<std::path::PathBuf>,
-    /// Print counters and per-poller statistics (JSON) every N seconds.
-    #[arg(long, value_name = "SECS")]
-    stats_interval: Option<u64>,
+    /// Print counters and per-poller statistics (one JSON line) every N ms.
+    #[arg(long, value_name = "MS")]
+    stats_interval_ms: Option<u64>,
     #[command(flatten)]
     transport: TransportArgs,
 }
@@ -350,18 +350,17 @@ fn run_target(args: &TargetArgs) -> Result<(), String> {
     }
     let mut last = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        if let Some(every) = args.stats_interval {
-            if last.elapsed().as_secs() >= every.max(1) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        if let Some(every) = args.stats_interval_ms {
+            if last.elapsed().as_millis() >= u128::from(every.max(10)) {
                 last = std::time::Instant::now();
                 print_stats(&transport);
             }
         }
     }
     println!("shutting down");
-    let counters = transport.counters();
     print_stats(&transport);
-    transport.shutdown();
+    let counters = transport.shutdown();
     println!("stopped: {}", serde_json::Value::Object(counters.to_json()));
     Ok(())
 }

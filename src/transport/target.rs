@@ -218,10 +218,11 @@ impl Transport {
             .clone()
     }
 
-    /// Disconnects every qpair, waits (bounded) for teardown and stops all
-    /// threads.
-    pub fn shutdown(mut self) {
+    /// Disconnects every qpair, waits (bounded) for teardown, stops all
+    /// threads and returns the final counters.
+    pub fn shutdown(mut self) -> ResourceCounters {
         self.stop();
+        self.shared.counters()
     }
 
     fn stop(&mut self) {
