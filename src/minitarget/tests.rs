@@ -1327,3 +1327,46 @@ fn read_only_data_serves_writes_and_connect_but_not_reads() {
     );
     assert_eq!(back, src);
 }
+
+#[test]
+fn set_features_keep_alive_restarts_the_timer() {
+    let mut t = target();
+    ready_admin(&mut t, ADMIN, NQN);
+    assert_eq!(t.next_timeout(), None);
+    let set = features(admin_opcode::SET_FEATURES, fid::KEEP_ALIVE_TIMER, 0, 30_000);
+    assert_status(&run(&mut t, ADMIN, &set, &mut [], 5 * SEC), Status::SUCCESS);
+    assert_eq!(t.next_timeout(), Some(35 * SEC));
+    assert!(t.poll(35 * SEC).is_empty());
+    assert_eq!(t.poll(35 * SEC + 1).len(), 1);
+}
+
+#[test]
+fn discovery_controller_holds_aers_and_sets_kato() {
+    let mut t = target();
+    // A host asking for a persistent discovery connection keeps its KATO.
+    let c = connect_with(&mut t, ADMIN, 0, 31, 30_000, 0xffff, DISCOVERY_NQN, HOST, 0);
+    assert_status(&c, Status::SUCCESS);
+    assert_eq!(t.next_timeout(), Some(30 * SEC));
+    assert_status(
+        &prop_set(&mut t, ADMIN, prop::CC, CC_ENABLE),
+        Status::SUCCESS,
+    );
+    assert_eq!(
+        t.execute(ADMIN, &aer(5), DataBuffer::none(), 0),
+        Execution::Held
+    );
+    let get = features(
+        admin_opcode::GET_FEATURES,
+        fid::ASYNC_EVENT_CONFIG,
+        2 << 8,
+        0,
+    );
+    assert_eq!(run0(&mut t, ADMIN, &get).cdw0, 0, "no notices by default");
+    let set = features(admin_opcode::SET_FEATURES, fid::KEEP_ALIVE_TIMER, 0, 60_000);
+    assert_status(&run0(&mut t, ADMIN, &set), Status::SUCCESS);
+    assert_eq!(t.next_timeout(), Some(60 * SEC));
+    // Namespace changes do not concern discovery controllers.
+    t.add_namespace(512).unwrap();
+    assert!(t.take_completions().is_empty());
+    assert_eq!(t.qpair_disconnecting(ADMIN), vec![5]);
+}
