@@ -192,14 +192,35 @@ impl TargetProc {
         }
     }
 
+    /// Waits (at most `timeout`) for a stats line showing an I/O qpair
+    /// (two live qpairs) with commands in flight or completed.
+    pub fn wait_busy(&mut self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let (_, Some(v)) = self.snapshot() {
+                if v["counters"]["live_qpairs"].as_u64().unwrap_or(0) >= 2 {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Adds a softrdma fault rule in the target process.
+    /// Rules are `;`-separated; the control socket is asynchronous, so this
+    /// waits a little for the target's softrdma to install them.
     pub fn fault(&self, rule: &str) {
-        ctl(self.pid(), &["fault", rule]);
+        for r in rule.split(';') {
+            ctl(self.pid(), &["fault", r]);
+        }
+        std::thread::sleep(Duration::from_millis(150));
     }
 
     /// Removes every softrdma fault rule of the target process.
     pub fn clear_faults(&self) {
         ctl(self.pid(), &["clear"]);
+        std::thread::sleep(Duration::from_millis(100));
     }
 
     /// softrdma's counters line for the target process.
