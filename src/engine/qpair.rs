@@ -394,6 +394,9 @@ impl Qpair {
         let wr = WrId::new(kind);
         if !status.is_success() {
             self.stats.wc_errors += 1;
+        }
+        // Flushes are routine during teardown; only real errors are notices.
+        if !status.is_success() && status != WcStatus::Flushed {
             self.notice(Notice::WcError {
                 qpair: self.cfg.label,
                 wr,
