@@ -29,6 +29,8 @@ pub(crate) struct SendWr {
     pub nth_of_op: u64,
     /// 1-based index among all this QP's WRs.
     pub nth: u64,
+    /// Fault rules were already consulted for this WR (a stalled WR is retried, not redrawn).
+    pub fault_checked: bool,
 }
 
 impl SendWr {
@@ -108,6 +110,7 @@ impl SendWr {
             swap,
             nth_of_op: 0,
             nth: 0,
+            fault_checked: false,
         })
     }
 }
@@ -160,14 +163,24 @@ pub(crate) fn run(rt: &Runtime, w: &QpWrap, sq: &mut Sq) {
         if state != IBV_QPS_RTS && state != IBV_QPS_SQD {
             return;
         }
-        let action = rt.faults.on_wr(
-            w.qpn,
-            w.seq,
-            head.opcode,
-            head.nth_of_op,
-            head.nth,
-            head.wr_id,
-        );
+        let action = if head.fault_checked {
+            None
+        } else {
+            rt.faults.on_wr(
+                w.qpn,
+                w.seq,
+                head.opcode,
+                head.nth_of_op,
+                head.nth,
+                head.wr_id,
+            )
+        };
+        if let Some(h) = sq.pending.front_mut() {
+            h.fault_checked = true;
+        }
+        let Some(head) = sq.pending.front() else {
+            return;
+        };
         let res = match action {
             Some(Action::Fail(st)) => Exec::Fail(st),
             Some(Action::QpError) => {
