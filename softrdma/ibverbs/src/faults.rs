@@ -8,7 +8,7 @@
 //! loseflush:qp=<filter>[,count=<N>]    drop WR_FLUSH_ERR completions (all, or the next N)
 //! cmdrop:qp=<filter>                   ask librdmacm to drop the connection of that QP
 //! async:event=<port_err|port_active|device_fatal|N>[,after_ms=<N>]
-//! random:seed=<N>,rate=<0..1>[,kinds=fail|qperr|delay|loseflush|cmdrop]
+//! random:seed=<N>,rate=<0..1>[,kinds=fail|qperr|delay|loseflush|cmdrop|async]
 //! filter: * | <qpn, decimal or 0x hex> | #<N> (the N-th QP created by this process)
 //! ```
 
@@ -287,7 +287,7 @@ impl Faults {
                 if !(0.0..=1.0).contains(&rate) {
                     return Err(format!("rate {rate} not in 0..1"));
                 }
-                let all = ["fail", "qperr", "delay", "loseflush", "cmdrop"];
+                let all = ["fail", "qperr", "delay", "loseflush", "cmdrop", "async"];
                 let kinds: Vec<&'static str> = match kv.get("kinds") {
                     None => all.to_vec(),
                     Some(k) => {
@@ -421,6 +421,25 @@ impl Faults {
                 drop(st);
                 note(format!(
                     "kind=random-loseflush qp={qpn:#x} wr_id={wr_id:#x}"
+                ));
+                None
+            }
+            "async" => {
+                // A port flap: PORT_ERR now, PORT_ACTIVE 10 ms later (raised by the event thread).
+                let now = crate::util::now_ms();
+                st.rules.push(Rule::Async {
+                    event: IBV_EVENT_PORT_ERR,
+                    at_ms: now,
+                    fired: false,
+                });
+                st.rules.push(Rule::Async {
+                    event: IBV_EVENT_PORT_ACTIVE,
+                    at_ms: now + 10,
+                    fired: false,
+                });
+                drop(st);
+                crate::log::fault(&format!(
+                    "kind=random-async qp={qpn:#x} wr_id={wr_id:#x} event=port_err+port_active"
                 ));
                 None
             }
