@@ -5,20 +5,38 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The cdylib cargo built next to this test binary (target/<profile>/librdmacm.so).
+/// The library to check: the newest of `$SOFTRDMA_LIB_DIR/librdmacm.so.1`,
+/// `<workspace>/target/softrdma/librdmacm.so.1` (staged by `scripts/build-softrdma.sh`) and the
+/// cdylibs cargo left in this target directory. (`cargo test` alone does not build a
+/// cdylib-only package's library, so at least the staged copy must exist.)
 fn built_lib() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("test binary lives in target/<profile>/deps");
-    let p = profile_dir.join("librdmacm.so");
-    assert!(
-        p.exists(),
-        "{} missing: cargo builds the cdylib before integration tests",
-        p.display()
+    let mut cands: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("SOFTRDMA_LIB_DIR") {
+        cands.push(PathBuf::from(d).join("librdmacm.so.1"));
+    }
+    cands.push(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/softrdma/librdmacm.so.1"),
     );
-    p
+    if let Some(target) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent()?.parent()?.parent().map(PathBuf::from))
+    {
+        for profile in ["debug", "release"] {
+            cands.push(target.join(profile).join("librdmacm.so"));
+        }
+    }
+    cands
+        .into_iter()
+        .filter_map(|p| {
+            let t = std::fs::metadata(&p).ok()?.modified().ok()?;
+            Some((t, p))
+        })
+        .max()
+        .map(|(_, p)| p)
+        .expect(
+            "librdmacm not built: run `bash scripts/build-softrdma.sh` (stages \
+             target/softrdma/librdmacm.so.1) or set SOFTRDMA_LIB_DIR",
+        )
 }
 
 fn readelf(args: &[&str], lib: &PathBuf) -> String {
