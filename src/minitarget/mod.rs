@@ -361,8 +361,13 @@ impl Target {
         std::mem::take(&mut self.disconnects)
     }
 
-    /// The earliest time [`Target::poll`] has something to do, if any.
+    /// The earliest time [`Target::poll`] has something to do, if any:
+    /// `Some(0)` (already due) while disconnect requests wait to be
+    /// collected, else the nearest keep-alive deadline.
     pub fn next_timeout(&self) -> Option<u64> {
+        if !self.disconnects.is_empty() {
+            return Some(0);
+        }
         self.controllers
             .values()
             .filter_map(Controller::keep_alive_deadline)

@@ -564,6 +564,7 @@ fn reset_drops_io_queues_and_held_aers() {
     assert_eq!(done[0].completion.cid, 0x70);
     assert_status(&done[0].completion, Status::ABORTED_SQ_DELETION);
     assert!(!done[0].completion.status.dnr);
+    assert_eq!(t.next_timeout(), Some(0), "a disconnect request is due");
     let d = t.poll(0);
     assert_eq!(
         d,
@@ -574,6 +575,7 @@ fn reset_drops_io_queues_and_held_aers() {
             reason: DisconnectReason::ControllerReset
         }]
     );
+    assert_eq!(t.next_timeout(), None);
     assert!(t.poll(0).is_empty(), "asked once");
     // The I/O qpair aborts commands until the transport reports it gone.
     let c = run(
