@@ -571,3 +571,49 @@ pub(crate) unsafe extern "C" fn ack_cq_events(cq: *mut ibv_cq, n: u32) {
             .fetch_add(n, Ordering::AcqRel)
     };
 }
+
+/// Remove the not-yet-polled completions of QP `qpn` from local CQ `slot`, as hardware providers
+/// do on `ibv_destroy_qp`, so no completion of a destroyed QP is returned later. With
+/// `keep_recv`, receive completions stay (SRQ WQEs must reach the application to be re-posted).
+/// Returns how many entries were removed.
+pub(crate) fn purge_qp(rt: &Runtime, slot: u32, qpn: u32, keep_recv: bool) -> usize {
+    let w = {
+        let g = rt.cqs.lock().unwrap_or_else(|e| e.into_inner());
+        match g.get(&slot) {
+            Some(&p) => p as *const CqWrap,
+            None => return 0,
+        }
+    };
+    // SAFETY: the CQ was registered a moment ago; the application must not destroy a CQ that a
+    // QP being destroyed still uses (verbs rule), so it stays live during this call.
+    let w = unsafe { &*w };
+    let drop_it = |e: &ibv_wc| e.qp_num == qpn && !(keep_recv && e.opcode & IBV_WC_RECV != 0);
+    let mut held = w.consumer.lock().unwrap_or_else(|e| e.into_inner());
+    let before = held.q.len();
+    held.q.retain(|(_, e)| !drop_it(e));
+    let mut removed = before - held.q.len();
+    let rec = w.rec;
+    let _l = SharedLock::lock(&rec.lock, rt.pid);
+    let cap = rec.cap.load(Ordering::Relaxed) as u64;
+    let ring = rec.addr.load(Ordering::Relaxed) as *mut ibv_wc;
+    if cap == 0 || ring.is_null() {
+        return removed;
+    }
+    let head = rec.head.load(Ordering::Acquire);
+    let tail = rec.tail.load(Ordering::Acquire);
+    let mut out = head;
+    for i in head..tail {
+        // SAFETY: i in [head, tail): a published slot of our own ring; we hold both the consumer
+        // and the producer lock, so nobody else reads or writes the ring now.
+        let e = unsafe { *ring.add((i % cap) as usize) };
+        if drop_it(&e) {
+            removed += 1;
+            continue;
+        }
+        // SAFETY: out <= i < tail, same ring and locks as above.
+        unsafe { *ring.add((out % cap) as usize) = e };
+        out += 1;
+    }
+    rec.tail.store(out, Ordering::Release);
+    removed
+}

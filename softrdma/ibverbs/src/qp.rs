@@ -514,6 +514,19 @@ pub(crate) unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> c_int {
         w.rec.rq_cap.store(0, Ordering::Relaxed);
     }
     w.set_stalled(false);
+    // No completion of a destroyed QP is returned afterwards (SRQ receives excepted).
+    let has_srq = !w.srq.is_null();
+    let purged = if w.recv_cq == w.send_cq {
+        cq::purge_qp(rt, w.send_cq, w.qpn, has_srq)
+    } else {
+        cq::purge_qp(rt, w.send_cq, w.qpn, false) + cq::purge_qp(rt, w.recv_cq, w.qpn, has_srq)
+    };
+    if purged > 0 {
+        crate::log::debug(&format!(
+            "QP {:#x}: {purged} unpolled completions purged on destroy",
+            w.qpn
+        ));
+    }
     let pending = w.sq.lock().unwrap_or_else(|e| e.into_inner()).pending.len();
     rt.count(Counter::OutstandingSends, -(pending as i64));
     w.rec.owner.store(0, Ordering::Release);

@@ -711,6 +711,23 @@ fn sc_opcodes() {
         assert_eq!(ibv_destroy_cq(cq2), 0);
         assert_eq!(ibv_destroy_comp_channel(ch), 0);
     }
+    // ibv_destroy_qp purges the QP's unpolled completions (here: 3 receive flushes).
+    let q3 = create_qp(&d, null_mut());
+    let q4 = create_qp(&d, null_mut());
+    connect(q3, qpn(q4), LW);
+    connect(q4, qpn(q3), LW);
+    for i in 0..3 {
+        post_recv(q3, 50 + i, &rx, 0, 64);
+    }
+    to_err(q3);
+    unsafe {
+        assert_eq!(ibv_destroy_qp(q3), 0);
+        assert_eq!(ibv_destroy_qp(q4), 0);
+    }
+    assert!(
+        poll(d.cq, 1, 200).is_empty(),
+        "no completion of a destroyed QP"
+    );
     cleanup(d, &[a, b], &[rx, tx], None);
 }
 
