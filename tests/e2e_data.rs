@@ -59,6 +59,33 @@ fn e2e_integrity_depths_and_sizes() {
 }
 
 #[test]
+fn e2e_integrity_without_srq() {
+    if !under_softrdma("e2e_integrity_without_srq", Duration::from_secs(300)) {
+        return;
+    }
+    let mut args = BIG.to_vec();
+    args.extend(["--no-srq", "--num-cqe", "64"]);
+    let mut t = TargetProc::start(&args);
+    for &(qd, size, sgl) in &[
+        (1, 512, SglMode::Keyed),
+        (8, 4096, SglMode::InCapsule),
+        (32, 65536, SglMode::MultiKeyed(8)),
+        (128, 4096, SglMode::Keyed),
+        (4, 1 << 20, SglMode::Keyed),
+    ] {
+        let mut cfg = perf_cfg(t.addr, qd, size, 0);
+        cfg.io_limit = if size >= 1 << 20 { 64 } else { 1000 };
+        cfg.sgl = sgl;
+        cfg.controller.io_queues = 2;
+        cfg.region_bytes = 16 << 20;
+        verified_io(&cfg);
+    }
+    t.wait_idle(Duration::from_secs(10));
+    let fin = t.stop();
+    assert_eq!(fin["qpairs_created"], fin["qpairs_destroyed"]);
+}
+
+#[test]
 fn e2e_many_qpairs_several_poll_groups() {
     if !under_softrdma(
         "e2e_many_qpairs_several_poll_groups",
@@ -116,8 +143,9 @@ fn e2e_connect_disconnect_cycles_no_leak() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let mut t = TargetProc::start(&[]);
-    // Only the data-buffer pool of the one poll group stays registered.
-    let mrs0 = Some(1);
+    // Only the data-buffer pool and the SRQ receive buffers of the one poll
+    // group stay registered.
+    let mrs0 = Some(2);
     let base = t.softrdma_stats();
     for i in 0..cycles {
         let mut cfg = ControllerConfig::new(t.addr, "nqn.2016-06.io.spdk:cnode1");

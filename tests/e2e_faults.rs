@@ -110,7 +110,7 @@ fn e2e_qp_error_lost_flushes_and_cm_drop() {
     ) {
         return;
     }
-    let mut t = TargetProc::start(&["--ram-ns", "64M"]);
+    let mut t = TargetProc::start(&["--ram-ns", "64M", "--no-srq"]);
     // The QP goes to error before its 20th send-queue WR: every posted RECV
     // and WR completes flushed.
     fault_round(&mut t, "qperr:qp=*,after=20", 4, 2, 8);
@@ -142,16 +142,18 @@ fn e2e_issue_3463_sequence() {
     if !under_softrdma("e2e_issue_3463_sequence", Duration::from_secs(120)) {
         return;
     }
-    let mut t = TargetProc::start(&[]);
-    for nth in [2, 3, 5, 8] {
-        for qd in [1, 4] {
-            let rule = format!("fail:op=read,nth={nth},status=retry_exc_err");
-            fault_round(&mut t, &rule, 8, 2, qd);
+    for srq in [true, false] {
+        let mut t = TargetProc::start(if srq { &[] } else { &["--no-srq"] });
+        for nth in [2, 3, 5, 8] {
+            for qd in [1, 4] {
+                let rule = format!("fail:op=read,nth={nth},status=retry_exc_err");
+                fault_round(&mut t, &rule, 8, 2, qd);
+            }
         }
+        let fin = t.stop();
+        assert_eq!(fin["live_qpairs"], 0);
+        assert_eq!(fin["buffers_held"], 0);
     }
-    let fin = t.stop();
-    assert_eq!(fin["live_qpairs"], 0);
-    assert_eq!(fin["buffers_held"], 0);
 }
 
 /// The host process is killed with SIGKILL in the middle of I/O.

@@ -15,6 +15,9 @@ pub(crate) struct Device {
     /// Respond with SEND_WITH_INV when asked (needs memory-management
     /// extensions; upstream turns it off for SoftRoCE vendor ids).
     pub send_with_invalidate: bool,
+    /// Vendor id 0 or 0xFFFFFF: SoftRoCE in upstream's eyes (no
+    /// IBV_EVENT_QP_LAST_WQE_REACHED, no send with invalidate).
+    pub soft_roce: bool,
 }
 
 impl Device {
@@ -34,6 +37,7 @@ impl Device {
             pd,
             attr,
             send_with_invalidate,
+            soft_roce,
         })
     }
 }

@@ -16,12 +16,12 @@ use crate::engine::codec::nvme::{Completion, DataTransfer, Status};
 use crate::engine::codec::private_data::{CmAccept, CmReject, CmRequest, Negotiated, RejectStatus};
 use crate::engine::codec::sgl::{SglLimits, MAX_SGL_DESCRIPTORS};
 use crate::engine::{
-    self, Action, DataRef, LocalSge, Notice, QpairConfig, ReqId, Timestamp, WcStatus,
+    self, Action, DataRef, LocalSge, Notice, QpairConfig, RecvId, ReqId, Timestamp, WcStatus,
     MIN_SEND_DEPTH,
 };
 use crate::verbs::{
     Access, CmId, ConnParam, Cq, DmaBuf, QpInit, RecvWrList, SendFlags, SendOp, SendWrList, Sge,
-    VerbsError, WorkCompletion,
+    Srq, VerbsError, WorkCompletion,
 };
 
 use super::device::Device;
@@ -84,6 +84,44 @@ pub(crate) enum QpEventKind {
     LastWqeReached,
 }
 
+/// Receive buffers: one slot of 64 + `in_capsule_data_size` bytes per
+/// receive, the time each slot last completed, and the RECVs waiting to be
+/// posted. Per qpair without SRQ, per poller with SRQ.
+struct RecvArea {
+    buf: DmaBuf,
+    slot_size: usize,
+    time: Vec<u64>,
+    list: RecvWrList,
+}
+
+impl RecvArea {
+    fn new(pd: &crate::verbs::Pd, slots: usize, slot_size: usize) -> Result<RecvArea, VerbsError> {
+        Ok(RecvArea {
+            buf: DmaBuf::new(pd, slots * slot_size, Access::LOCAL_WRITE)?,
+            slot_size,
+            time: vec![0; slots],
+            list: RecvWrList::with_capacity(slots, slots),
+        })
+    }
+
+    /// Queues the RECV of slot `recv`.
+    fn queue(&mut self, recv: RecvId) -> Result<(), VerbsError> {
+        let sge = self
+            .buf
+            .sge(recv.0 as usize * self.slot_size, self.slot_size as u32)?;
+        self.list
+            .push(wrid::to_verbs(engine::WrId::recv(recv)), &[sge])
+    }
+}
+
+/// A poller's shared receive queue and its receive buffers.
+struct SrqRecv {
+    srq: Srq,
+    area: RecvArea,
+    /// Slots whose post failed, re-queued at the next flush.
+    retry: Vec<RecvId>,
+}
+
 struct Poller {
     device: usize,
     cq: Cq,
@@ -91,6 +129,51 @@ struct Poller {
     max_cqe: u32,
     stats: PollerStats,
     wcs: Vec<WorkCompletion>,
+    srq: Option<SrqRecv>,
+}
+
+/// The receive area of a qpair: its own, or its poller's SRQ area.
+fn recv_area<'a>(
+    own: &'a mut Option<RecvArea>,
+    srq: &'a mut Option<SrqRecv>,
+) -> Option<&'a mut RecvArea> {
+    match own {
+        Some(a) => Some(a),
+        None => srq.as_mut().map(|s| &mut s.area),
+    }
+}
+
+/// Posts the SRQ's queued RECVs (one `ibv_post_srq_recv`).
+fn flush_srq(srq: &mut SrqRecv, stats: &mut PollerStats) {
+    for r in std::mem::take(&mut srq.retry) {
+        if srq.area.queue(r).is_err() {
+            srq.retry.push(r);
+        }
+    }
+    if srq.area.list.is_empty() {
+        return;
+    }
+    stats.recv_doorbell_updates += 1;
+    if let Err(e) = srq.srq.post_recv(&mut srq.area.list) {
+        tracing::error!("posting SRQ receives failed: {e}");
+        let first = match e {
+            VerbsError::Post { first_failed, .. } => first_failed,
+            _ => 0,
+        };
+        for i in first..srq.area.list.len() {
+            let recv = srq
+                .area
+                .list
+                .raw_wr_id(i)
+                .and_then(wrid::from_completion)
+                .and_then(|raw| engine::WrId::from_raw(raw).ok())
+                .and_then(|w| w.kind().ok());
+            if let Some(engine::WrKind::Recv { recv }) = recv {
+                srq.retry.push(recv);
+            }
+        }
+        srq.area.list.clear();
+    }
 }
 
 /// One qpair: its CM id (owning the QP), the engine, and the receive and
@@ -103,14 +186,12 @@ struct Conn {
     poller: usize,
     qp_num: u32,
     engine: engine::Qpair,
-    recv_buf: DmaBuf,
-    slot_size: usize,
+    /// Receive buffers (without SRQ).
+    recv: Option<RecvArea>,
     cpl_buf: DmaBuf,
     granted: Vec<Vec<DataBuffer>>,
     req_start: Vec<u64>,
-    recv_time: Vec<u64>,
     sends: SendWrList,
-    recvs: RecvWrList,
     dirty: bool,
     cq_reserved: u32,
     qp_destroyed: bool,
@@ -155,12 +236,41 @@ impl<H: Host> PollGroup<H> {
         let mut group = host.create_group(index);
         let mut pollers = Vec::new();
         for (i, d) in devices.iter().enumerate() {
+            // SRQ (upstream: unless no_srq or the device has none): one
+            // SRQ of max_srq_depth RECVs and a CQ of 3 * max_srq_depth.
             // Without SRQ the CQ starts at `num_cqe` and grows per qpair
-            // (upstream nvmf_rdma_resize_cq); SRQ is not implemented, so
-            // every poller is sized that way.
-            let num_cqe = u32::try_from(opts.num_cqe.max(1)).unwrap_or(4096);
+            // (upstream nvmf_rdma_resize_cq).
+            let mut srq = None;
+            let mut num_cqe = u32::try_from(opts.num_cqe.max(1)).unwrap_or(4096);
+            if !opts.no_srq && d.attr.max_srq > 0 {
+                let (depth, notice) = opts.srq_depth_for_device(d.attr.max_srq_wr);
+                if let Some(n) = notice {
+                    tracing::warn!(device = %d.name, "{n}");
+                }
+                let depth = depth.max(1);
+                let slot_size = CAPSULE + opts.in_capsule_data_size as usize;
+                let s = Srq::new(&d.pd, u32::from(depth), 1)?;
+                let mut area = RecvArea::new(&d.pd, usize::from(depth), slot_size)?;
+                for i in 0..depth {
+                    area.queue(RecvId(u32::from(i)))?;
+                }
+                let mut sr = SrqRecv {
+                    srq: s,
+                    area,
+                    retry: Vec::new(),
+                };
+                let mut st = PollerStats::new(d.name.clone());
+                st.total_recv_wrs += u64::from(depth);
+                flush_srq(&mut sr, &mut st);
+                num_cqe = 3 * u32::from(depth);
+                srq = Some((sr, st));
+            }
             let num_cqe = num_cqe.min(d.attr.max_cqe.max(1));
             let cq = Cq::new(&d.ctx, num_cqe, None)?;
+            let (srq, stats) = match srq {
+                Some((sr, st)) => (Some(sr), st),
+                None => (None, PollerStats::new(d.name.clone())),
+            };
             if let Err(e) = group.attach_device(i, &d.pd) {
                 tracing::error!(group = index, device = %d.name, "host cannot use device: {e}");
             }
@@ -169,8 +279,9 @@ impl<H: Host> PollGroup<H> {
                 cq,
                 required_wr: 0,
                 max_cqe: d.attr.max_cqe,
-                stats: PollerStats::new(d.name.clone()),
+                stats,
                 wcs: vec![WorkCompletion::EMPTY; WC_BATCH],
+                srq,
             });
         }
         Ok(PollGroup {
@@ -283,9 +394,11 @@ impl<H: Host> PollGroup<H> {
         let dev = &self.devices[device];
         let qd = negotiated.max_queue_depth.max(1);
         let opts = &self.opts;
-        // CQ sizing (upstream nvmf_rdma_resize_cq, non-SRQ).
-        let need = 3 * u32::from(qd) + 2;
-        {
+        let has_srq = self.pollers[poller_idx].srq.is_some();
+        // CQ sizing (upstream nvmf_rdma_resize_cq, non-SRQ; with SRQ the CQ
+        // is sized once for the SRQ and never resized).
+        let need = if has_srq { 0 } else { 3 * u32::from(qd) + 2 };
+        if !has_srq {
             let p = &mut self.pollers[poller_idx];
             let required = p.required_wr + need;
             if required > p.max_cqe {
@@ -310,13 +423,14 @@ impl<H: Host> PollGroup<H> {
         let max_send_wr = (2 * u32::from(qd)).max(MIN_SEND_DEPTH);
         let max_send_sge = dev.attr.max_sge.clamp(1, 16);
         let qp = {
-            let cq = &self.pollers[poller_idx].cq;
+            let p = &self.pollers[poller_idx];
+            let cq = &p.cq;
             cm_id.create_qp(
                 &dev.pd,
                 &QpInit {
                     send_cq: cq,
                     recv_cq: cq,
-                    srq: None,
+                    srq: p.srq.as_ref().map(|s| &s.srq),
                     max_send_wr,
                     max_recv_wr: u32::from(qd),
                     max_send_sge,
@@ -342,8 +456,8 @@ impl<H: Host> PollGroup<H> {
             max_read_depth: negotiated.max_read_depth.max(1),
             max_send_depth: caps.max_send_wr.min(max_send_wr),
             sq_size: request.hsqsize.saturating_add(1).max(1),
-            srq: false,
-            last_wqe_reached_supported: true,
+            srq: has_srq,
+            last_wqe_reached_supported: !dev.soft_roce,
             send_with_invalidate: dev.send_with_invalidate,
             sgl: SglLimits {
                 in_capsule_data_size: opts.in_capsule_data_size,
@@ -364,9 +478,13 @@ impl<H: Host> PollGroup<H> {
         };
         let slot_size = CAPSULE + opts.in_capsule_data_size as usize;
         let n = usize::from(qd);
-        let bufs = DmaBuf::new(&dev.pd, n * slot_size, Access::LOCAL_WRITE)
-            .and_then(|r| Ok((r, DmaBuf::new(&dev.pd, n * RESPONSE, Access::LOCAL_WRITE)?)));
-        let (recv_buf, cpl_buf) = match bufs {
+        let bufs = if has_srq {
+            Ok(None)
+        } else {
+            RecvArea::new(&dev.pd, n, slot_size).map(Some)
+        }
+        .and_then(|r| Ok((r, DmaBuf::new(&dev.pd, n * RESPONSE, Access::LOCAL_WRITE)?)));
+        let (recv, cpl_buf) = match bufs {
             Ok(b) => b,
             Err(e) => {
                 self.pollers[poller_idx].required_wr -= need;
@@ -409,14 +527,11 @@ impl<H: Host> PollGroup<H> {
             poller: poller_idx,
             qp_num,
             engine,
-            recv_buf,
-            slot_size,
+            recv,
             cpl_buf,
             granted: vec![Vec::new(); n],
             req_start: vec![0; n],
-            recv_time: vec![0; n],
             sends: SendWrList::with_capacity(max_send_wr as usize, max_send_wr as usize * sges),
-            recvs: RecvWrList::with_capacity(n, n),
             dirty: false,
             cq_reserved: need,
             qp_destroyed: false,
@@ -502,6 +617,13 @@ impl<H: Host> PollGroup<H> {
                 self.flush(slot, now);
             }
         }
+        for p in &mut self.pollers {
+            if let Some(srq) = p.srq.as_mut() {
+                if !srq.area.list.is_empty() || !srq.retry.is_empty() {
+                    flush_srq(srq, &mut p.stats);
+                }
+            }
+        }
         self.reap(now);
         work
     }
@@ -533,6 +655,20 @@ impl<H: Host> PollGroup<H> {
 
     fn handle_wc(&mut self, p: usize, device: usize, wc: &WorkCompletion, now: u64) {
         let Some(&slot) = self.by_qpn.get(&(device, wc.qp_num())) else {
+            // SRQ: a receive consumed by a QP that is gone goes straight back
+            // to the SRQ (upstream nvmf_rdma_poller_poll).
+            let recv = wrid::from_completion(wc.raw_wr_id())
+                .and_then(|raw| engine::WrId::from_raw(raw).ok())
+                .and_then(|w| w.kind().ok());
+            if let (Some(engine::WrKind::Recv { recv }), Some(srq)) =
+                (recv, self.pollers[p].srq.as_mut())
+            {
+                if srq.area.queue(recv).is_err() {
+                    srq.retry.push(recv);
+                }
+                self.pollers[p].stats.total_recv_wrs += 1;
+                return;
+            }
             tracing::debug!(
                 qp_num = wc.qp_num(),
                 wr_id = wc.raw_wr_id(),
@@ -561,19 +697,22 @@ impl<H: Host> PollGroup<H> {
         let mut len = 0;
         match kind {
             Some(engine::WrKind::Recv { recv }) if status.is_success() => {
-                let off = recv.0 as usize * conn.slot_size;
-                len = (wc.byte_len() as usize).min(conn.slot_size);
-                if self.scratch.len() < len {
-                    self.scratch.resize(len, 0);
+                let poller = &mut self.pollers[p];
+                if let Some(area) = recv_area(&mut conn.recv, &mut poller.srq) {
+                    let off = recv.0 as usize * area.slot_size;
+                    len = (wc.byte_len() as usize).min(area.slot_size);
+                    if self.scratch.len() < len {
+                        self.scratch.resize(len, 0);
+                    }
+                    if let Err(e) = area.buf.read(off, &mut self.scratch[..len]) {
+                        tracing::error!(qpair = %conn.handle, "reading receive slot {}: {e}", recv.0);
+                        len = 0;
+                    }
+                    if let Some(t) = area.time.get_mut(recv.0 as usize) {
+                        *t = now;
+                    }
                 }
-                if let Err(e) = conn.recv_buf.read(off, &mut self.scratch[..len]) {
-                    tracing::error!(qpair = %conn.handle, "reading receive slot {}: {e}", recv.0);
-                    len = 0;
-                }
-                if let Some(t) = conn.recv_time.get_mut(recv.0 as usize) {
-                    *t = now;
-                }
-                self.pollers[p].stats.requests += 1;
+                poller.stats.requests += 1;
             }
             Some(engine::WrKind::Send { req, .. }) if status.is_success() => {
                 if let Some(t) = conn.req_start.get(req.index()) {
@@ -666,6 +805,7 @@ impl<H: Host> PollGroup<H> {
                         conn,
                         &mut self.host,
                         &mut poller.stats,
+                        &mut poller.srq,
                         &mut self.scratch,
                         &self.shared,
                         &mut deferred,
@@ -675,10 +815,17 @@ impl<H: Host> PollGroup<H> {
                     if !batching && conn.dirty {
                         flush_conn(conn, &mut poller.stats);
                     }
+                    if !batching {
+                        if let Some(srq) = poller.srq.as_mut() {
+                            flush_srq(srq, &mut poller.stats);
+                        }
+                    }
                 }
                 if conn.qp_destroyed {
                     conn.sends.clear();
-                    conn.recvs.clear();
+                    if let Some(r) = conn.recv.as_mut() {
+                        r.list.clear();
+                    }
                 }
                 if !conn.failed.is_empty() {
                     let failed = std::mem::take(&mut conn.failed);
@@ -762,30 +909,28 @@ fn request_handle(c: &Conn, req: ReqId) -> RequestHandle {
 
 fn flush_conn(conn: &mut Conn, stats: &mut PollerStats) {
     conn.dirty = false;
-    if conn.qp_destroyed {
+    let recvs = conn.recv.as_mut().map(|r| &mut r.list);
+    let Some(qp) = conn.cm_id.qp().filter(|_| !conn.qp_destroyed) else {
         conn.sends.clear();
-        conn.recvs.clear();
-        return;
-    }
-    let Some(qp) = conn.cm_id.qp() else {
-        conn.sends.clear();
-        conn.recvs.clear();
+        if let Some(l) = recvs {
+            l.clear();
+        }
         return;
     };
-    if !conn.recvs.is_empty() {
+    if let Some(recvs) = recvs.filter(|l| !l.is_empty()) {
         stats.recv_doorbell_updates += 1;
-        if let Err(e) = qp.post_recv(&mut conn.recvs) {
+        if let Err(e) = qp.post_recv(recvs) {
             tracing::error!(qpair = %conn.handle, qp_num = conn.qp_num, "posting RECVs failed: {e}");
             let first = match e {
                 VerbsError::Post { first_failed, .. } => first_failed,
                 _ => 0,
             };
-            for i in first..conn.recvs.len() {
-                if let Some(raw) = conn.recvs.raw_wr_id(i).and_then(wrid::from_completion) {
+            for i in first..recvs.len() {
+                if let Some(raw) = recvs.raw_wr_id(i).and_then(wrid::from_completion) {
                     conn.failed.push(raw);
                 }
             }
-            conn.recvs.clear();
+            recvs.clear();
         }
     }
     if !conn.sends.is_empty() {
@@ -812,6 +957,7 @@ fn handle_action<G: HostGroup>(
     conn: &mut Conn,
     host: &mut G,
     stats: &mut PollerStats,
+    srq: &mut Option<SrqRecv>,
     scratch: &mut Vec<u8>,
     shared: &Shared,
     deferred: &mut Vec<Deferred>,
@@ -820,21 +966,24 @@ fn handle_action<G: HostGroup>(
 ) {
     match action {
         Action::PostRecv { recv } => {
-            let off = recv.0 as usize * conn.slot_size;
-            match conn.recv_buf.sge(off, conn.slot_size as u32) {
-                Ok(sge) => {
-                    let id = wrid::to_verbs(engine::WrId::recv(recv));
-                    if let Err(e) = conn.recvs.push(id, &[sge]) {
-                        tracing::error!(qpair = %conn.handle, "queueing RECV {}: {e}", recv.0);
-                        conn.failed.push(engine::WrId::recv(recv).to_raw());
-                    } else {
-                        stats.total_recv_wrs += 1;
-                        conn.dirty = true;
+            let own = conn.recv.is_some();
+            match recv_area(&mut conn.recv, srq).map(|a| a.queue(recv)) {
+                Some(Ok(())) => {
+                    stats.total_recv_wrs += 1;
+                    conn.dirty |= own;
+                }
+                Some(Err(e)) if own => {
+                    tracing::error!(qpair = %conn.handle, "queueing RECV {}: {e}", recv.0);
+                    conn.failed.push(engine::WrId::recv(recv).to_raw());
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(qpair = %conn.handle, "queueing SRQ RECV {}: {e}; retried", recv.0);
+                    if let Some(s) = srq.as_mut() {
+                        s.retry.push(recv);
                     }
                 }
-                Err(e) => {
-                    tracing::error!(qpair = %conn.handle, "receive slot {}: {e}", recv.0);
-                    conn.failed.push(engine::WrId::recv(recv).to_raw());
+                None => {
+                    tracing::error!(qpair = %conn.handle, "no receive area for RECV {}", recv.0)
                 }
             }
         }
@@ -904,15 +1053,11 @@ fn handle_action<G: HostGroup>(
                 tracing::error!(qpair = %conn.handle, req = req.0, "execute without a command");
                 return;
             };
-            if let Some(recv) = conn.engine.recv_of(req) {
-                if let (Some(s), Some(t)) = (
-                    conn.req_start.get_mut(req.index()),
-                    conn.recv_time.get(recv.0 as usize),
-                ) {
-                    *s = *t;
-                }
-            } else if let Some(s) = conn.req_start.get_mut(req.index()) {
-                *s = now;
+            let received = conn.engine.recv_of(req).and_then(|recv| {
+                recv_area(&mut conn.recv, srq).and_then(|a| a.time.get(recv.0 as usize).copied())
+            });
+            if let Some(s) = conn.req_start.get_mut(req.index()) {
+                *s = received.unwrap_or(now);
             }
             let direction = match cmd.data_transfer() {
                 DataTransfer::HostToController => Direction::HostToController,
@@ -925,11 +1070,17 @@ fn handle_action<G: HostGroup>(
                 DataRef::None => host.execute(h, &cmd, CommandData::None, direction),
                 DataRef::InCapsule { recv, offset, len } => {
                     let len = len as usize;
-                    let off = recv.0 as usize * conn.slot_size + CAPSULE + offset as usize;
                     if scratch.len() < len {
                         scratch.resize(len, 0);
                     }
-                    match conn.recv_buf.read(off, &mut scratch[..len]) {
+                    let read = match recv_area(&mut conn.recv, srq) {
+                        Some(a) => {
+                            let off = recv.0 as usize * a.slot_size + CAPSULE + offset as usize;
+                            a.buf.read(off, &mut scratch[..len])
+                        }
+                        None => Err(VerbsError::Missing("receive area")),
+                    };
+                    match read {
                         Ok(()) => host.execute(
                             h,
                             &cmd,
@@ -968,7 +1119,9 @@ fn handle_action<G: HostGroup>(
                 tracing::warn!(qpair = %conn.handle, qp_num = conn.qp_num, "drain deadline expired: destroying the QP with WRs outstanding");
             }
             conn.sends.clear();
-            conn.recvs.clear();
+            if let Some(r) = conn.recv.as_mut() {
+                r.list.clear();
+            }
             conn.cm_id.destroy_qp();
             conn.qp_destroyed = true;
         }
