@@ -789,3 +789,35 @@ fn reintroduced_bug_3463_breaks_the_named_sequence() {
             .expect_err("the corruption must be detected");
     println!("detected: {v}");
 }
+
+/// A failed post is not a completion (upstream §4.11 `_qp_reset_failed_sends`):
+/// with WRITE 0 posted and WRITE 1 + the SEND refused, the buffers stay held
+/// until WRITE 0 is flushed; reporting the unposted SEND must not retire the
+/// posted WRITE.
+#[test]
+fn failed_post_keeps_posted_writes_owned_by_the_nic() {
+    let (mut d, _) = D::new(cfg(4, 4));
+    let a = d.recv(0, &multi(io_opcode::READ, 1, 2, 512));
+    let r1 = asked(&a)[0];
+    d.grant(r1, 1024);
+    let a = d.executed(r1, Status::SUCCESS);
+    assert!(has(&a, Action::PostResponse { req: r1, writes: 2 }));
+    // The post fails at WRITE 1: WRITE 1 and the SEND never reached the NIC.
+    d.q.handle_wr_not_posted(d.data(r1, 1).to_raw()).unwrap();
+    let a = d.take();
+    assert!(has(
+        &a,
+        Action::HostDisconnect {
+            reason: DisconnectReason::PostFailed
+        }
+    ));
+    d.q.handle_wr_not_posted(d.send(r1).to_raw()).unwrap();
+    let a = d.take();
+    assert!(!has(&a, Action::ReleaseBuffers { req: r1 }), "{a:?}");
+    assert_eq!(d.q.counters().send_depth, 1);
+    d.q.handle_fini(Timestamp(50)).unwrap();
+    d.take();
+    let a = d.wc(d.data(r1, 0), WcStatus::Flushed);
+    assert!(has(&a, Action::ReleaseBuffers { req: r1 }), "{a:?}");
+    assert_eq!(d.q.counters().send_depth, 0);
+}

@@ -24,6 +24,7 @@ fn add(total: &mut SimReport, r: &SimReport) {
     total.forced_drains += r.forced_drains;
     total.error_completions += r.error_completions;
     total.split_reads += r.split_reads;
+    total.post_failures += r.post_failures;
 }
 
 #[test]

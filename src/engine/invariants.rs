@@ -131,11 +131,13 @@ impl Qpair {
             if matches!(st, ReqState::TransferringHostToController { .. }) && r.inflight == 0 {
                 return fail("transferring to controller with no READ in flight", req, 0);
             }
-            if matches!(
-                st,
-                ReqState::TransferringControllerToHost | ReqState::Completing
-            ) && !r.send_inflight
-            {
+            // (A SEND that was never posted leaves only the WRITEs before it.)
+            let sending = match st {
+                ReqState::TransferringControllerToHost => r.send_inflight || r.inflight != 0,
+                ReqState::Completing => r.send_inflight,
+                _ => true,
+            };
+            if !sending {
                 return fail("completing without a SEND in flight", req, 0);
             }
             if let ReqState::TransferringHostToController { partial } = st {

@@ -25,7 +25,7 @@
 //!      (SPDK's `req_complete`, never from inside the `Execute` call);
 //!    - QP and CM events: [`Qpair::handle_qp_fatal`],
 //!      [`Qpair::handle_last_wqe_reached`], [`Qpair::handle_peer_disconnected`],
-//!      [`Qpair::handle_post_failed`];
+//!      [`Qpair::handle_wr_not_posted`];
 //!    - teardown: [`Qpair::handle_fini`] (SPDK's `qpair_fini`) with a drain
 //!      deadline, then [`Qpair::handle_timeout`] whenever
 //!      [`Qpair::poll_timeout`] is due;
@@ -41,8 +41,9 @@
 //!    emitted (after which no completion of this QP may be fed) and every
 //!    request, buffer and receive has been returned.
 //!
-//! If a post fails, the transport feeds a [`WcStatus::Flushed`] completion for
-//! every WR from `bad_wr` on and calls [`Qpair::handle_post_failed`].
+//! If a post fails, the transport calls [`Qpair::handle_wr_not_posted`] for
+//! `bad_wr` and every WR after it in that post (not a completion: WRs before
+//! `bad_wr` still belong to the NIC).
 //!
 //! Nothing on the per-I/O path allocates: requests live in a slab sized at
 //! creation, queues are index-linked through it, data WRs use fixed arrays of

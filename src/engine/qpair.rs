@@ -481,11 +481,76 @@ impl Qpair {
         Ok(())
     }
 
-    /// The transport failed to post WRs. It must also feed, for every WR of
-    /// the failed chain from `bad_wr` on, a completion with status
-    /// [`WcStatus::Flushed`]: the engine then treats them like flushed WRs.
+    /// The transport failed to post WRs: the qpair goes to error. Prefer
+    /// [`Qpair::handle_wr_not_posted`] for each unposted WR, which does this
+    /// too. Do not report unposted WRs as flushed completions: a flushed SEND
+    /// tells the engine that the WRITEs posted before it are done.
     pub fn handle_post_failed(&mut self) -> Result<(), EngineError> {
         self.check_open()?;
+        self.enter_error(DisconnectReason::PostFailed);
+        self.after_event();
+        Ok(())
+    }
+
+    /// `ibv_post_send` / `ibv_post_recv` failed: call this for `bad_wr` and
+    /// for every WR after it in the same post (they never reached the NIC).
+    /// WRs before `bad_wr` were posted and still belong to the NIC. The qpair
+    /// goes to error ([`Action::HostDisconnect`]).
+    ///
+    /// This is not a completion: a response SEND that was never posted does
+    /// not imply that the RDMA WRITEs posted before it are done, so their
+    /// buffers stay held until those WRITEs complete or flush (or the drain
+    /// deadline passes).
+    pub fn handle_wr_not_posted(&mut self, wr_id: u64) -> Result<(), EngineError> {
+        self.check_open()?;
+        let kind = WrId::from_raw(wr_id)?.kind()?;
+        let wr = WrId::new(kind);
+        match kind {
+            WrKind::Recv { recv } => {
+                if !self.cfg.srq {
+                    let posted = self.recv_slots.get(recv.0 as usize) == Some(&RecvSlot::Posted);
+                    if !posted {
+                        return Err(EngineError::UnknownRecv {
+                            qpair: self.cfg.label,
+                            recv,
+                        });
+                    }
+                    self.recv_slots[recv.0 as usize] = RecvSlot::Retired;
+                    self.recvs_posted -= 1;
+                }
+            }
+            WrKind::Data {
+                req,
+                index,
+                generation,
+            } => {
+                let bit = 1u16 << index;
+                let r = self.req(req)?;
+                if r.generation != generation || r.inflight & bit == 0 {
+                    return Err(EngineError::StaleWr {
+                        qpair: self.cfg.label,
+                        wr,
+                    });
+                }
+                let read = r.xfer == DataTransfer::HostToController;
+                self.reqs[req.index()].inflight &= !bit;
+                self.send_depth -= 1;
+                if read {
+                    self.read_depth -= 1;
+                }
+            }
+            WrKind::Send { req, generation } => {
+                let r = self.req(req)?;
+                if r.generation != generation || !r.send_inflight {
+                    return Err(EngineError::StaleWr {
+                        qpair: self.cfg.label,
+                        wr,
+                    });
+                }
+                self.reqs[req.index()].send_inflight = false;
+                self.send_depth -= 1;
+            }
+        }
         self.enter_error(DisconnectReason::PostFailed);
         self.after_event();
         Ok(())
@@ -1029,14 +1094,7 @@ impl Qpair {
     /// names it and the host does not hold it.
     fn can_drop(&self, req: ReqId) -> bool {
         let r = &self.reqs[req.index()];
-        !r.wrs_in_flight()
-            && !matches!(
-                r.state,
-                ReqState::Executing
-                    | ReqState::TransferringHostToController { .. }
-                    | ReqState::TransferringControllerToHost
-                    | ReqState::Completing
-            )
+        !r.wrs_in_flight() && !r.state.host_owned()
     }
 
     /// COMPLETED → FREE: returns buffers, the RECV (SRQ) and the object.

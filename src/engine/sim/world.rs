@@ -36,6 +36,8 @@ pub struct SimReport {
     pub error_completions: u64,
     /// READ chains the engine split.
     pub split_reads: u64,
+    /// WRs reported as not posted (injected post failures).
+    pub post_failures: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +142,7 @@ struct Knobs {
     drain_timeout: u64,
     max_latency: u32,
     multi_rate: u32,
+    post_fail_rate: u32,
 }
 
 /// One simulated poll group.
@@ -164,6 +167,8 @@ pub struct World<'a> {
     traffic: u64,
     steps: u64,
     quiesce_steps: u64,
+    /// WRs of a failed post, to report with `handle_wr_not_posted`.
+    unposted: VecDeque<u64>,
     next_addr: u64,
     payload: Vec<u8>,
     trace: VecDeque<TraceEv>,
@@ -202,6 +207,7 @@ impl<'a> World<'a> {
             drain_timeout: u64::from(e.range(50, 500)),
             max_latency: e.range(1, 30),
             multi_rate: if opts.stress_split_reads { 600 } else { 250 },
+            post_fail_rate: [0, 0, 3][e.below(3) as usize],
         };
         let mut qps = Vec::with_capacity(nqp);
         for i in 0..nqp {
@@ -265,6 +271,7 @@ impl<'a> World<'a> {
             traffic,
             steps: 0,
             quiesce_steps: 0,
+            unposted: VecDeque::new(),
             next_addr: 0x10_0000,
             payload: Vec::with_capacity(64 + 4096),
             trace: VecDeque::with_capacity(64),
@@ -881,10 +888,34 @@ impl<'a> World<'a> {
     }
 
     fn process_actions(&mut self, qp: usize) -> Res {
-        while let Some(a) = self.qps[qp].engine.poll_action() {
-            self.action(qp, a)?;
+        loop {
+            while let Some(a) = self.qps[qp].engine.poll_action() {
+                self.action(qp, a)?;
+            }
+            // WRs from a failed post: reported once the actions are handled.
+            let Some(raw) = self.unposted.pop_front() else {
+                return Ok(());
+            };
+            self.trace_ev(qp, "not-posted", raw, 0);
+            self.report.events += 1;
+            self.report.post_failures += 1;
+            if let Err(e) = self.qps[qp].engine.handle_wr_not_posted(raw) {
+                return Err(self.fail(format!("qpair {qp}: engine refused a not-posted WR: {e}")));
+            }
+            if let Err(v) = self.qps[qp].engine.check_invariants() {
+                return Err(self.fail(format!("qpair {qp}: {v}")));
+            }
         }
-        Ok(())
+    }
+
+    /// A post of `len` WRs: the index of the first WR the post fails at
+    /// (`len` when it succeeds).
+    fn post_outcome(&mut self, len: usize) -> usize {
+        if self.e.chance(self.k.post_fail_rate) {
+            self.e.below(len as u32) as usize
+        } else {
+            len
+        }
     }
 
     fn action(&mut self, qp: usize, a: Action) -> Res {
@@ -900,26 +931,32 @@ impl<'a> World<'a> {
                     self.srq_slots[recv.0 as usize] = SrqSlot::Posted;
                     self.srq.push_back(recv);
                 } else {
-                    let nic = &mut self.qps[qp].nic;
+                    let nic = &self.qps[qp].nic;
                     if nic.destroyed {
                         return Err(self.fail(format!("qpair {qp}: PostRecv after DestroyQp")));
                     }
                     if nic.rq.contains(&recv) {
                         return Err(self.fail(format!("qpair {qp}: {recv:?} posted twice")));
                     }
-                    nic.rq.push_back(recv);
+                    if self.post_outcome(1) == 0 {
+                        self.unposted.push_back(WrId::recv(recv).to_raw());
+                    } else {
+                        self.qps[qp].nic.rq.push_back(recv);
+                    }
                 }
             }
             Action::PostReads { req, first, count } => {
-                for idx in first..first + count {
-                    self.post_data(qp, req, idx, SqKind::Read)?;
+                let fail_at = self.post_outcome(usize::from(count));
+                for (k, idx) in (first..first + count).enumerate() {
+                    self.post_data(qp, req, idx, SqKind::Read, k < fail_at)?;
                 }
             }
             Action::PostResponse { req, writes } => {
                 let cid = self.cid_of(qp, req)?;
                 let cmd = self.qps[qp].ini.outstanding.get(&cid).copied();
+                let fail_at = self.post_outcome(usize::from(writes) + 1);
                 for idx in 0..writes {
-                    self.post_data(qp, req, idx, SqKind::Write)?;
+                    self.post_data(qp, req, idx, SqKind::Write, usize::from(idx) < fail_at)?;
                 }
                 let Some(s) = self.qps[qp].engine.send_wr(req) else {
                     return Err(self.fail(format!("qpair {qp}: no send WR for {req:?}")));
@@ -934,11 +971,14 @@ impl<'a> World<'a> {
                     }
                 }
                 let generation = self.generation_of(s.wr_id);
-                let nic = &mut self.qps[qp].nic;
-                if nic.destroyed {
+                if self.qps[qp].nic.destroyed {
                     return Err(self.fail(format!("qpair {qp}: PostResponse after DestroyQp")));
                 }
-                nic.sq.push_back(SqEntry {
+                if fail_at <= usize::from(writes) {
+                    self.unposted.push_back(s.wr_id.to_raw());
+                    return Ok(());
+                }
+                self.qps[qp].nic.sq.push_back(SqEntry {
                     raw: s.wr_id.to_raw(),
                     kind: SqKind::Send,
                     req,
@@ -1073,7 +1113,7 @@ impl<'a> World<'a> {
         Ok(())
     }
 
-    fn post_data(&mut self, qp: usize, req: ReqId, idx: u8, kind: SqKind) -> Res {
+    fn post_data(&mut self, qp: usize, req: ReqId, idx: u8, kind: SqKind, posted: bool) -> Res {
         let cid = self.cid_of(qp, req)?;
         let Some(w) = self.qps[qp].engine.data_wr(req, idx) else {
             return Err(self.fail(format!("qpair {qp}: no data WR {idx} for {req:?}")));
@@ -1117,11 +1157,14 @@ impl<'a> World<'a> {
         }
         let generation = self.generation_of(w.wr_id);
         let raw = w.wr_id.to_raw();
-        let nic = &mut self.qps[qp].nic;
-        if nic.destroyed {
+        if self.qps[qp].nic.destroyed {
             return Err(self.fail(format!("qpair {qp}: data WR after DestroyQp")));
         }
-        nic.sq.push_back(SqEntry {
+        if !posted {
+            self.unposted.push_back(raw);
+            return Ok(());
+        }
+        self.qps[qp].nic.sq.push_back(SqEntry {
             raw,
             kind,
             req,
