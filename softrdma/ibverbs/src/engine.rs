@@ -448,6 +448,21 @@ fn pop_wqe(rt: &Runtime, p: &Peer, my_qpn: u32) -> Result<Option<(RecvWqe, u32)>
         }
     }
     head.store(h + 1, Ordering::Release);
+    if srq != 0 {
+        // SRQ limit: when the number of WQEs drops below an armed limit, disarm it and have the
+        // owner raise IBV_EVENT_SRQ_LIMIT_REACHED.
+        let s = rt.fabric.srq((srq - 1) as usize);
+        let limit = s.limit.load(Ordering::Relaxed);
+        let left = tail.load(Ordering::Acquire) - (h + 1);
+        if limit != 0
+            && left < limit as u64
+            && s.limit
+                .compare_exchange(limit, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            rt.send_to(p.pid, &format!("srqlimit {}", srq - 1));
+        }
+    }
     Ok(Some((wqe, pd)))
 }
 

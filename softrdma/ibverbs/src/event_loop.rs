@@ -113,6 +113,12 @@ fn handle(rt: &Runtime, msg: &str) -> Option<String> {
             }
             None
         }
+        "srqlimit" => {
+            if let Ok(slot) = rest.parse::<u32>() {
+                crate::srq::limit_reached(rt, slot);
+            }
+            None
+        }
         "kick" => {
             if let Ok(qpn) = rest.parse::<u32>() {
                 with_qp(rt, qpn, |w| {

@@ -21,6 +21,8 @@ pub(crate) struct Runtime {
     pub node: usize,
     /// Local QPs by slot → `*mut QpWrap`.
     pub qps: Mutex<HashMap<u32, usize>>,
+    /// Local SRQs by slot → `*mut SrqWrap`.
+    pub srqs: Mutex<HashMap<u32, usize>>,
     /// Local CQs by slot → `*mut CqWrap`.
     pub cqs: Mutex<HashMap<u32, usize>>,
     /// Open contexts (`*mut CtxWrap`).
@@ -146,6 +148,7 @@ impl Runtime {
             node,
             qps: Mutex::new(HashMap::new()),
             cqs: Mutex::new(HashMap::new()),
+            srqs: Mutex::new(HashMap::new()),
             contexts: Mutex::new(Vec::new()),
             faults,
             sock,

@@ -81,6 +81,10 @@ pub(crate) unsafe extern "C" fn create_srq(
             std::ptr::null(),
         );
     }
+    rt.srqs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(i as u32, w as usize);
     rt.count(Counter::Srqs, 1);
     w as *mut ibv_srq
 }
@@ -127,7 +131,13 @@ pub(crate) unsafe extern "C" fn destroy_srq(srq: *mut ibv_srq) -> c_int {
     let Some(rt) = runtime::get() else {
         return libc::EINVAL;
     };
-    // SAFETY: created by create_srq.
+    // SAFETY: srq is live.
+    let slot = unsafe { (*(srq as *const SrqWrap)).slot };
+    rt.srqs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&slot);
+    // SAFETY: created by create_srq and no longer registered.
     let w = unsafe { Box::from_raw(srq as *mut SrqWrap) };
     {
         let _l = SharedLock::lock(&w.rec.lock, rt.pid);
@@ -197,4 +207,19 @@ pub(crate) unsafe extern "C" fn post_srq_recv(
         unsafe { *bad = cur };
     }
     err
+}
+
+/// Event-thread hook: raise IBV_EVENT_SRQ_LIMIT_REACHED for local SRQ `slot`.
+pub(crate) fn limit_reached(rt: &crate::runtime::Runtime, slot: u32) {
+    let g = rt.srqs.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&p) = g.get(&slot) {
+        let srq = p as *mut ibv_srq;
+        let mut ev: ibv_async_event = Default::default();
+        ev.element.srq = srq;
+        ev.event_type = IBV_EVENT_SRQ_LIMIT_REACHED;
+        // SAFETY: registered SRQs are live while the registry lock is held; so is their context.
+        unsafe { crate::device::ctx_wrap((*srq).context) }
+            .async_q
+            .push(ev);
+    }
 }

@@ -316,6 +316,16 @@ fn sc_srq() {
     for i in 0..4 {
         post_srq(srq, 100 + i, &rx, i as usize * 1024, 1024);
     }
+    unsafe {
+        let mut sa: ibv_srq_attr = std::mem::zeroed();
+        sa.srq_limit = 2;
+        assert_eq!(
+            ibv_modify_srq(srq, &mut sa, ibv_srq_attr_mask::IBV_SRQ_LIMIT.0 as i32),
+            0
+        );
+        assert_eq!(ibv_query_srq(srq, &mut sa), 0);
+        assert_eq!((sa.max_wr, sa.srq_limit), (16, 2));
+    }
     for i in 0..3u64 {
         tx.mem[i as usize * 8..i as usize * 8 + 8].copy_from_slice(&(0xabc0 + i).to_le_bytes());
         assert_eq!(
@@ -341,6 +351,10 @@ fn sc_srq() {
             0xabc0 + k as u64
         );
     }
+    // Fewer WQEs than the armed limit (1 < 2): SRQ_LIMIT_REACHED once, and the limit disarms.
+    let ev = async_event(d.ctx, 5000).expect("SRQ_LIMIT_REACHED within 5 s");
+    assert_eq!(ev.0, ibv_event_type::IBV_EVENT_SRQ_LIMIT_REACHED as u32);
+    assert_eq!(ev.1 as usize, srq as usize);
     // SRQ-attached QP to ERR: LAST_WQE_REACHED exactly once, SRQ WQEs are not flushed.
     to_err(a);
     let ev = async_event(d.ctx, 5000).expect("LAST_WQE_REACHED within 5 s");
