@@ -16,7 +16,8 @@ pub struct QpairConfig {
     /// Send-queue depth: data WRs + response SENDs in flight
     /// (upstream: `min(2 * max_queue_depth, cap.max_send_wr)`).
     pub max_send_depth: u32,
-    /// Submission queue size used to wrap `sqhd` (the host's `hsqsize + 1`).
+    /// `sqhd` in responses counts up and wraps to 0 when it reaches this
+    /// value (upstream's `sq_head_max`, set from the CONNECT command's SQSIZE).
     pub sq_size: u16,
     /// Receives come from a shared receive queue owned by the transport.
     pub srq: bool,
