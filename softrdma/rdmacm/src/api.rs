@@ -105,6 +105,12 @@ pub unsafe fn get_devices(num: *mut c_int) -> *mut *mut ibv_context {
 
 /// rdma_create_event_channel.
 pub fn create_event_channel() -> *mut rdma_event_channel {
+    // Like librdmacm's ucma_init: no RDMA device, no event channel (SPDK reports
+    // "rdma_create_event_channel() failed, No such device").
+    if let Err(e) = devices() {
+        set_errno(e);
+        return std::ptr::null_mut();
+    }
     match Channel::new() {
         Ok(c) => {
             let p = c.c_ptr();
@@ -143,6 +149,9 @@ pub unsafe fn create_id(
 ) -> c_int {
     if id.is_null() {
         return err(libc::EINVAL);
+    }
+    if let Err(e) = devices() {
+        return err(e);
     }
     let (ch, sync) = if channel.is_null() {
         match Channel::new() {
@@ -238,7 +247,10 @@ pub unsafe fn destroy_id(idp: *mut rdma_cm_id) -> c_int {
     }
     drop(channel);
     let _ = sync;
-    debug!("destroy_id {idp:p}");
+    debug!(
+        "destroy_id {idp:p} ({} other references until freed)",
+        Arc::strong_count(&id) - 1
+    );
     0
 }
 

@@ -14,6 +14,7 @@ use crate::conn::{Conn, Event, Output};
 use crate::ffi::{self, debug, log};
 use crate::proto::{self, Msg, Rep};
 use softrdma_abi::cma::*;
+use softrdma_abi::fabric::Counter;
 use softrdma_abi::verbs::*;
 use std::cell::UnsafeCell;
 use std::collections::{HashMap, VecDeque};
@@ -269,6 +270,7 @@ impl Channel {
         let (reader, writer) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         set_nonblock(writer.as_raw_fd());
+        count(Counter::CmChannels, 1);
         Ok(Arc::new(Channel {
             c: UnsafeCell::new(rdma_event_channel { fd: fds[0] }),
             reader,
@@ -366,6 +368,20 @@ impl Channel {
             }
         }
         taken
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        count(Counter::CmChannels, -1);
+    }
+}
+
+/// Add to one of this process's softrdma counters (readable with `softrdma-ctl stats`).
+pub fn count(c: Counter, delta: i64) {
+    if let Some(p) = ffi::private() {
+        // SAFETY: vtable function; any counter index is accepted (unknown ones ignored).
+        unsafe { (p.counter_add)(c as u32, delta) };
     }
 }
 
@@ -505,6 +521,7 @@ impl IdBox {
         c.ps = ps;
         c.qp_type = qp_type;
         c.route.addr.addr.ibaddr.pkey = 0xffffu16.to_be();
+        count(Counter::CmIds, 1);
         Arc::new(IdBox {
             c: UnsafeCell::new(c),
             st: Mutex::new(IdState {
@@ -672,6 +689,13 @@ impl IdBox {
                 EventBox::new(self, RDMA_CM_EVENT_CONNECT_ERROR, -libc::ECONNRESET)
             }
         }
+    }
+}
+
+impl Drop for IdBox {
+    fn drop(&mut self) {
+        debug!("free cm_id {:p}", self.c.get());
+        count(Counter::CmIds, -1);
     }
 }
 

@@ -55,6 +55,7 @@ impl Proc {
             .env(ROLE, role)
             .env("LD_LIBRARY_PATH", lib_dir())
             .env_remove("SOFTRDMA_FAULTS")
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
@@ -225,6 +226,32 @@ fn injected_cm_drop_disconnects_both_sides() {
 #[test]
 fn nonblocking_channel_bind_conflicts_and_backlog() {
     let mut p = Proc::spawn("misc", "misc", &[]);
+    // Everything destroyed: softrdma's counters show no live cm id or channel.
+    let pid = p.expect("COUNTERS ");
+    // The CM thread may still hold a last reference for a moment: poll (bounded).
+    let ctl = lib_dir().join("softrdma-ctl");
+    let mut text = String::new();
+    for _ in 0..200 {
+        let out = Command::new(&ctl)
+            .args(["stats", &pid])
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", ctl.display()));
+        assert!(out.status.success(), "softrdma-ctl stats {pid}: {out:?}");
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        if words.contains(&"cm_ids=0") && words.contains(&"cm_channels=0") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for c in ["cm_ids=0", "cm_channels=0"] {
+        assert!(
+            text.split_whitespace().any(|w| w == c),
+            "want {c} in: {text}"
+        );
+    }
+    use std::io::Write;
+    writeln!(p.child.stdin.as_mut().expect("stdin"), "go").expect("write stdin");
     p.expect("DONE");
     p.finish();
 }
@@ -972,6 +999,9 @@ fn misc() -> Result<(), String> {
         rdma_destroy_event_channel(cha);
         rdma_destroy_event_channel(chl);
     }
+    println!("COUNTERS {}", std::process::id());
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
     println!("DONE");
     Ok(())
 }
