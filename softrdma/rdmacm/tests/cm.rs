@@ -169,7 +169,14 @@ fn run_pair(ip: &str, server_mode: &str, client_then: &str, client_env: &[(&str,
                 assert!(out.status.success(), "softrdma-ctl failed: {out:?}");
             }
             server.expect("DISCONNECTED");
+            let before = server.expect("QPSTATE_BEFORE ");
+            if client_then == "disconnect" {
+                assert_eq!(before, "3", "an orderly DREQ leaves the server QP in RTS");
+            } else {
+                assert_eq!(before, "6", "peer gone: librdmacm must move the QP to ERR");
+            }
             assert_eq!(server.expect("QPSTATE "), "6", "server QP must be in ERR");
+            server.expect("FLUSHED");
             if client_then != "sleep" {
                 client.expect("DISCONNECTED");
                 client.expect("TIMEWAIT_EXIT");
@@ -531,6 +538,22 @@ fn server() -> Result<(), String> {
             return Ok(());
         }
         create_qp(id)?;
+        // One receive that the peer never fills: it must come back flushed at the end.
+        let mut rbuf = vec![0u8; 64];
+        let mr = rdma_reg_msgs(id, rbuf.as_mut_ptr().cast(), rbuf.len());
+        if mr.is_null() {
+            return Err("rdma_reg_msgs".into());
+        }
+        if rdma_post_recv(
+            id,
+            0x5eed as *mut c_void,
+            rbuf.as_mut_ptr().cast(),
+            rbuf.len(),
+            mr,
+        ) != 0
+        {
+            return Err("rdma_post_recv".into());
+        }
         let mut p = param(b"rep-data", 1, 3);
         if rdma_accept(id, &mut p) != 0 {
             return Err(format!("rdma_accept: {}", std::io::Error::last_os_error()));
@@ -539,9 +562,29 @@ fn server() -> Result<(), String> {
         println!("ESTABLISHED");
         wait_event(ch, RDMA_CM_EVENT_DISCONNECTED)?;
         println!("DISCONNECTED");
+        // Peer death / dropped CM connection: librdmacm already moved the QP to ERR. An
+        // orderly DREQ leaves it alone (as the kernel does) until rdma_disconnect.
+        println!("QPSTATE_BEFORE {}", qp_state(id)?);
         // The application calls rdma_disconnect itself (SPDK does): the QP ends in ERR.
         rdma_disconnect(id);
         println!("QPSTATE {}", qp_state(id)?);
+        let mut wc: ibv_wc = std::mem::zeroed();
+        let mut n = 0;
+        for _ in 0..WAIT_MS {
+            n = ibv_poll_cq((*id).recv_cq, 1, &mut wc);
+            if n != 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if n != 1 || wc.wr_id != 0x5eed || wc.status != ibv_wc_status::IBV_WC_WR_FLUSH_ERR {
+            return Err(format!(
+                "posted receive: poll {n}, wr_id {:#x}, status {} (want WR_FLUSH_ERR)",
+                wc.wr_id, wc.status
+            ));
+        }
+        println!("FLUSHED");
+        ibv_dereg_mr(mr);
         rdma_destroy_qp(id);
         rdma_destroy_id(id);
         rdma_destroy_id(listen);
