@@ -153,6 +153,9 @@ pub unsafe fn create_id(
     if let Err(e) = devices() {
         return err(e);
     }
+    if let Err(e) = try_runtime() {
+        return err(e);
+    }
     let (ch, sync) = if channel.is_null() {
         match Channel::new() {
             Ok(c) => (c, true),
@@ -168,7 +171,6 @@ pub unsafe fn create_id(
     // SAFETY: writable per the contract.
     unsafe { *id = p };
     debug!("create_id {p:p} ps {ps:#x} sync {sync}");
-    let _ = runtime();
     0
 }
 

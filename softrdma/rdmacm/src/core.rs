@@ -931,14 +931,31 @@ pub struct Runtime {
 
 /// The runtime of this process (re-created in a forked child).
 pub fn runtime() -> Arc<Runtime> {
+    match try_runtime() {
+        Ok(rt) => rt,
+        // Every entry point that creates CM state calls try_runtime first and fails cleanly,
+        // so this is reached only if the process ran out of fds/threads in between.
+        Err(e) => {
+            log(&format!(
+                "cannot start the CM event thread (errno {e}); aborting"
+            ));
+            std::process::abort()
+        }
+    }
+}
+
+/// The runtime of this process, started on first use (and again in a forked child, whose
+/// parent's event thread does not exist). Fails with an errno if epoll or the thread cannot
+/// be created.
+pub fn try_runtime() -> Result<Arc<Runtime>, c_int> {
     static RT: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
     let mut g = lock(&RT);
     let pid = std::process::id();
     if let Some(rt) = g.as_ref() {
         if rt.pid == pid {
-            return rt.clone();
+            return Ok(rt.clone());
         }
-        // Forked child: the parent's event thread does not exist here. Leak the old state.
+        // Forked child: leak the parent's state (its thread is gone; its fds are shared).
         if let Some(old) = g.take() {
             std::mem::forget(old);
         }
@@ -946,11 +963,10 @@ pub fn runtime() -> Arc<Runtime> {
     // SAFETY: plain epoll creation.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
-        // Without epoll nothing works; report loudly and retry next time.
-        log(&format!("epoll_create1 failed: errno {}", ffi::errno()));
+        let e = ffi::errno();
+        log(&format!("epoll_create1 failed: errno {e}"));
+        return Err(e);
     }
-    // SAFETY: ep was just created (or is -1, which OwnedFd must not hold: abort then).
-    assert!(ep >= 0, "softrdma rdmacm: epoll_create1 failed");
     // SAFETY: ep is a fresh fd we own.
     let epfd = unsafe { OwnedFd::from_raw_fd(ep) };
     let rt = Arc::new(Runtime {
@@ -959,13 +975,16 @@ pub fn runtime() -> Arc<Runtime> {
         pid,
     });
     let rt2 = rt.clone();
-    std::thread::Builder::new()
+    if let Err(e) = std::thread::Builder::new()
         .name("softrdma-cm".into())
         .spawn(move || rt2.event_loop())
-        .expect("spawn softrdma-cm event thread");
+    {
+        log(&format!("cannot spawn the CM event thread: {e}"));
+        return Err(e.raw_os_error().unwrap_or(libc::EAGAIN));
+    }
     install_fault_handler();
     *g = Some(rt.clone());
-    rt
+    Ok(rt)
 }
 
 impl Runtime {
