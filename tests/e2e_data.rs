@@ -86,6 +86,23 @@ fn e2e_integrity_without_srq() {
 }
 
 #[test]
+fn e2e_ipv6_and_ipv4_listeners() {
+    if !under_softrdma("e2e_ipv6_and_ipv4_listeners", Duration::from_secs(120)) {
+        return;
+    }
+    let v6: std::net::SocketAddr = format!("[::1]:{}", port()).parse().unwrap();
+    let mut t = TargetProc::start(&["--listen", &v6.to_string()]);
+    for addr in [v6, t.addr] {
+        let mut cfg = perf_cfg(addr, 8, 4096, 500);
+        cfg.region_bytes = 1 << 20;
+        verified_io(&cfg);
+    }
+    t.wait_idle(Duration::from_secs(10));
+    let fin = t.stop();
+    assert_eq!(fin["qpairs_created"], 4);
+}
+
+#[test]
 fn e2e_many_qpairs_several_poll_groups() {
     if !under_softrdma(
         "e2e_many_qpairs_several_poll_groups",

@@ -70,6 +70,9 @@ pub struct RunConfig {
     pub drain_timeout: Duration,
     /// How long shutdown waits for all qpairs to finish.
     pub shutdown_timeout: Duration,
+    /// Never sleep when idle (like SPDK's reactors); otherwise a poll group
+    /// that found nothing to do for a while yields, then naps 200 µs.
+    pub busy_poll: bool,
 }
 
 impl Default for RunConfig {
@@ -78,6 +81,7 @@ impl Default for RunConfig {
             poll_groups: 1,
             drain_timeout: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(5),
+            busy_poll: false,
         }
     }
 }
@@ -304,7 +308,9 @@ fn group_thread<H: Host>(
         }
         if work == 0 {
             idle = idle.saturating_add(1);
-            if idle > 2000 {
+            if run.busy_poll {
+                std::hint::spin_loop();
+            } else if idle > 2000 {
                 std::thread::sleep(Duration::from_micros(200));
             } else if idle > 200 {
                 std::thread::yield_now();
