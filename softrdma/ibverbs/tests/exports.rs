@@ -46,9 +46,18 @@ fn exports(lib: &Path) -> BTreeSet<String> {
     set
 }
 
+/// The golden list: `../shared/docs/abi/<file>` next to the repository (as in CI), else the copy
+/// committed in the repository (`softrdma/{ibverbs,rdmacm}/abi/<file>`).
 fn golden(file: &str) -> Option<BTreeSet<String>> {
-    let p = repo_root().join("../shared/docs/abi").join(file);
-    let text = std::fs::read_to_string(&p).ok()?;
+    let root = repo_root();
+    let candidates = [
+        root.join("../shared/docs/abi").join(file),
+        root.join("softrdma/ibverbs/abi").join(file),
+        root.join("softrdma/rdmacm/abi").join(file),
+    ];
+    let p = candidates.iter().find(|p| p.exists())?;
+    println!("golden list: {}", p.display());
+    let text = std::fs::read_to_string(p).ok()?;
     Some(
         text.lines()
             .filter_map(|l| l.split_whitespace().last())
@@ -59,8 +68,10 @@ fn golden(file: &str) -> Option<BTreeSet<String>> {
 
 fn check(lib: &Path, golden_file: &str, allowed_extra: &str) -> bool {
     let Some(want) = golden(golden_file) else {
-        eprintln!("golden list ../shared/docs/abi/{golden_file} not found next to the repository");
-        return false;
+        panic!(
+            "golden list {golden_file} not found in ../shared/docs/abi (next to the repository) \
+             nor in softrdma/{{ibverbs,rdmacm}}/abi"
+        );
     };
     let have = exports(lib);
     let missing: Vec<_> = want.difference(&have).collect();
