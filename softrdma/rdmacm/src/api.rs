@@ -791,6 +791,8 @@ pub unsafe fn create_qp(
         return err(e);
     }
     st.created_cqs = created;
+    // SAFETY: qp was just created.
+    st.qpn = unsafe { (*qp).qp_num };
     // SAFETY: st is held.
     let c = unsafe { id.c_mut() };
     c.qp = qp;
@@ -862,6 +864,7 @@ pub unsafe fn destroy_qp(idp: *mut rdma_cm_id) {
         }
         c.qp = std::ptr::null_mut();
     }
+    st.qpn = 0;
     if st.created_cqs {
         destroy_own_cqs(c);
         st.created_cqs = false;

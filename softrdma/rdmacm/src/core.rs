@@ -489,6 +489,8 @@ pub struct IdState {
     pub ep_pd: usize,
     /// The id has been destroyed by the application.
     pub destroyed: bool,
+    /// QPN of the QP `rdma_create_qp` attached (0: none).
+    pub qpn: u32,
 }
 
 /// `struct rdma_cm_id` plus its state.
@@ -545,6 +547,7 @@ impl IdBox {
                 ep_qp_attr: None,
                 ep_pd: 0,
                 destroyed: false,
+                qpn: 0,
             }),
         })
     }
@@ -628,7 +631,9 @@ impl IdBox {
                 }
                 Output::QpToError => {
                     let qp = self.qp(st);
-                    qp_to_error(qp);
+                    if !qp.is_null() && qp_still_exists(st.qpn) {
+                        qp_to_error(qp);
+                    }
                 }
                 Output::Close => {
                     if let Some(c) = st.conn.as_ref() {
@@ -728,6 +733,20 @@ pub unsafe fn id_arc(p: *mut rdma_cm_id) -> Arc<IdBox> {
     unsafe {
         Arc::increment_strong_count(p);
         Arc::from_raw(p)
+    }
+}
+
+/// Does the QP librdmacm created for an id still exist? Applications may free it with plain
+/// `ibv_destroy_qp` before destroying the id (rping does); librdmacm must then not touch it.
+/// Answered by softrdma's libibverbs; without it, assume yes.
+pub fn qp_still_exists(qpn: u32) -> bool {
+    match ffi::private() {
+        Some(p) => {
+            // SAFETY: vtable function taking a plain integer.
+            let alive = unsafe { (p.qp_alive)(qpn) };
+            alive != 0
+        }
+        None => true,
     }
 }
 
@@ -1379,14 +1398,10 @@ fn on_conn(key: u64, id: &Arc<IdBox>, fd: &Arc<OwnedFd>) {
 }
 
 /// Local QPN of an id (0 without a QP).
-pub fn qpn_of(id: &IdBox, st: &IdState) -> u32 {
-    let qp = id.qp(st);
-    if qp.is_null() {
-        0
-    } else {
-        // SAFETY: the application's QP is live while attached to the id.
-        unsafe { (*qp).qp_num }
-    }
+pub fn qpn_of(_id: &IdBox, st: &IdState) -> u32 {
+    // Recorded by rdma_create_qp: the application may destroy the QP behind our back with
+    // ibv_destroy_qp (rping does), so the ibv_qp is not dereferenced here.
+    st.qpn
 }
 
 /// Drop the CM connection of `id` as if the peer had vanished (fault kind f).
