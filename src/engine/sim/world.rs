@@ -8,8 +8,8 @@ use crate::engine::codec::sgl::{
     encode_in_capsule, encode_keyed, encode_last_segment, SglLimits, MAX_SGL_DESCRIPTORS,
 };
 use crate::engine::{
-    AbortOutcome, Action, DataOpcode, LocalSge, Notice, Qpair, QpairConfig, QpairState, RecvId,
-    ReqId, ReqState, Timestamp, WcStatus, WrId, MIN_SEND_DEPTH,
+    AbortOutcome, Action, DataOpcode, DataRef, LocalSge, Notice, Qpair, QpairConfig, QpairState,
+    RecvId, ReqId, ReqState, Timestamp, WcStatus, WrId, MIN_SEND_DEPTH,
 };
 
 /// Size of one host data buffer.
@@ -84,6 +84,12 @@ struct Cmd {
     c2h: bool,
     fused: bool,
     expect: Expect,
+    /// In-capsule data length (0: none).
+    icd_len: u32,
+    /// The receive that carried the capsule.
+    recv: RecvId,
+    /// Keyed descriptor with subtype Invalidate Key.
+    invalidate: bool,
 }
 
 #[derive(Debug, Default)]
@@ -563,6 +569,9 @@ impl<'a> World<'a> {
             c2h: opcode & 3 == 2,
             fused,
             expect: Expect::Normal,
+            icd_len: 0,
+            recv,
+            invalidate: false,
         };
         self.payload.clear();
         self.payload.resize(64, 0);
@@ -593,6 +602,7 @@ impl<'a> World<'a> {
                     let len = self.e.range(1, icd);
                     cmd.set_sgl1(encode_in_capsule(0, len));
                     self.payload.resize(64 + len as usize, 0xab);
+                    info.icd_len = len;
                 } else if shape < 200 + self.k.multi_rate && icd >= 32 {
                     let maxn = (icd / 16).min(MAX_SGL_DESCRIPTORS as u32);
                     let n = self.e.range(2, maxn);
@@ -610,6 +620,7 @@ impl<'a> World<'a> {
                     info.desc_lens[0] = len;
                     info.n = 1;
                     let inval = self.e.chance(200);
+                    info.invalidate = inval;
                     cmd.set_sgl1(encode_keyed(addr(0), len, rkey(0), inval));
                 }
             }
@@ -963,6 +974,15 @@ impl<'a> World<'a> {
                 };
                 let cpl = Completion::from_bytes(&s.response);
                 if let Some(c) = cmd {
+                    let cfg = self.qps[qp].engine.config();
+                    let want = (cfg.send_with_invalidate && c.invalidate)
+                        .then_some(((qp as u32) << 20) | u32::from(cid));
+                    if s.invalidate_rkey != want {
+                        return Err(self.fail(format!(
+                            "qpair {qp}: cid {cid} answered with invalidate {:?}, expected {want:?}",
+                            s.invalidate_rkey
+                        )));
+                    }
                     if cpl.status == Status::SUCCESS && c.c2h && writes != c.n {
                         return Err(self.fail(format!(
                             "qpair {qp}: successful read cid {cid} answered with {writes} WRITEs for {} descriptors",
@@ -1019,6 +1039,7 @@ impl<'a> World<'a> {
                 if self.exec.iter().any(|x| x.qp == qp && x.req == req) {
                     return Err(self.fail(format!("qpair {qp}: {req:?} executed twice")));
                 }
+                self.check_execute_data(qp, req)?;
                 let ready_at = self.now + u64::from(self.e.below(self.k.max_latency));
                 self.exec.push(HostExec {
                     qp,
@@ -1171,6 +1192,38 @@ impl<'a> World<'a> {
             generation,
             response: [0; 16],
         });
+        Ok(())
+    }
+
+    /// What the host is handed matches what the initiator sent.
+    fn check_execute_data(&self, qp: usize, req: ReqId) -> Res {
+        let cid = self.cid_of(qp, req)?;
+        let Some(c) = self.qps[qp].ini.outstanding.get(&cid).copied() else {
+            return Err(self.fail(format!("qpair {qp}: executes cid {cid}, not outstanding")));
+        };
+        let data = self.qps[qp].engine.data(req);
+        let ok = if c.icd_len > 0 {
+            data == DataRef::InCapsule {
+                recv: c.recv,
+                offset: 0,
+                len: c.icd_len,
+            }
+        } else if c.n > 0 {
+            let total: u32 = c.desc_lens.iter().sum();
+            match data {
+                DataRef::Buffers { sges, len } => {
+                    len == total && sges.iter().map(|s| s.len).sum::<u32>() == total
+                }
+                _ => false,
+            }
+        } else {
+            data == DataRef::None
+        };
+        if !ok {
+            return Err(self.fail(format!(
+                "qpair {qp}: cid {cid} executes with data {data:?}, the initiator sent {c:?}"
+            )));
+        }
         Ok(())
     }
 
