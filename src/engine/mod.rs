@@ -22,7 +22,10 @@
 //!    - host answers: [`Qpair::handle_buffers_granted`] (may come any time
 //!      after [`Action::RequestBuffers`], never after
 //!      [`Action::CancelBufferRequest`]), [`Qpair::handle_command_executed`]
-//!      (SPDK's `req_complete`, never from inside the `Execute` call);
+//!      (SPDK's `req_complete`, never from inside the `Execute` call). Every
+//!      `Execute` must be answered, also during teardown (commands the host
+//!      keeps, like AERs, are answered with any status when the qpair goes:
+//!      SPDK's `req_free`; the engine then drops them without a response);
 //!    - QP and CM events: [`Qpair::handle_qp_fatal`],
 //!      [`Qpair::handle_last_wqe_reached`], [`Qpair::handle_peer_disconnected`],
 //!      [`Qpair::handle_wr_not_posted`];
