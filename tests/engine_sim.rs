@@ -3,6 +3,7 @@
 //! - `ENGINE_SIM_SEED=<n>`: replay one seed (prints its report).
 //! - `ENGINE_SIM_SEEDS=<n>`: campaign size (default 20,000 seeds).
 //! - `ENGINE_SIM_START=<n>`: first seed of the campaign (default 0).
+//! - `ENGINE_SIM_STRESS=1`: worlds biased to split READ chains and fail them.
 
 use std::time::Instant;
 
@@ -29,7 +30,10 @@ fn add(total: &mut SimReport, r: &SimReport) {
 
 #[test]
 fn simulation_campaign() {
-    let opts = SimOptions::default();
+    let opts = SimOptions {
+        stress_split_reads: env_u64("ENGINE_SIM_STRESS").unwrap_or(0) != 0,
+        ..SimOptions::default()
+    };
     if let Some(seed) = env_u64("ENGINE_SIM_SEED") {
         match run_seed(seed, &opts) {
             Ok(r) => println!("seed {seed}: {r:?}"),
