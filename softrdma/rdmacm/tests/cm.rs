@@ -227,6 +227,38 @@ fn injected_cm_drop_disconnects_both_sides() {
     );
 }
 
+/// The application frees the QP with plain `ibv_destroy_qp` (not `rdma_destroy_qp`) and the
+/// peer then dies: DISCONNECTED arrives and nothing touches the freed QP.
+#[test]
+fn peer_death_after_app_freed_the_qp() {
+    let mut server = Proc::spawn(
+        "server",
+        "server",
+        &[
+            ("CM_ADDR", "127.0.0.1".into()),
+            ("CM_MODE", "free_qp".into()),
+        ],
+    );
+    let port = server.expect("PORT ");
+    let mut client = Proc::spawn(
+        "client",
+        "client",
+        &[
+            ("CM_ADDR", "127.0.0.1".into()),
+            ("CM_PORT", port),
+            ("CM_THEN", "sleep".into()),
+        ],
+    );
+    server.expect("REQ ");
+    server.expect("ESTABLISHED");
+    client.expect("READY");
+    server.expect("QP_FREED");
+    client.child.kill().expect("kill -9 client");
+    let _ = client.child.wait();
+    server.expect("DISCONNECTED");
+    server.finish();
+}
+
 /// One process: non-blocking channel (EAGAIN), bind conflicts, listen backlog (a REQ beyond
 /// the backlog of not-yet-retrieved CONNECT_REQUESTs is rejected with status 1), rejecting a
 /// QP-less connection, and destroying a listener with a pending request.
@@ -560,6 +592,35 @@ fn server() -> Result<(), String> {
         }
         wait_event(ch, RDMA_CM_EVENT_ESTABLISHED)?;
         println!("ESTABLISHED");
+        if mode == "free_qp" {
+            // Like rping: free the QP with plain ibv_destroy_qp while the id lives on; the
+            // peer's death must then not make librdmacm touch the freed QP.
+            ibv_dereg_mr(mr);
+            if ibv_destroy_qp((*id).qp) != 0 {
+                return Err("ibv_destroy_qp".into());
+            }
+            // Recycle the freed memory with junk, so touching the old QP would crash.
+            let mut junk = Vec::new();
+            for size in (16..=4096).step_by(16) {
+                for _ in 0..2 {
+                    let b = libc::malloc(size) as *mut u8;
+                    if !b.is_null() {
+                        std::ptr::write_bytes(b, 0xa5, size);
+                        junk.push(b);
+                    }
+                }
+            }
+            println!("QP_FREED");
+            wait_event(ch, RDMA_CM_EVENT_DISCONNECTED)?;
+            println!("DISCONNECTED");
+            for b in junk {
+                libc::free(b.cast());
+            }
+            rdma_destroy_id(id);
+            rdma_destroy_id(listen);
+            rdma_destroy_event_channel(ch);
+            return Ok(());
+        }
         wait_event(ch, RDMA_CM_EVENT_DISCONNECTED)?;
         println!("DISCONNECTED");
         // Peer death / dropped CM connection: librdmacm already moved the QP to ERR. An
