@@ -16,13 +16,8 @@ pub(crate) fn run(rt: &'static Runtime) {
     let mut buf = [0u8; 2048];
     let mut last_liveness = 0u64;
     loop {
-        let busy = rt.qps.lock().map(|g| {
-            g.values().any(|&p| {
-                // SAFETY: registered QPs are live while the registry lock is held.
-                unsafe { (*(p as *const QpWrap)).stalled.load(Ordering::Relaxed) }
-            })
-        });
-        let timeout = if busy.unwrap_or(false) { 1 } else { 20 };
+        let busy = crate::qp::STALLED_QPS.load(Ordering::Acquire) > 0;
+        let timeout = if busy { 1 } else { 20 };
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,
