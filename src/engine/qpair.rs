@@ -429,12 +429,12 @@ impl Qpair {
             return Err(self.wrong_state(req, "buffers granted"));
         }
         let i = req.index();
-        self.reqs[i].buffers_asked = false;
-        self.reqs[i].has_buffers = true;
         let segments = match self.reqs[i].layout {
             DataLayout::Keyed { segments, .. } => segments,
             _ => return Err(self.wrong_state(req, "buffers granted")),
         };
+        self.reqs[i].buffers_asked = false;
+        self.reqs[i].has_buffers = true;
         let built = self.reqs[i].plan.build(segments.as_slice(), bufs);
         match built {
             Ok(()) => self.set_state(req, ReqState::HaveBuffer)?,
