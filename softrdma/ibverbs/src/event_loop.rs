@@ -34,7 +34,12 @@ pub(crate) fn run(rt: &'static Runtime) {
         }
         retry_stalled(rt);
         crate::cq::tick(rt);
-        let (events, drops) = rt.faults.tick();
+        let have_ctx = !rt
+            .contexts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        let (events, drops) = rt.faults.tick(have_ctx);
         for e in events {
             crate::faults::raise_async(e);
         }

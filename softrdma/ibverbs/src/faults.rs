@@ -515,7 +515,8 @@ impl Faults {
     }
 
     /// Event-thread hook: due async events, pending CM drops.
-    pub(crate) fn tick(&self) -> (Vec<u32>, Vec<u32>) {
+    /// Async events are held back while no device context is open (nobody could receive them).
+    pub(crate) fn tick(&self, have_contexts: bool) -> (Vec<u32>, Vec<u32>) {
         if !self.active.load(Ordering::Acquire) {
             return (Vec::new(), Vec::new());
         }
@@ -529,7 +530,7 @@ impl Faults {
                 fired,
             } = r
             {
-                if !*fired && *at_ms <= now {
+                if !*fired && *at_ms <= now && have_contexts {
                     *fired = true;
                     events.push(*event);
                 }
