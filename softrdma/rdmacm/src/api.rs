@@ -1280,7 +1280,13 @@ fn finish_event(ev: &mut EventBox) {
     if c.machine.state() != State::RepRcvd {
         return; // the connection died meanwhile; its own event follows.
     }
-    match qp_rtr_rts(&id, &st, qp) {
+    // A QP the application already freed with ibv_destroy_qp cannot be connected.
+    let r = if qp_still_exists(st.qpn) {
+        qp_rtr_rts(&id, &st, qp)
+    } else {
+        Err(libc::EINVAL)
+    };
+    match r {
         Ok(()) => {
             let outs = st
                 .conn
