@@ -921,7 +921,7 @@ fn sc_fault_qperr() {
 }
 
 fn sc_fault_delay() {
-    // SOFTRDMA_FAULTS=delay:qp=#2,ms=300 — completions of QP #2 are held; QP #4's overtake them.
+    // SOFTRDMA_FAULTS=delay:qp=#2,ms=1500 — completions of QP #2 are held; QP #4's overtake them.
     let d = open_dev();
     let (a1, b1) = pair(&d, null_mut(), LW | RW);
     let (a2, b2) = pair(&d, null_mut(), LW | RW);
@@ -1387,7 +1387,7 @@ fn parent() {
         &shm,
         Some("fail:op=read,nth=3,status=retry_exc_err,qp=#2"),
     );
-    run_simple("fault_delay", &shm, Some("delay:qp=#2,ms=300"));
+    run_simple("fault_delay", &shm, Some("delay:qp=#2,ms=1500"));
     run_simple("fault_loseflush", &shm, Some("loseflush:qp=#1,count=2"));
     for (name, faults, cmd) in [
         ("fault_qperr", None, "qperr qp=#1"),
