@@ -309,9 +309,17 @@ impl<H: Host> PollGroup<H> {
 
     /// Statistics (upstream `poll_group_dump_stat`).
     pub(crate) fn stats(&self) -> PollGroupStats {
+        let mut devices: Vec<PollerStats> = self.pollers.iter().map(|p| p.stats.clone()).collect();
+        // The engine counts waits per qpair: add the live qpairs' counts to
+        // those of the qpairs already gone (folded in at reap).
+        for c in self.conns.iter().flatten() {
+            if let Some(d) = devices.get_mut(c.poller) {
+                add_engine_waits(d, &c.engine.stats());
+            }
+        }
         PollGroupStats {
             pending_data_buffer: self.pending_data_buffer,
-            devices: self.pollers.iter().map(|p| p.stats.clone()).collect(),
+            devices,
         }
     }
 
@@ -872,6 +880,7 @@ impl<H: Host> PollGroup<H> {
                 self.by_qpn.remove(&(conn.device, conn.qp_num));
                 self.by_cm.remove(&conn.cm_id.key());
                 self.pollers[conn.poller].required_wr -= conn.cq_reserved;
+                add_engine_waits(&mut self.pollers[conn.poller].stats, &conn.engine.stats());
                 self.shared.live_qpairs.fetch_sub(1, Ordering::Relaxed);
                 self.shared.qpairs_destroyed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(qpair = %conn.handle, qp_num = conn.qp_num, "qpair destroyed");
@@ -882,6 +891,13 @@ impl<H: Host> PollGroup<H> {
 }
 
 type EngineResult = Result<(), engine::EngineError>;
+
+fn add_engine_waits(d: &mut PollerStats, s: &engine::Stats) {
+    d.pending_free_request += s.pending_free_request;
+    d.pending_rdma_read += s.pending_rdma_read;
+    d.pending_rdma_write += s.pending_rdma_write;
+    d.pending_rdma_send += s.pending_rdma_send;
+}
 type HostEventFn = Box<dyn FnOnce(&mut Conn, u64) -> EngineResult>;
 
 fn grant(c: &mut Conn, req: ReqId, buffers: Vec<DataBuffer>) -> EngineResult {
