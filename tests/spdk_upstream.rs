@@ -295,10 +295,11 @@ fn upstream_nvmf_tgt_over_softrdma() {
             .env("SOFTRDMA_QUIET", "1");
     };
 
-    // The target: one reactor on core 0, no hugepages, its own RPC socket.
+    // The target: one reactor on core 0, no hugepages, no PCI probing, its own
+    // RPC socket.
     let sock = scratch.0.join("nvmf_tgt.sock");
     let mut cmd = Command::new(&nvmf_tgt);
-    cmd.args(["--no-huge", "-s", &mem_mb, "-m", "0x1", "-r"])
+    cmd.args(["--no-huge", "-s", &mem_mb, "--no-pci", "-m", "0x1", "-r"])
         .arg(&sock);
     with_env(&mut cmd);
     let mut tgt = Proc::spawn("nvmf_tgt", cmd, scratch.0.join("nvmf_tgt.log"));
@@ -401,6 +402,19 @@ fn upstream_nvmf_tgt_over_softrdma() {
     assert!(
         stats.to_string().contains("\"trtype\":\"RDMA\""),
         "nvmf_get_stats has no RDMA poll-group statistics: {stats}"
+    );
+    let completed: u64 = stats["poll_groups"]
+        .as_array()
+        .map(|groups| {
+            groups
+                .iter()
+                .filter_map(|g| g["completed_nvme_io"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0);
+    assert!(
+        completed > 0,
+        "nvmf_get_stats reports no completed NVMe I/O: {stats}"
     );
     tgt.stop();
     let log = tgt.log_text();
