@@ -61,7 +61,9 @@ pub struct RequestHandle {
     pub qpair: QpairHandle,
     /// Request slot within the qpair.
     pub slot: u16,
-    /// Generation of the request slot.
+    /// Reserved (0 today): a request slot is reused only after the host
+    /// answered for it, and handles of a finished qpair are stale through
+    /// [`QpairHandle::generation`].
     pub generation: u32,
 }
 
