@@ -112,6 +112,10 @@ impl TargetProc {
             .arg("--ready-file")
             .arg(&ready)
             .args(extra)
+            .env(
+                "NVMF_RDMA_RS_LOG",
+                std::env::var("NVMF_RDMA_RS_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawning the target");
