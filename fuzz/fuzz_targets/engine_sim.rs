@@ -28,12 +28,9 @@ fuzz_target!(|data: &[u8]| {
         ..SimOptions::default()
     };
     // FNV-1a of the input seeds a xorshift64* stream for the tail.
-    let mut x = data
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
-        | 1;
+    let mut x = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) | 1;
     let mut bytes = Vec::with_capacity(rest.len() + TAIL);
     bytes.extend_from_slice(rest);
     while bytes.len() < rest.len() + TAIL {
