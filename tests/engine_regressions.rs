@@ -384,6 +384,33 @@ fn srq_receive_returned_on_error_path() {
     assert!(!a.iter().any(|x| matches!(x, Action::PostResponse { .. })));
 }
 
+/// #2937 class, SRQ receive error path: a receive the QP took from the SRQ
+/// and completed in error (or flushed) goes back to the SRQ at once.
+#[test]
+fn srq_receive_completed_in_error_is_returned() {
+    let (mut d, _) = D::new(srq_cfg(8));
+    let a = d.wc(WrId::recv(RecvId(5)), WcStatus::LocalLength);
+    assert!(has(&a, Action::PostRecv { recv: RecvId(5) }), "{a:?}");
+    assert!(a.iter().any(|x| matches!(x, Action::HostDisconnect { .. })));
+    let a = d.wc(WrId::recv(RecvId(6)), WcStatus::Flushed);
+    assert_eq!(a, vec![Action::PostRecv { recv: RecvId(6) }]);
+    assert_eq!(d.q.counters().recv_depth, 0);
+}
+
+/// #2937 class, late capsule: a capsule the QP took from the SRQ before it
+/// went to error, completed successfully after the engine left the active
+/// state, is never answered and its receive goes back to the SRQ.
+#[test]
+fn srq_capsule_arriving_on_a_dying_qpair_is_returned_unanswered() {
+    let (mut d, _) = D::new(srq_cfg(8));
+    d.q.handle_peer_disconnected().unwrap();
+    d.take();
+    let a = d.recv(9, &no_data(io_opcode::FLUSH, 1, Fuse::Normal));
+    assert_eq!(a, vec![Action::PostRecv { recv: RecvId(9) }]);
+    assert_eq!(d.q.counters().recv_depth, 0);
+    assert_eq!(d.q.counters().requests_in_use, 0);
+}
+
 /// e775a7a4cf (#3646): a response waiting in the pending-send queue must go
 /// out as soon as send depth frees up, on whatever event frees it.
 #[test]

@@ -26,6 +26,7 @@ fn add(total: &mut SimReport, r: &SimReport) {
     total.error_completions += r.error_completions;
     total.split_reads += r.split_reads;
     total.post_failures += r.post_failures;
+    total.late_capsules += r.late_capsules;
 }
 
 #[test]
@@ -75,5 +76,9 @@ fn simulation_campaign() {
     assert!(
         total.error_completions > 0,
         "no error completion was ever delivered"
+    );
+    assert!(
+        total.late_capsules > 0 || seeds < 1000,
+        "no capsule ever arrived on a qpair that was going away"
     );
 }

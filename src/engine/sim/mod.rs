@@ -159,6 +159,8 @@ pub struct SimFailure {
     pub event: u64,
     /// The last events, oldest first.
     pub trace: Vec<String>,
+    /// The run used [`SimOptions::stress_split_reads`] (replay needs it too).
+    pub stress: bool,
 }
 
 impl fmt::Display for SimFailure {
@@ -166,8 +168,14 @@ impl fmt::Display for SimFailure {
         match self.seed {
             Some(s) => writeln!(
                 f,
-                "simulation failed, seed {s} (replay: ENGINE_SIM_SEED={s}) at event {}: {}",
-                self.event, self.what
+                "simulation failed, seed {s} (replay: {}ENGINE_SIM_SEED={s}) at event {}: {}",
+                if self.stress {
+                    "ENGINE_SIM_STRESS=1 "
+                } else {
+                    ""
+                },
+                self.event,
+                self.what
             )?,
             None => writeln!(
                 f,
@@ -190,6 +198,7 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> Result<SimReport, SimFailure> {
     let mut w = World::new(Entropy::seeded(seed), opts);
     w.run().map_err(|mut f| {
         f.seed = Some(seed);
+        f.stress = opts.stress_split_reads;
         f
     })
 }

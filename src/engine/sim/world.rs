@@ -38,6 +38,9 @@ pub struct SimReport {
     pub split_reads: u64,
     /// WRs reported as not posted (injected post failures).
     pub post_failures: u64,
+    /// Capsules completed on a qpair that had already left the active state
+    /// (never to be answered; their receive must come back).
+    pub late_capsules: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,11 @@ struct NicQp {
     lost: bool,
     destroyed: bool,
     last_wqe_sent: bool,
+    /// The first WR_FLUSH_ERR of the send queue was delivered: no more
+    /// successful completions on it.
+    sq_flushing: bool,
+    /// The same for the receive queue.
+    rq_flushing: bool,
     unsignaled_done: u32,
     unsignaled_by_req: BTreeMap<(u16, u32), u32>,
 }
@@ -345,7 +353,7 @@ impl<'a> World<'a> {
     fn step(&mut self) -> Res {
         self.now += 1;
         let srq = self.k.srq;
-        let mut w = [0u32; 10];
+        let mut w = [0u32; 11];
         let can_send = |q: &SimQp, srq_has: bool| {
             !q.nic.error
                 && !q.peer_gone
@@ -390,6 +398,9 @@ impl<'a> World<'a> {
         if (0..self.qps.len()).any(|i| self.fini_due(i)) {
             w[9] = 20;
         }
+        if (0..self.qps.len()).any(|i| self.late_srq_due(i)) {
+            w[10] = 10;
+        }
         let total: u32 = w.iter().sum();
         let mut pick = self.e.below(total);
         let mut ev = 7;
@@ -431,6 +442,10 @@ impl<'a> World<'a> {
                 let qp = self.pick_qp(|w, i| w.fini_due(i));
                 self.ev_fini(qp)
             }
+            10 => {
+                let qp = self.pick_qp(|w, i| w.late_srq_due(i));
+                self.ev_late_srq(qp)
+            }
             _ => self.ev_time(),
         }
     }
@@ -461,7 +476,20 @@ impl<'a> World<'a> {
             && q.nic.error
             && !q.nic.lost
             && !q.nic.destroyed
-            && q.nic.sq.is_empty()
+            && !q.nic.last_wqe_sent
+            && q.finished == 0
+    }
+
+    /// An SRQ QP in error may still complete receives it had already taken
+    /// from the SRQ (a capsule that arrived before the error, or a flush),
+    /// until it reports last WQE reached.
+    fn late_srq_due(&self, i: usize) -> bool {
+        let q = &self.qps[i];
+        self.k.srq
+            && !self.srq.is_empty()
+            && q.nic.error
+            && !q.nic.lost
+            && !q.nic.destroyed
             && !q.nic.last_wqe_sent
             && q.finished == 0
     }
@@ -541,8 +569,9 @@ impl<'a> World<'a> {
                 None => return Ok(()),
             }
         };
-        // A receive that fails at the NIC (non-SRQ only).
-        if !self.k.srq && self.e.chance(self.k.err_rate / 4) {
+        // A receive that fails at the NIC (with SRQ too: the QP consumed the
+        // SRQ receive and completes it in error).
+        if self.e.chance(self.k.err_rate / 4) {
             let status = self.random_error();
             self.qp_error(qp);
             return self.deliver(qp, WrId::recv(recv).to_raw(), status, "recv-error");
@@ -684,13 +713,61 @@ impl<'a> World<'a> {
     }
 
     fn ev_flush(&mut self, qp: usize) -> Res {
+        // WRs the NIC executed before the error complete successfully (in
+        // order, before the first flush); the rest flush.
+        let late_ok = self.e.chance(150);
         if let Some(wr) = self.qps[qp].nic.sq.pop_front() {
-            return self.complete_wr(qp, wr, WcStatus::Flushed);
+            let nic = &mut self.qps[qp].nic;
+            let status = if late_ok && !nic.sq_flushing {
+                WcStatus::Success
+            } else {
+                nic.sq_flushing = true;
+                WcStatus::Flushed
+            };
+            return self.complete_wr(qp, wr, status);
         }
         if let Some(r) = self.qps[qp].nic.rq.pop_front() {
+            if late_ok && !self.qps[qp].nic.rq_flushing {
+                return self.late_capsule(qp, r);
+            }
+            self.qps[qp].nic.rq_flushing = true;
             return self.deliver(qp, WrId::recv(r).to_raw(), WcStatus::Flushed, "recv-flush");
         }
         Ok(())
+    }
+
+    /// A receive an SRQ QP in error had already consumed: a capsule that
+    /// arrived before the error, or a flush.
+    fn ev_late_srq(&mut self, qp: usize) -> Res {
+        let Some(r) = self.srq.pop_front() else {
+            return Ok(());
+        };
+        self.srq_slots[r.0 as usize] = SrqSlot::Consumed(qp);
+        if self.e.chance(500) {
+            return self.late_capsule(qp, r);
+        }
+        self.deliver(
+            qp,
+            WrId::recv(r).to_raw(),
+            WcStatus::Flushed,
+            "srq-recv-flush",
+        )
+    }
+
+    /// A capsule received on a qpair that is going away: it must never be
+    /// answered (its CID is not outstanding, so an answer fails the run), and
+    /// its receive must come back.
+    fn late_capsule(&mut self, qp: usize, recv: RecvId) -> Res {
+        let ini = &self.qps[qp].ini;
+        let mut cid = ini.next_cid;
+        while ini.outstanding.contains_key(&cid) {
+            cid = cid.wrapping_add(1);
+        }
+        let cmd = Command::new(io_opcode::FLUSH, cid);
+        self.trace_ev(qp, "late-capsule", u64::from(cid), u64::from(recv.0));
+        self.report.late_capsules += 1;
+        let payload = *cmd.as_bytes();
+        self.deliver_bytes(qp, WrId::recv(recv).to_raw(), WcStatus::Success, &payload)
     }
 
     fn ev_host_complete(&mut self) -> Res {
@@ -914,7 +991,7 @@ impl<'a> World<'a> {
                 return Err(self.fail(format!("qpair {qp}: engine refused a not-posted WR: {e}")));
             }
             if let Err(v) = self.qps[qp].engine.check_invariants() {
-                return Err(self.fail(format!("qpair {qp}: {v}")));
+                return Err(self.fail(format!("{v}")));
             }
         }
     }
@@ -1290,10 +1367,38 @@ impl<'a> World<'a> {
     fn check(&self, qp: usize) -> Res {
         let q = &self.qps[qp];
         if let Err(v) = q.engine.check_invariants() {
-            return Err(self.fail(format!("qpair {qp}: {v}")));
+            return Err(self.fail(format!("{v}")));
+        }
+        if self.k.srq {
+            // Every SRQ receive this qpair took is either held by the engine
+            // (recv depth) or was handed back with PostRecv.
+            let taken = self
+                .srq_slots
+                .iter()
+                .filter(|s| **s == SrqSlot::Consumed(qp))
+                .count();
+            let held = usize::from(q.engine.counters().recv_depth);
+            if taken != held {
+                return Err(self.fail(format!(
+                    "qpair {qp}: took {taken} SRQ receives but the engine holds {held}: a receive was not returned to the SRQ"
+                )));
+            }
         }
         if q.finished > 0 || q.nic.destroyed {
             return Ok(());
+        }
+        // Fabrics commands jump the buffer queue (upstream 7251e4c26c): each
+        // one waiting for buffers has its request with the host.
+        for r in 0..q.engine.config().max_queue_depth {
+            let req = ReqId(r);
+            if q.engine.request_state(req) == Some(ReqState::NeedBuffer)
+                && q.engine.command(req).is_some_and(|c| c.is_fabrics())
+                && !self.wait.iter().any(|&(wq, wr, _)| wq == qp && wr == req)
+            {
+                return Err(self.fail(format!(
+                    "qpair {qp}: fabrics command {req:?} waits for buffers the host was never asked for"
+                )));
+            }
         }
         let c = q.engine.counters();
         let sq = q.nic.sq.len() as u32 + q.nic.unsignaled_done;
@@ -1400,6 +1505,7 @@ impl<'a> World<'a> {
             what,
             event: self.report.events,
             trace,
+            stress: false,
         }
     }
 }
