@@ -837,10 +837,14 @@ impl<H: Host> PollGroup<H> {
                 }
                 if !conn.failed.is_empty() {
                     let failed = std::mem::take(&mut conn.failed);
+                    // These WRs never reached the NIC: they are not completions
+                    // (a SEND reported as flushed would tell the engine that the
+                    // WRITEs before it are done while they may still be in flight).
                     for raw in failed {
-                        let _ = conn.engine.handle_completion(raw, WcStatus::Flushed, &[]);
+                        if let Err(e) = conn.engine.handle_wr_not_posted(raw) {
+                            tracing::warn!(qpair = %conn.handle, wr_id = raw, "unposted WR refused by the engine: {e}");
+                        }
                     }
-                    let _ = conn.engine.handle_post_failed();
                     continue;
                 }
                 if deferred.is_empty() {
