@@ -78,6 +78,10 @@ pub struct Stats {
     pub split_reads: u64,
     /// Completions with an error status.
     pub wc_errors: u64,
+    /// Engine bugs caught at run time (an internal step was refused, e.g. a
+    /// request with WRs in flight about to be completed). Always 0 unless the
+    /// engine is broken; each one is also logged. Tests assert it stays 0.
+    pub internal_errors: u64,
 }
 
 /// Outcome of [`Qpair::abort`].
@@ -1229,6 +1233,7 @@ impl Qpair {
     fn after_event(&mut self) {
         if let Err(e) = self.process_pending() {
             // Only an engine bug gets here; surface it loudly in tests.
+            self.stats.internal_errors += 1;
             debug_assert!(false, "engine internal error: {e}");
             tracing::error!(qpair = self.cfg.label, error = %e, "engine internal error");
         }

@@ -1369,6 +1369,12 @@ impl<'a> World<'a> {
         if let Err(v) = q.engine.check_invariants() {
             return Err(self.fail(format!("{v}")));
         }
+        let internal = q.engine.stats().internal_errors;
+        if internal != 0 {
+            return Err(self.fail(format!(
+                "qpair {qp}: {internal} engine internal error(s) (see the log)"
+            )));
+        }
         if self.k.srq {
             // Every SRQ receive this qpair took is either held by the engine
             // (recv depth) or was handed back with PostRecv.
