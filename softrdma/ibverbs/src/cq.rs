@@ -422,11 +422,14 @@ pub(crate) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_
     let rec = w.rec;
     let mut out = 0usize;
     let n = n as usize;
-    let now = util::now_ms();
+    // The clock is read only when a delayed completion is involved: a busy-polling consumer
+    // (an SPDK reactor) calls this millions of times a second, mostly on an empty CQ.
+    let mut now_cache: Option<u64> = None;
+    let mut now = || *now_cache.get_or_insert_with(util::now_ms);
     // Held (delayed) completions first, when due.
     while out < n {
         match held.q.front() {
-            Some(&(t, _)) if t <= now => {
+            Some(&(t, _)) if t <= now() => {
                 let (_, e) = held.q.pop_front().unwrap_or((0, ibv_wc::default()));
                 // SAFETY: out < n entries of the caller's array.
                 unsafe { *wc.add(out) = e };
@@ -437,7 +440,8 @@ pub(crate) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_
     }
     let cap = rec.cap.load(Ordering::Relaxed) as u64;
     let ring = rec.addr.load(Ordering::Relaxed) as *const ibv_wc;
-    let mut head = rec.head.load(Ordering::Relaxed);
+    let head0 = rec.head.load(Ordering::Relaxed);
+    let mut head = head0;
     let tail = rec.tail.load(Ordering::Acquire);
     while out < n && head < tail && cap > 0 {
         // SAFETY: head < tail so the slot was published (release) by a producer; ring is our own
@@ -445,12 +449,12 @@ pub(crate) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_
         let e = unsafe { *ring.add((head % cap) as usize) };
         head += 1;
         if let Some(ms) = rt.faults.delay_for(e.qp_num) {
-            held.q.push_back((now + ms, e));
+            held.q.push_back((now() + ms, e));
             continue;
         }
         if !held.q.is_empty() && held.q.iter().any(|(_, h)| h.qp_num == e.qp_num) {
             // Keep per-QP order behind held entries of the same QP.
-            let t = held.q.back().map(|x| x.0).unwrap_or(now);
+            let t = held.q.back().map(|x| x.0).unwrap_or_else(&mut now);
             held.q.push_back((t, e));
             continue;
         }
@@ -458,7 +462,10 @@ pub(crate) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_
         unsafe { *wc.add(out) = e };
         out += 1;
     }
-    rec.head.store(head, Ordering::Release);
+    // Producers read `head` from another process: write the shared line only when it moved.
+    if head != head0 {
+        rec.head.store(head, Ordering::Release);
+    }
     drop(held);
     if out == 0 {
         crate::qp::progress_stalled(rt, w.slot);
@@ -475,7 +482,7 @@ pub(crate) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_
             }
         }
     }
-    if rec.overrun.swap(0, Ordering::Relaxed) == 1 {
+    if rec.overrun.load(Ordering::Relaxed) != 0 && rec.overrun.swap(0, Ordering::Relaxed) == 1 {
         crate::log::warn(&format!("CQ {} overrun (capacity {cap})", w.slot));
         let mut ev: ibv_async_event = Default::default();
         ev.element.cq = cq;

@@ -205,12 +205,18 @@ pub(crate) fn run(rt: &Runtime, w: &QpWrap, sq: &mut Sq) {
                 }
             }
             Exec::Stall(kind) => {
+                let attr = *w.attr.lock().unwrap_or_else(|e| e.into_inner());
+                // A busy-polling requester retries a stalled head on every ibv_poll_cq: with
+                // rnr_retry 7 (retry forever) an ongoing RNR stall needs no clock read.
+                if kind == StallKind::Rnr && attr.rnr_retry >= 7 && sq.stall.is_some() {
+                    w.set_stalled(true);
+                    return;
+                }
                 let now = util::now_ms();
                 let st = *sq.stall.get_or_insert_with(|| {
                     rt.count(Counter::RnrStalls, (kind == StallKind::Rnr) as i64);
                     Stall { since_ms: now }
                 });
-                let attr = *w.attr.lock().unwrap_or_else(|e| e.into_inner());
                 let exhausted = match kind {
                     // rnr_retry 7 = retry forever; otherwise (rnr_retry + 1) × 10 ms.
                     StallKind::Rnr => {
