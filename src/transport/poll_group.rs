@@ -1186,7 +1186,6 @@ fn queue_data_wr<G: HostGroup>(
             }
         }
     }
-    let list: Vec<Sge> = sges[..n].iter().flatten().copied().collect();
     let op = match dw.opcode {
         engine::DataOpcode::RdmaRead => SendOp::RdmaRead {
             remote_addr: dw.remote_addr,
@@ -1203,7 +1202,12 @@ fn queue_data_wr<G: HostGroup>(
         SendFlags::UNSIGNALED
     };
     let pushed = if ok {
-        conn.sends.push(wrid::to_verbs(dw.wr_id), op, &list, flags)
+        conn.sends.push_sges(
+            wrid::to_verbs(dw.wr_id),
+            op,
+            sges[..n].iter().flatten().copied(),
+            flags,
+        )
     } else {
         Err(VerbsError::InvalidArgument {
             name: "data buffer",

@@ -133,14 +133,136 @@ fn zeroed_send_wr() -> sys::ibv_send_wr {
     unsafe { std::mem::zeroed() }
 }
 
-/// A reusable chain of send-queue WRs with their SGEs.
-pub struct SendWrList {
-    wrs: Vec<sys::ibv_send_wr>,
+/// The two C WR types a [`WrChain`] can link: they differ only in their
+/// payload, not in how a chain of them is built.
+trait ChainedWr {
+    fn wr_id(&self) -> u64;
+    fn set_links(&mut self, sg_list: *mut sys::ibv_sge, next: *mut Self);
+}
+
+impl ChainedWr for sys::ibv_send_wr {
+    fn wr_id(&self) -> u64 {
+        self.wr_id
+    }
+    fn set_links(&mut self, sg_list: *mut sys::ibv_sge, next: *mut Self) {
+        self.sg_list = sg_list;
+        self.next = next;
+    }
+}
+
+impl ChainedWr for sys::ibv_recv_wr {
+    fn wr_id(&self) -> u64 {
+        self.wr_id
+    }
+    fn set_links(&mut self, sg_list: *mut sys::ibv_sge, next: *mut Self) {
+        self.sg_list = sg_list;
+        self.next = next;
+    }
+}
+
+/// Fixed-capacity storage of WRs and their SGEs, linked into one chain
+/// right before posting. Shared by [`SendWrList`] and [`RecvWrList`].
+struct WrChain<W> {
+    wrs: Vec<W>,
     sges: Vec<sys::ibv_sge>,
     /// (first sge, count) per WR.
     ranges: Vec<(u32, u32)>,
     max_wrs: usize,
     max_sges: usize,
+}
+
+impl<W: ChainedWr> WrChain<W> {
+    fn with_capacity(max_wrs: usize, max_sges: usize) -> Self {
+        WrChain {
+            wrs: Vec::with_capacity(max_wrs),
+            sges: Vec::with_capacity(max_sges),
+            ranges: Vec::with_capacity(max_wrs),
+            max_wrs,
+            max_sges,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.wrs.clear();
+        self.sges.clear();
+        self.ranges.clear();
+    }
+
+    fn raw_wr_id(&self, i: usize) -> Option<u64> {
+        self.wrs.get(i).map(ChainedWr::wr_id)
+    }
+
+    /// Appends `sges` and then the WR `make(num_sge)`; on overflow nothing
+    /// is appended.
+    fn push(
+        &mut self,
+        sges: impl IntoIterator<Item = Sge>,
+        make: impl FnOnce(i32) -> W,
+    ) -> Result<()> {
+        if self.wrs.len() >= self.max_wrs {
+            return Err(VerbsError::ListFull {
+                what: "wr",
+                capacity: self.max_wrs,
+            });
+        }
+        let first = self.sges.len();
+        for sge in sges {
+            if self.sges.len() >= self.max_sges {
+                self.sges.truncate(first);
+                return Err(VerbsError::ListFull {
+                    what: "sge",
+                    capacity: self.max_sges,
+                });
+            }
+            self.sges.push(sge.to_sys());
+        }
+        let count = self.sges.len() - first;
+        self.ranges.push((first as u32, count as u32));
+        self.wrs.push(make(count as i32));
+        Ok(())
+    }
+
+    /// Links WRs and SGEs into one chain; returns the head (null if empty).
+    fn link(&mut self) -> *mut W {
+        let n = self.wrs.len();
+        if n == 0 {
+            return std::ptr::null_mut();
+        }
+        let sge_base = self.sges.as_mut_ptr();
+        let wr_base = self.wrs.as_mut_ptr();
+        for (i, &(first, count)) in self.ranges.iter().enumerate() {
+            // SAFETY: `i < n` and `first + count <= sges.len()` by
+            // construction in `push`; the pointers stay valid while `self`
+            // is mutably borrowed by the posting call.
+            unsafe {
+                let sg_list = if count == 0 {
+                    std::ptr::null_mut()
+                } else {
+                    sge_base.add(first as usize)
+                };
+                let next = if i + 1 < n {
+                    wr_base.add(i + 1)
+                } else {
+                    std::ptr::null_mut()
+                };
+                (*wr_base.add(i)).set_links(sg_list, next);
+            }
+        }
+        wr_base
+    }
+
+    /// Index of `bad` (a pointer the provider returned) in this chain.
+    fn index_of(&self, bad: *const W) -> usize {
+        let base = self.wrs.as_ptr() as usize;
+        let size = std::mem::size_of::<W>();
+        let off = (bad as usize).wrapping_sub(base) / size;
+        off.min(self.wrs.len())
+    }
+}
+
+/// A reusable chain of send-queue WRs with their SGEs.
+pub struct SendWrList {
+    chain: WrChain<sys::ibv_send_wr>,
 }
 
 // SAFETY: the raw pointers inside the stored WRs only ever point into this
@@ -150,8 +272,8 @@ unsafe impl Send for SendWrList {}
 impl std::fmt::Debug for SendWrList {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SendWrList")
-            .field("len", &self.wrs.len())
-            .field("max_wrs", &self.max_wrs)
+            .field("len", &self.len())
+            .field("max_wrs", &self.chain.max_wrs)
             .finish()
     }
 }
@@ -160,121 +282,82 @@ impl SendWrList {
     /// A list holding up to `max_wrs` WRs and `max_sges` SGEs in total.
     pub fn with_capacity(max_wrs: usize, max_sges: usize) -> SendWrList {
         SendWrList {
-            wrs: Vec::with_capacity(max_wrs),
-            sges: Vec::with_capacity(max_sges),
-            ranges: Vec::with_capacity(max_wrs),
-            max_wrs,
-            max_sges,
+            chain: WrChain::with_capacity(max_wrs, max_sges),
         }
     }
 
     /// Number of WRs queued.
     pub fn len(&self) -> usize {
-        self.wrs.len()
+        self.chain.wrs.len()
     }
 
     /// True if no WR is queued.
     pub fn is_empty(&self) -> bool {
-        self.wrs.is_empty()
+        self.chain.wrs.is_empty()
     }
 
     /// Remove all WRs (keeps the storage).
     pub fn clear(&mut self) {
-        self.wrs.clear();
-        self.sges.clear();
-        self.ranges.clear();
+        self.chain.clear();
     }
 
     /// The raw wr_id of WR `i`.
     pub fn raw_wr_id(&self, i: usize) -> Option<u64> {
-        self.wrs.get(i).map(|w| w.wr_id)
+        self.chain.raw_wr_id(i)
     }
 
     /// Append one WR.
     pub fn push(&mut self, id: WrId, op: SendOp, sges: &[Sge], flags: SendFlags) -> Result<()> {
-        if self.wrs.len() >= self.max_wrs {
-            return Err(VerbsError::ListFull {
-                what: "wr",
-                capacity: self.max_wrs,
-            });
-        }
-        if self.sges.len() + sges.len() > self.max_sges {
-            return Err(VerbsError::ListFull {
-                what: "sge",
-                capacity: self.max_sges,
-            });
-        }
-        let mut wr = zeroed_send_wr();
-        wr.wr_id = id.to_raw();
-        wr.send_flags = flags.bits();
-        wr.num_sge = sges.len() as i32;
-        match op {
-            SendOp::Send => wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND,
-            SendOp::SendWithInvalidate { rkey } => {
-                wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND_WITH_INV;
-                wr.imm_data_invalidated_rkey_union.invalidated_rkey = rkey;
+        self.push_sges(id, op, sges.iter().copied(), flags)
+    }
+
+    /// Append one WR whose SGEs come from an iterator (no intermediate
+    /// collection on the I/O path).
+    pub fn push_sges(
+        &mut self,
+        id: WrId,
+        op: SendOp,
+        sges: impl IntoIterator<Item = Sge>,
+        flags: SendFlags,
+    ) -> Result<()> {
+        self.chain.push(sges, |num_sge| {
+            let mut wr = zeroed_send_wr();
+            wr.wr_id = id.to_raw();
+            wr.send_flags = flags.bits();
+            wr.num_sge = num_sge;
+            match op {
+                SendOp::Send => wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND,
+                SendOp::SendWithInvalidate { rkey } => {
+                    wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND_WITH_INV;
+                    wr.imm_data_invalidated_rkey_union.invalidated_rkey = rkey;
+                }
+                SendOp::RdmaRead { remote_addr, rkey } => {
+                    wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_READ;
+                    wr.wr.rdma = sys::rdma_t { remote_addr, rkey };
+                }
+                SendOp::RdmaWrite { remote_addr, rkey } => {
+                    wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE;
+                    wr.wr.rdma = sys::rdma_t { remote_addr, rkey };
+                }
             }
-            SendOp::RdmaRead { remote_addr, rkey } => {
-                wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_READ;
-                wr.wr.rdma = sys::rdma_t { remote_addr, rkey };
-            }
-            SendOp::RdmaWrite { remote_addr, rkey } => {
-                wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE;
-                wr.wr.rdma = sys::rdma_t { remote_addr, rkey };
-            }
-        }
-        self.ranges
-            .push((self.sges.len() as u32, sges.len() as u32));
-        self.sges.extend(sges.iter().map(|s| s.to_sys()));
-        self.wrs.push(wr);
-        Ok(())
+            wr
+        })
     }
 
     /// Link WRs and SGEs into one chain; returns the head (null if empty).
     pub(crate) fn link(&mut self) -> *mut sys::ibv_send_wr {
-        let n = self.wrs.len();
-        if n == 0 {
-            return std::ptr::null_mut();
-        }
-        let sge_base = self.sges.as_mut_ptr();
-        let wr_base = self.wrs.as_mut_ptr();
-        for (i, &(first, count)) in self.ranges.iter().enumerate() {
-            // SAFETY: `i < n` and `first + count <= sges.len()` by
-            // construction in `push`; pointers stay valid while `self` is
-            // mutably borrowed by the posting call.
-            unsafe {
-                let wr = &mut *wr_base.add(i);
-                wr.sg_list = if count == 0 {
-                    std::ptr::null_mut()
-                } else {
-                    sge_base.add(first as usize)
-                };
-                wr.next = if i + 1 < n {
-                    wr_base.add(i + 1)
-                } else {
-                    std::ptr::null_mut()
-                };
-            }
-        }
-        wr_base
+        self.chain.link()
     }
 
     /// Index of `bad` in this list.
     pub(crate) fn index_of(&self, bad: *const sys::ibv_send_wr) -> usize {
-        let base = self.wrs.as_ptr() as usize;
-        let size = std::mem::size_of::<sys::ibv_send_wr>();
-        let off = (bad as usize).wrapping_sub(base) / size;
-        off.min(self.wrs.len())
+        self.chain.index_of(bad)
     }
 }
 
 /// A reusable chain of receive WRs with their SGEs.
 pub struct RecvWrList {
-    wrs: Vec<sys::ibv_recv_wr>,
-    sges: Vec<sys::ibv_sge>,
-    ranges: Vec<(u32, u32)>,
-    max_wrs: usize,
-    max_sges: usize,
+    chain: WrChain<sys::ibv_recv_wr>,
 }
 
 // SAFETY: as for SendWrList: internal pointers only point into own storage.
@@ -283,8 +366,8 @@ unsafe impl Send for RecvWrList {}
 impl std::fmt::Debug for RecvWrList {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecvWrList")
-            .field("len", &self.wrs.len())
-            .field("max_wrs", &self.max_wrs)
+            .field("len", &self.len())
+            .field("max_wrs", &self.chain.max_wrs)
             .finish()
     }
 }
@@ -293,93 +376,47 @@ impl RecvWrList {
     /// A list holding up to `max_wrs` WRs and `max_sges` SGEs in total.
     pub fn with_capacity(max_wrs: usize, max_sges: usize) -> RecvWrList {
         RecvWrList {
-            wrs: Vec::with_capacity(max_wrs),
-            sges: Vec::with_capacity(max_sges),
-            ranges: Vec::with_capacity(max_wrs),
-            max_wrs,
-            max_sges,
+            chain: WrChain::with_capacity(max_wrs, max_sges),
         }
     }
 
     /// Number of WRs queued.
     pub fn len(&self) -> usize {
-        self.wrs.len()
+        self.chain.wrs.len()
     }
 
     /// True if no WR is queued.
     pub fn is_empty(&self) -> bool {
-        self.wrs.is_empty()
+        self.chain.wrs.is_empty()
     }
 
     /// Remove all WRs (keeps the storage).
     pub fn clear(&mut self) {
-        self.wrs.clear();
-        self.sges.clear();
-        self.ranges.clear();
+        self.chain.clear();
     }
 
     /// The raw wr_id of WR `i`.
     pub fn raw_wr_id(&self, i: usize) -> Option<u64> {
-        self.wrs.get(i).map(|w| w.wr_id)
+        self.chain.raw_wr_id(i)
     }
 
     /// Append one receive WR.
     pub fn push(&mut self, id: WrId, sges: &[Sge]) -> Result<()> {
-        if self.wrs.len() >= self.max_wrs {
-            return Err(VerbsError::ListFull {
-                what: "wr",
-                capacity: self.max_wrs,
-            });
-        }
-        if self.sges.len() + sges.len() > self.max_sges {
-            return Err(VerbsError::ListFull {
-                what: "sge",
-                capacity: self.max_sges,
-            });
-        }
-        self.ranges
-            .push((self.sges.len() as u32, sges.len() as u32));
-        self.sges.extend(sges.iter().map(|s| s.to_sys()));
-        self.wrs.push(sys::ibv_recv_wr {
-            wr_id: id.to_raw(),
-            next: std::ptr::null_mut(),
-            sg_list: std::ptr::null_mut(),
-            num_sge: sges.len() as i32,
-        });
-        Ok(())
+        self.chain
+            .push(sges.iter().copied(), |num_sge| sys::ibv_recv_wr {
+                wr_id: id.to_raw(),
+                next: std::ptr::null_mut(),
+                sg_list: std::ptr::null_mut(),
+                num_sge,
+            })
     }
 
     pub(crate) fn link(&mut self) -> *mut sys::ibv_recv_wr {
-        let n = self.wrs.len();
-        if n == 0 {
-            return std::ptr::null_mut();
-        }
-        let sge_base = self.sges.as_mut_ptr();
-        let wr_base = self.wrs.as_mut_ptr();
-        for (i, &(first, count)) in self.ranges.iter().enumerate() {
-            // SAFETY: indices are in bounds by construction in `push`.
-            unsafe {
-                let wr = &mut *wr_base.add(i);
-                wr.sg_list = if count == 0 {
-                    std::ptr::null_mut()
-                } else {
-                    sge_base.add(first as usize)
-                };
-                wr.next = if i + 1 < n {
-                    wr_base.add(i + 1)
-                } else {
-                    std::ptr::null_mut()
-                };
-            }
-        }
-        wr_base
+        self.chain.link()
     }
 
     pub(crate) fn index_of(&self, bad: *const sys::ibv_recv_wr) -> usize {
-        let base = self.wrs.as_ptr() as usize;
-        let size = std::mem::size_of::<sys::ibv_recv_wr>();
-        let off = (bad as usize).wrapping_sub(base) / size;
-        off.min(self.wrs.len())
+        self.chain.index_of(bad)
     }
 }
 
@@ -420,9 +457,9 @@ mod tests {
             ),
             Err(VerbsError::ListFull { what: "sge", .. })
         ));
-        let cap = l.sges.capacity();
+        let cap = l.chain.sges.capacity();
         let head = l.link();
-        assert_eq!(l.sges.capacity(), cap, "no reallocation");
+        assert_eq!(l.chain.sges.capacity(), cap, "no reallocation");
         // SAFETY: test-only walk of the chain we just linked.
         unsafe {
             assert_eq!((*head).opcode, sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE);
