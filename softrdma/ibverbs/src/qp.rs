@@ -608,20 +608,9 @@ pub(crate) unsafe extern "C" fn post_recv(
             cur = r.next;
             continue;
         }
-        let mut wqe = RecvWqe {
-            wr_id: r.wr_id,
-            num_sge: r.num_sge as u32,
-            ..Default::default()
-        };
-        for k in 0..r.num_sge as usize {
-            // SAFETY: sg_list has num_sge entries (caller contract).
-            let s = unsafe { *r.sg_list.add(k) };
-            wqe.sge[k] = WqeSge {
-                addr: s.addr,
-                length: s.length,
-                lkey: s.lkey,
-            };
-        }
+        // SAFETY: r.num_sge was checked against max_recv_sge above and sg_list has
+        // num_sge entries (the caller's ibv_post_recv contract).
+        let wqe = unsafe { recv_wqe_from_wr(r) };
         let _l = SharedLock::lock(&w.rec.rq_lock, rt.pid);
         let head = w.rec.rq_head.load(Ordering::Acquire);
         let tail = w.rec.rq_tail.load(Ordering::Relaxed);
@@ -707,6 +696,30 @@ pub(crate) unsafe extern "C" fn post_send(
         unsafe { *bad = cur };
     }
     err
+}
+
+/// Copies a caller's receive WR into the ring format shared by RQs and SRQs.
+///
+/// # Safety
+/// `r.sg_list` must point at `r.num_sge` readable entries, and
+/// `0 <= r.num_sge <= MAX_RECV_SGE` (the callers check it against the QP's or
+/// SRQ's `max_sge`, which is at most `MAX_RECV_SGE`).
+pub(crate) unsafe fn recv_wqe_from_wr(r: &ibv_recv_wr) -> RecvWqe {
+    let mut wqe = RecvWqe {
+        wr_id: r.wr_id,
+        num_sge: r.num_sge as u32,
+        ..Default::default()
+    };
+    for k in 0..r.num_sge as usize {
+        // SAFETY: k < num_sge entries of sg_list (function contract).
+        let s = unsafe { *r.sg_list.add(k) };
+        wqe.sge[k] = WqeSge {
+            addr: s.addr,
+            length: s.length,
+            lkey: s.lkey,
+        };
+    }
+    wqe
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use crate::pd::pd_id;
 use crate::runtime;
 use crate::util::{set_errno, SharedLock};
-use softrdma_abi::fabric::{Counter, RecvWqe, SrqRec, WqeSge, MAX_RECV_SGE, MAX_SRQS};
+use softrdma_abi::fabric::{Counter, RecvWqe, SrqRec, MAX_RECV_SGE, MAX_SRQS};
 use softrdma_abi::verbs::*;
 use std::ffi::c_int;
 use std::sync::atomic::Ordering;
@@ -174,20 +174,9 @@ pub(crate) unsafe extern "C" fn post_srq_recv(
             err = libc::EINVAL;
             break;
         }
-        let mut wqe = RecvWqe {
-            wr_id: r.wr_id,
-            num_sge: r.num_sge as u32,
-            ..Default::default()
-        };
-        for k in 0..r.num_sge as usize {
-            // SAFETY: sg_list has num_sge entries.
-            let s = unsafe { *r.sg_list.add(k) };
-            wqe.sge[k] = WqeSge {
-                addr: s.addr,
-                length: s.length,
-                lkey: s.lkey,
-            };
-        }
+        // SAFETY: r.num_sge was checked against max_sge above and sg_list has
+        // num_sge entries (the caller's ibv_post_srq_recv contract).
+        let wqe = unsafe { crate::qp::recv_wqe_from_wr(r) };
         let _l = SharedLock::lock(&w.rec.lock, rt.pid);
         let h = w.rec.head.load(Ordering::Acquire);
         let t = w.rec.tail.load(Ordering::Relaxed);
