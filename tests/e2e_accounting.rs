@@ -46,11 +46,13 @@ fn e2e_buffer_wait_two_hosts_counts_to_zero() {
     ) {
         return;
     }
-    // 256 KiB writes need 32 buffers of 8 KiB: with 66 buffers at most two
+    // 256 KiB writes need 16 buffers of 16 KiB: with 66 buffers at most four
     // requests hold data at once and the rest wait for buffers.
     let mut t = TargetProc::start(&[
         "--num-shared-buffers",
         "64",
+        "--io-unit-size",
+        "16384",
         "--max-io-size",
         "262144",
         "--ram-ns",
@@ -115,21 +117,34 @@ fn e2e_sigint_with_io_and_aers_is_prompt_and_complete() {
     cfg.controller.io_queues = 2;
     cfg.controller.command_timeout = Duration::from_secs(5);
     cfg.duration = Duration::from_secs(60);
+    cfg.region_bytes = 32 << 20;
     let load = std::thread::spawn(move || run_perf(&cfg).map(|r| r.ios));
-    // Wait until the 4 AERs are held and I/O is in flight.
+    // Wait until the 4 AERs are held and the load's queues are connected
+    // (AER host: admin + 1 I/O queue; load: admin + 2), then let I/O run.
     let start = Instant::now();
     loop {
         let in_host = t.counter_samples("commands_in_host");
         let live = t.counter_samples("live_qpairs");
-        if in_host.last().copied().unwrap_or(0) > 4 && live.last().copied().unwrap_or(0) >= 4 {
+        if in_host.last().copied().unwrap_or(0) >= 4 && live.last().copied().unwrap_or(0) >= 5 {
             break;
         }
         assert!(
+            !load.is_finished(),
+            "the load ended early: {:?}",
+            load.join()
+        );
+        assert!(
             start.elapsed() < Duration::from_secs(30),
-            "never saw the AERs held with I/O in flight: commands_in_host {in_host:?}"
+            "never saw the AERs held with I/O running: commands_in_host {in_host:?} live_qpairs {live:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !load.is_finished(),
+        "the load ended before SIGINT: {:?}",
+        load.join()
+    );
     assert!(t.alive());
     assert_samples_sane(&t, 2 * 128);
     let sigint = Instant::now();
