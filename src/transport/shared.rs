@@ -59,3 +59,20 @@ impl Shared {
         ok
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_never_wraps_and_counts_an_internal_error() {
+        let s = Shared::default();
+        s.buffers_held.fetch_add(3, Ordering::Relaxed);
+        assert!(s.take(&s.buffers_held, 2));
+        assert!(!s.take(&s.buffers_held, 2), "taking 2 of 1 held must fail");
+        let c = s.counters();
+        assert_eq!((c.buffers_held, c.internal_errors), (1, 1));
+        assert!(s.take(&s.buffers_held, 1));
+        assert_eq!(s.counters().buffers_held, 0);
+    }
+}
