@@ -9,15 +9,19 @@
 //!   is granted when buffers come back ([`HostEvent::BuffersGranted`]).
 //! - Commands complete through [`HostGroup::poll`], never inside
 //!   [`HostGroup::execute`]. Held commands (AERs) complete when the target
-//!   produces their completion, or with ABORTED_SQ_DELETION when their qpair
-//!   goes away.
+//!   produces their completion, or are freed without a response
+//!   ([`HostEvent::Freed`], SPDK `req_free`) when their qpair goes away.
+//! - A buffer returned twice, or a held command left at
+//!   [`HostGroup::qpair_gone`], is an internal error: logged with the request
+//!   and counted ([`MiniHost::internal_errors`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::engine::codec::nvme::{Command, Completion, Status};
+use crate::engine::codec::nvme::Command;
 use crate::minitarget::{
     DataBuffer as TargetData, Execution, Listener, QpairId, Target, TargetConfig,
 };
@@ -40,6 +44,7 @@ struct Inner {
 /// The standalone host (see the module docs).
 pub struct MiniHost {
     inner: Arc<Mutex<Inner>>,
+    internal_errors: Arc<AtomicU64>,
     io_unit_size: u32,
     pool_buffers: u32,
     start: Instant,
@@ -83,6 +88,7 @@ impl MiniHost {
                 held: HashMap::new(),
                 outbox: vec![Vec::new(); usize::from(poll_groups.max(1))],
             })),
+            internal_errors: Arc::new(AtomicU64::new(0)),
             io_unit_size: opts.io_unit_size,
             pool_buffers: (opts.num_shared_buffers / groups).max(2 * 33),
             start: Instant::now(),
@@ -92,6 +98,12 @@ impl MiniHost {
     /// Read/write statistics of the target.
     pub fn io_stats(&self) -> crate::minitarget::IoStats {
         lock(&self.inner).target.stats()
+    }
+
+    /// Host bugs caught at run time (a buffer returned twice, a held command
+    /// left when its qpair went). Always 0 unless the host is broken.
+    pub fn internal_errors(&self) -> u64 {
+        self.internal_errors.load(Ordering::Relaxed)
     }
 
     /// Qpairs the target knows (connected).
@@ -104,6 +116,8 @@ struct Pool {
     buf: DmaBuf,
     unit: u32,
     free: Vec<u32>,
+    /// Per buffer: handed out and not yet returned.
+    in_use: Vec<bool>,
     total: u32,
 }
 
@@ -123,6 +137,7 @@ impl Pool {
 pub struct MiniGroup {
     index: u16,
     inner: Arc<Mutex<Inner>>,
+    internal_errors: Arc<AtomicU64>,
     io_unit_size: u32,
     pool_buffers: u32,
     start: Instant,
@@ -139,6 +154,7 @@ impl Host for MiniHost {
         MiniGroup {
             index,
             inner: self.inner.clone(),
+            internal_errors: self.internal_errors.clone(),
             io_unit_size: self.io_unit_size,
             pool_buffers: self.pool_buffers,
             start: self.start,
@@ -165,6 +181,7 @@ impl MiniGroup {
         let mut left = len;
         for _ in 0..n {
             let i = pool.free.pop()?;
+            pool.in_use[i as usize] = true;
             let l = left.min(pool.unit);
             left -= l;
             out.push(DataBuffer {
@@ -188,8 +205,9 @@ impl MiniGroup {
         }
     }
 
-    /// Completes every held command of `qpair` with ABORTED_SQ_DELETION.
-    fn abort_held(inner: &mut Inner, qpair: QpairHandle, events: &mut Vec<HostEvent>) {
+    /// Frees every held command of `qpair` without a response (SPDK
+    /// `req_free`: the qpair is going away).
+    fn free_held(inner: &mut Inner, qpair: QpairHandle, events: &mut Vec<HostEvent>) {
         let id = qpair_id(qpair);
         let keys: Vec<(QpairId, u16)> = inner
             .held
@@ -199,10 +217,7 @@ impl MiniGroup {
             .collect();
         for k in keys {
             if let Some(req) = inner.held.remove(&k) {
-                events.push(HostEvent::Completed {
-                    req,
-                    completion: Completion::new(k.1, Status::ABORTED_SQ_DELETION),
-                });
+                events.push(HostEvent::Freed { req });
             }
         }
     }
@@ -267,6 +282,7 @@ impl HostGroup for MiniGroup {
             buf,
             unit,
             free: (0..self.pool_buffers).rev().collect(),
+            in_use: vec![false; self.pool_buffers as usize],
             total: self.pool_buffers,
         });
         tracing::info!(
@@ -371,18 +387,40 @@ impl HostGroup for MiniGroup {
 
     fn cancel_buffers(&mut self, req: RequestHandle) {
         self.waiting.retain(|(r, _, _)| *r != req);
+        // A grant made after the wait but not yet reported is withdrawn too:
+        // its buffers go back to the pool here, not through the transport.
+        let mut withdrawn = Vec::new();
+        self.events.retain(|e| match e {
+            HostEvent::BuffersGranted { req: r, buffers } if *r == req => {
+                withdrawn.extend_from_slice(buffers);
+                false
+            }
+            _ => true,
+        });
+        if !withdrawn.is_empty() {
+            self.release_buffers(req, &withdrawn);
+        }
     }
 
-    fn release_buffers(&mut self, _req: RequestHandle, buffers: &[DataBuffer]) {
+    fn release_buffers(&mut self, req: RequestHandle, buffers: &[DataBuffer]) {
         for b in buffers {
-            for pool in self.pools.iter_mut().flatten() {
-                if let Some(off) = pool.offset_of(b) {
-                    let i = (off / pool.unit as usize) as u32;
-                    if i < pool.total && !pool.free.contains(&i) {
-                        pool.free.push(i);
-                    }
-                    break;
-                }
+            let Some((pool, off)) = self
+                .pools
+                .iter_mut()
+                .flatten()
+                .find_map(|p| p.offset_of(b).map(|off| (p, off)))
+            else {
+                self.internal_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%req, addr = b.addr, lkey = b.lkey, "internal error: released buffer is not from any pool");
+                continue;
+            };
+            let i = off / pool.unit as usize;
+            if i < pool.total as usize && pool.in_use[i] {
+                pool.in_use[i] = false;
+                pool.free.push(i as u32);
+            } else {
+                self.internal_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%req, buffer = i, addr = b.addr, "internal error: buffer returned twice (or never handed out); ignored");
             }
         }
         self.grant_waiting();
@@ -390,7 +428,7 @@ impl HostGroup for MiniGroup {
 
     fn disconnect_requested(&mut self, qpair: QpairHandle) {
         let mut inner = lock(&self.inner);
-        Self::abort_held(&mut inner, qpair, &mut self.events);
+        Self::free_held(&mut inner, qpair, &mut self.events);
         self.events.push(HostEvent::Disconnect { qpair });
     }
 
@@ -398,7 +436,15 @@ impl HostGroup for MiniGroup {
         self.waiting.retain(|(r, _, _)| r.qpair != qpair);
         let mut inner = lock(&self.inner);
         let id = qpair_id(qpair);
+        let before = inner.held.len();
         inner.held.retain(|(q, _), _| *q != id);
+        let left = before - inner.held.len();
+        if left > 0 {
+            // The transport finishes a qpair only once the host answered all
+            // of its requests (free_held at disconnect_requested).
+            self.internal_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%qpair, held = left, "internal error: held commands left when the qpair went");
+        }
         inner.handles.remove(&id);
         inner.target.qpair_disconnected(id);
     }
@@ -426,7 +472,7 @@ impl HostGroup for MiniGroup {
                     if let Some(&h) = inner.handles.get(&d.qpair) {
                         tracing::info!(qpair = %h, cntlid = d.cntlid, qid = d.qid, reason = ?d.reason, "controller asks for disconnect");
                         let mut evs = Vec::new();
-                        Self::abort_held(inner, h, &mut evs);
+                        Self::free_held(inner, h, &mut evs);
                         evs.push(HostEvent::Disconnect { qpair: h });
                         if let Some(o) = inner.outbox.get_mut(usize::from(h.group)) {
                             o.extend(evs);

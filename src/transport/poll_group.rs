@@ -348,9 +348,20 @@ impl<H: Host> PollGroup<H> {
     }
 
     /// Asks every qpair to go (shutdown): like a host disconnect.
+    /// The host hears of each one (SPDK: `spdk_nvmf_qpair_disconnect`) so
+    /// that it frees what it holds for it (AERs: [`HostEvent::Freed`]); a
+    /// qpair cannot finish while the host holds one of its requests.
     pub(crate) fn disconnect_all(&mut self, now: u64) {
         for slot in 0..self.conns.len() {
             let deadline = Timestamp(now + self.drain_timeout_ns);
+            let Some(handle) = self.conns[slot]
+                .as_ref()
+                .filter(|c| !c.finished)
+                .map(|c| c.handle)
+            else {
+                continue;
+            };
+            self.host.disconnect_requested(handle);
             self.with_conn(slot, now, |c| c.engine.handle_fini(deadline));
         }
     }
@@ -741,7 +752,7 @@ impl<H: Host> PollGroup<H> {
     fn handle_host_event(&mut self, ev: HostEvent, now: u64) {
         let (qpair, f): (QpairHandle, HostEventFn) = match ev {
             HostEvent::Completed { req, completion } => {
-                self.shared.commands_in_host.fetch_sub(1, Ordering::Relaxed);
+                self.command_back(req);
                 (
                     req.qpair,
                     Box::new(move |c: &mut Conn, _| {
@@ -751,10 +762,16 @@ impl<H: Host> PollGroup<H> {
                 )
             }
             HostEvent::Freed { req } => {
-                self.shared.commands_in_host.fetch_sub(1, Ordering::Relaxed);
+                self.command_back(req);
+                let t = self.drain_timeout_ns;
                 (
                     req.qpair,
-                    Box::new(move |c: &mut Conn, _| {
+                    Box::new(move |c: &mut Conn, now| {
+                        // SPDK `req_free`: the qpair is going away and the
+                        // request is dropped without a response. Teardown
+                        // starts first so that the engine drops the request
+                        // instead of answering it.
+                        c.engine.handle_fini(Timestamp(now + t))?;
                         let cid = c.engine.command(ReqId(req.slot)).map_or(0, |cmd| cmd.cid());
                         c.engine.handle_command_executed(
                             ReqId(req.slot),
@@ -763,10 +780,10 @@ impl<H: Host> PollGroup<H> {
                     }),
                 )
             }
-            HostEvent::BuffersGranted { req, buffers } => (
-                req.qpair,
-                Box::new(move |c: &mut Conn, _| grant(c, ReqId(req.slot), buffers)),
-            ),
+            HostEvent::BuffersGranted { req, buffers } => {
+                self.grant_later(req, buffers, now);
+                return;
+            }
             HostEvent::Disconnect { qpair } => {
                 let t = self.drain_timeout_ns;
                 (
@@ -794,6 +811,31 @@ impl<H: Host> PollGroup<H> {
             return;
         }
         self.with_conn(slot, now, |c| f(c, now));
+    }
+
+    /// A command the host had comes back (completed or freed).
+    fn command_back(&self, req: RequestHandle) {
+        if !self.shared.take(&self.shared.commands_in_host, 1) {
+            tracing::error!(%req, "internal error: the host answered a command it was not holding (commands_in_host already 0)");
+        }
+    }
+
+    /// Buffers granted after a wait ([`HostEvent::BuffersGranted`]). If the
+    /// qpair is gone they go straight back to the host.
+    fn grant_later(&mut self, req: RequestHandle, buffers: Vec<DataBuffer>, now: u64) {
+        let slot = req.qpair.slot as usize;
+        let conn = self
+            .conns
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .filter(|c| req.qpair.group == self.index && c.handle == req.qpair && !c.finished);
+        let Some(conn) = conn else {
+            tracing::debug!(%req, buffers = buffers.len(), "buffers granted to a qpair that is gone: returned");
+            self.host.release_buffers(req, &buffers);
+            return;
+        };
+        grant(conn, &mut self.host, &self.shared, ReqId(req.slot), buffers);
+        self.run_actions(slot, now);
     }
 
     /// Handles every pending engine action of the qpair in `slot`, in order,
@@ -853,9 +895,7 @@ impl<H: Host> PollGroup<H> {
                 for d in deferred.drain(..) {
                     match d {
                         Deferred::Granted(req, bufs) => {
-                            if let Err(e) = grant(conn, req, bufs) {
-                                tracing::warn!(qpair = %conn.handle, req = req.0, "buffer grant refused: {e}");
-                            }
+                            grant(conn, &mut self.host, &self.shared, req, bufs);
                         }
                     }
                 }
@@ -904,7 +944,17 @@ fn add_engine_waits(d: &mut PollerStats, s: &engine::Stats) {
 }
 type HostEventFn = Box<dyn FnOnce(&mut Conn, u64) -> EngineResult>;
 
-fn grant(c: &mut Conn, req: ReqId, buffers: Vec<DataBuffer>) -> EngineResult {
+/// Hands buffers the host granted (now or after a wait) to the engine. The
+/// one place where `buffers_held` grows: only buffers the engine took are
+/// counted and kept for [`Action::ReleaseBuffers`]; refused ones (the request
+/// was withdrawn or the qpair is tearing down) go straight back to the host.
+fn grant<G: HostGroup>(
+    c: &mut Conn,
+    host: &mut G,
+    shared: &Shared,
+    req: ReqId,
+    buffers: Vec<DataBuffer>,
+) {
     let sges: Vec<LocalSge> = buffers
         .iter()
         .map(|b| LocalSge {
@@ -913,10 +963,22 @@ fn grant(c: &mut Conn, req: ReqId, buffers: Vec<DataBuffer>) -> EngineResult {
             lkey: b.lkey,
         })
         .collect();
-    if let Some(g) = c.granted.get_mut(req.index()) {
-        *g = buffers;
+    let holder = c.granted.get(req.index()).map(Vec::len);
+    if holder != Some(0) {
+        shared.internal_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(qpair = %c.handle, req = req.0, held = ?holder, "internal error: buffers granted to a request that cannot hold them; returned");
+        host.release_buffers(request_handle(c, req), &buffers);
+        return;
     }
-    c.engine.handle_buffers_granted(req, &sges)
+    if let Err(e) = c.engine.handle_buffers_granted(req, &sges) {
+        tracing::warn!(qpair = %c.handle, req = req.0, buffers = buffers.len(), "buffer grant refused: {e}; returned");
+        host.release_buffers(request_handle(c, req), &buffers);
+        return;
+    }
+    shared
+        .buffers_held
+        .fetch_add(buffers.len() as u64, Ordering::Relaxed);
+    c.granted[req.index()] = buffers;
 }
 
 fn request_handle(c: &Conn, req: ReqId) -> RequestHandle {
@@ -1047,12 +1109,7 @@ fn handle_action<G: HostGroup>(
         Action::RequestBuffers { req, len } => {
             let h = request_handle(conn, req);
             match host.get_buffers(h, len, conn.device) {
-                BufferGrant::Granted(bufs) => {
-                    shared
-                        .buffers_held
-                        .fetch_add(bufs.len() as u64, Ordering::Relaxed);
-                    deferred.push(Deferred::Granted(req, bufs));
-                }
+                BufferGrant::Granted(bufs) => deferred.push(Deferred::Granted(req, bufs)),
                 BufferGrant::Later => *pending_data_buffer += 1,
             }
         }
@@ -1063,9 +1120,12 @@ fn handle_action<G: HostGroup>(
                 .get_mut(req.index())
                 .map(std::mem::take)
                 .unwrap_or_default();
-            shared
-                .buffers_held
-                .fetch_sub(bufs.len() as u64, Ordering::Relaxed);
+            if bufs.is_empty() || !shared.take(&shared.buffers_held, bufs.len() as u64) {
+                if bufs.is_empty() {
+                    shared.internal_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::error!(qpair = %conn.handle, req = req.0, buffers = bufs.len(), "internal error: releasing buffers that are not counted as held");
+            }
             host.release_buffers(request_handle(conn, req), &bufs);
         }
         Action::Execute { req } => {
