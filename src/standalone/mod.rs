@@ -11,6 +11,7 @@
 //!   [`HostGroup::execute`]. Held commands (AERs) complete when the target
 //!   produces their completion, or with ABORTED_SQ_DELETION when their qpair
 //!   goes away.
+#![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
