@@ -14,6 +14,7 @@
 //! - A buffer returned twice, or a held command left at
 //!   [`HostGroup::qpair_gone`], is an internal error: logged with the request
 //!   and counted ([`MiniHost::internal_errors`]).
+#![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! it (SPDK's generic `lib/nvmf`, or the standalone mini controller).
 //!
 //! The contract follows `spdk/nvmf_transport.h` so that the SPDK glue stays
-//! thin (see `ARCHITECTURE.md`, "Layers"):
+//! thin (see `docs/ARCHITECTURE.md`, "Layers"):
 //!
 //! - A command is handed over with [`HostGroup::execute`] and completes
 //!   **later**, never inside the call: the host reports it through
@@ -85,9 +85,6 @@ pub struct DataBuffer {
     /// Local key of the memory region that covers the range.
     pub lkey: u32,
 }
-
-/// Most buffers one request can hold (`NVMF_REQ_MAX_BUFFERS` = 16 * 2 + 1).
-pub const MAX_BUFFERS_PER_REQUEST: usize = 33;
 
 /// The answer to [`HostGroup::get_buffers`].
 #[derive(Debug, Clone, PartialEq, Eq)]

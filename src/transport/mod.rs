@@ -12,6 +12,7 @@
 //!   host answers and CM/IB events.
 //!
 //! See `docs/transport.md`.
+#![forbid(unsafe_code)]
 
 mod device;
 pub mod host;

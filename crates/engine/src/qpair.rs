@@ -160,7 +160,7 @@ pub enum DataRef<'a> {
 }
 
 /// The engine of one qpair. See the module documentation of
-/// [`crate::engine`] for how a transport drives it.
+/// [`crate`] for how a transport drives it.
 #[derive(Debug)]
 pub struct Qpair {
     cfg: QpairConfig,
@@ -481,17 +481,6 @@ impl Qpair {
     pub fn handle_peer_disconnected(&mut self) -> Result<(), EngineError> {
         self.check_open()?;
         self.enter_error(DisconnectReason::PeerDisconnected);
-        self.after_event();
-        Ok(())
-    }
-
-    /// The transport failed to post WRs: the qpair goes to error. Prefer
-    /// [`Qpair::handle_wr_not_posted`] for each unposted WR, which does this
-    /// too. Do not report unposted WRs as flushed completions: a flushed SEND
-    /// tells the engine that the WRITEs posted before it are done.
-    pub fn handle_post_failed(&mut self) -> Result<(), EngineError> {
-        self.check_open()?;
-        self.enter_error(DisconnectReason::PostFailed);
         self.after_event();
         Ok(())
     }

@@ -3,11 +3,11 @@
 //! fixes of §2.5 whose trigger lives in the engine. Each test scripts the
 //! events by hand and checks the engine's invariants after every event.
 
-use nvmf_rdma_rs::engine::codec::nvme::{
+use nvmf_rdma_engine::codec::nvme::{
     fctype, io_opcode, sgl_type, Command, Completion, Fuse, Status,
 };
-use nvmf_rdma_rs::engine::codec::sgl::{encode_in_capsule, encode_keyed, encode_last_segment};
-use nvmf_rdma_rs::engine::{
+use nvmf_rdma_engine::codec::sgl::{encode_in_capsule, encode_keyed, encode_last_segment};
+use nvmf_rdma_engine::{
     AbortOutcome, Action, DisconnectReason, EngineError, LocalSge, Notice, Qpair, QpairConfig,
     QpairState, RecvId, ReqId, ReqState, Timestamp, Unexpected, WcStatus, WrId,
 };
