@@ -59,7 +59,9 @@ pub(crate) struct NewQpair {
 pub(crate) enum GroupMsg {
     /// Add this qpair (upstream `poll_group_add`).
     NewQpair(Box<NewQpair>),
-    /// RDMA_CM_EVENT_DISCONNECTED / DEVICE_REMOVAL for the id with this key.
+    /// RDMA_CM_EVENT_DISCONNECTED / DEVICE_REMOVAL, or CONNECT_ERROR /
+    /// UNREACHABLE / REJECTED (the host went before ESTABLISHED), for the id
+    /// with this key.
     CmDisconnected {
         /// [`CmId::key`].
         id_key: usize,

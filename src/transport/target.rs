@@ -428,6 +428,17 @@ impl Acceptor {
                     let id_key = ev.id_key;
                     self.broadcast(|| GroupMsg::CmDisconnected { id_key });
                 }
+                // The host died or vanished between CONNECT_REQUEST and
+                // ESTABLISHED: its qpair (already accepted, receives posted)
+                // would otherwise never hear from it again (issue 7).
+                CmEventKind::ConnectError | CmEventKind::Unreachable | CmEventKind::Rejected => {
+                    let id_key = ev.id_key;
+                    tracing::warn!(
+                        kind = ?ev.kind, status = ev.status, id_key = format_args!("{id_key:#x}"),
+                        "connection failed before it was established: tearing the qpair down"
+                    );
+                    self.broadcast(|| GroupMsg::CmDisconnected { id_key });
+                }
                 CmEventKind::DeviceRemoval => {
                     let id_key = ev.id_key;
                     if self.listeners.iter().any(|(l, _)| l.key() == id_key) {
@@ -447,9 +458,6 @@ impl Acceptor {
                 | CmEventKind::RouteResolved
                 | CmEventKind::RouteError
                 | CmEventKind::ConnectResponse
-                | CmEventKind::ConnectError
-                | CmEventKind::Unreachable
-                | CmEventKind::Rejected
                 | CmEventKind::MulticastJoin
                 | CmEventKind::MulticastError => {}
                 CmEventKind::Other(v) => tracing::error!(event = v, "unexpected CM event"),
