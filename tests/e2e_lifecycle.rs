@@ -56,7 +56,7 @@ fn assert_final_zero(fin: &serde_json::Value) {
     assert_eq!(fin["qpairs_created"], fin["qpairs_destroyed"], "{fin}");
 }
 
-/// Bursts of 8 hosts killed 10–150 ms into connecting, with the target's QPs
+/// 10 bursts of 8 hosts killed 10–150 ms into connecting, with the target's QPs
 /// moved to error in the middle of each burst (SRQ on, the default).
 #[test]
 fn e2e_storm_of_hosts_dying_while_connecting() {
@@ -75,7 +75,7 @@ fn e2e_storm_of_hosts_dying_while_connecting() {
         x ^= x << 17;
         x
     };
-    for burst in 0..4 {
+    for burst in 0..10 {
         let mut hosts: Vec<(Child, Duration)> = (0..8)
             .map(|_| {
                 (
