@@ -59,10 +59,23 @@ pub(crate) struct NewQpair {
 pub(crate) enum GroupMsg {
     /// Add this qpair (upstream `poll_group_add`).
     NewQpair(Box<NewQpair>),
-    /// RDMA_CM_EVENT_DISCONNECTED / DEVICE_REMOVAL for the id with this key.
+    /// RDMA_CM_EVENT_DISCONNECTED / DEVICE_REMOVAL, or CONNECT_ERROR /
+    /// UNREACHABLE / REJECTED (the host went before ESTABLISHED), for the id
+    /// with this key.
     CmDisconnected {
         /// [`CmId::key`].
         id_key: usize,
+    },
+    /// `IBV_EVENT_DEVICE_FATAL` on this device index: tear down its qpairs
+    /// and take no new ones until [`GroupMsg::DeviceBack`].
+    DeviceFatal {
+        /// Device index.
+        device: usize,
+    },
+    /// The device is listed again after a fatal error: take qpairs on it.
+    DeviceBack {
+        /// Device index.
+        device: usize,
     },
     /// An IB async event for a QP.
     QpEvent {
@@ -124,6 +137,10 @@ struct SrqRecv {
 
 struct Poller {
     device: usize,
+    /// The device had `IBV_EVENT_DEVICE_FATAL` and is not back yet: new
+    /// qpairs are refused. The CQ is still polled so that flushes end the
+    /// drain early; the drain deadline bounds it when the NIC returns nothing.
+    device_dead: bool,
     cq: Cq,
     required_wr: u32,
     max_cqe: u32,
@@ -276,6 +293,7 @@ impl<H: Host> PollGroup<H> {
             }
             pollers.push(Poller {
                 device: i,
+                device_dead: false,
                 cq,
                 required_wr: 0,
                 max_cqe: d.attr.max_cqe,
@@ -330,6 +348,24 @@ impl<H: Host> PollGroup<H> {
             GroupMsg::CmDisconnected { id_key } => {
                 if let Some(&slot) = self.by_cm.get(&id_key) {
                     self.with_conn(slot, now, |c| c.engine.handle_peer_disconnected());
+                }
+            }
+            GroupMsg::DeviceFatal { device } => {
+                for p in self.pollers.iter_mut().filter(|p| p.device == device) {
+                    p.device_dead = true;
+                }
+                for slot in 0..self.conns.len() {
+                    let on_device = self.conns[slot]
+                        .as_ref()
+                        .is_some_and(|c| c.device == device && !c.finished);
+                    if on_device {
+                        self.with_conn(slot, now, |c| c.engine.handle_qp_fatal());
+                    }
+                }
+            }
+            GroupMsg::DeviceBack { device } => {
+                for p in self.pollers.iter_mut().filter(|p| p.device == device) {
+                    p.device_dead = false;
                 }
             }
             GroupMsg::QpEvent {
@@ -403,8 +439,12 @@ impl<H: Host> PollGroup<H> {
                 tracing::warn!("rdma_reject failed: {e}");
             }
         };
-        let Some(poller_idx) = self.pollers.iter().position(|p| p.device == device) else {
-            reject(&cm_id, "no poller for the device");
+        let Some(poller_idx) = self
+            .pollers
+            .iter()
+            .position(|p| p.device == device && !p.device_dead)
+        else {
+            reject(&cm_id, "no poller for the device (or the device is dead)");
             self.shared
                 .connects_rejected
                 .fetch_add(1, Ordering::Relaxed);
@@ -588,6 +628,7 @@ impl<H: Host> PollGroup<H> {
         };
         self.shared.qpairs_created.fetch_add(1, Ordering::Relaxed);
         self.shared.live_qpairs.fetch_add(1, Ordering::Relaxed);
+        self.shared.count_device_qpair(device, 1);
         match conn.cm_id.accept(&param) {
             Ok(()) => tracing::info!(
                 qpair = %handle, qp_num, qid = negotiated.qid, queue_depth = qd,
@@ -926,6 +967,7 @@ impl<H: Host> PollGroup<H> {
                 self.pollers[conn.poller].required_wr -= conn.cq_reserved;
                 add_engine_waits(&mut self.pollers[conn.poller].stats, &conn.engine.stats());
                 self.shared.live_qpairs.fetch_sub(1, Ordering::Relaxed);
+                self.shared.count_device_qpair(conn.device, -1);
                 self.shared.qpairs_destroyed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(qpair = %conn.handle, qp_num = conn.qp_num, "qpair destroyed");
                 drop(conn);

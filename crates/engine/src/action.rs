@@ -98,6 +98,9 @@ pub enum DisconnectReason {
     },
     /// A fatal QP event (IBV_EVENT_QP_FATAL).
     QpFatal,
+    /// The QP entered the error state without a fatal event or an error
+    /// completion (SRQ: IBV_EVENT_QP_LAST_WQE_REACHED on an active qpair).
+    QpInError,
     /// The host sent a capsule while `max_queue_depth` commands were
     /// outstanding.
     HostOverrun {

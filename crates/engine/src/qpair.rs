@@ -550,7 +550,11 @@ impl Qpair {
     }
 
     /// IBV_EVENT_QP_LAST_WQE_REACHED (SRQ): the QP will consume no more
-    /// receives.
+    /// receives. The NIC raises it when an SRQ-attached QP enters the error
+    /// state, so on a qpair that is not yet going away it also means the QP
+    /// failed: the qpair goes to error ([`Action::HostDisconnect`]). Without
+    /// this an SRQ qpair with no WR outstanding (one whose host died right
+    /// after connecting) would never learn that its QP is dead.
     pub fn handle_last_wqe_reached(&mut self) -> Result<(), EngineError> {
         self.check_open()?;
         if self.last_wqe {
@@ -560,6 +564,7 @@ impl Qpair {
             });
         }
         self.last_wqe = true;
+        self.enter_error(DisconnectReason::QpInError);
         self.after_event();
         Ok(())
     }

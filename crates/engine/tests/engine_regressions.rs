@@ -517,6 +517,32 @@ fn duplicate_last_wqe_reached_is_harmless() {
     ));
 }
 
+/// Issue 7 defect 3: an SRQ qpair whose host died right after connecting has
+/// no WR outstanding, so the only sign that its QP went to error is
+/// LAST_WQE_REACHED. The qpair must go to error (host told to disconnect),
+/// and teardown must then finish without waiting for another event.
+#[test]
+fn last_wqe_reached_on_an_active_srq_qpair_disconnects_it() {
+    let (mut d, _) = D::new(srq_cfg(4));
+    d.q.handle_last_wqe_reached().unwrap();
+    assert_eq!(
+        d.take(),
+        vec![Action::HostDisconnect {
+            reason: DisconnectReason::QpInError
+        }]
+    );
+    assert_eq!(d.q.state(), QpairState::Error);
+    d.q.handle_fini(Timestamp(100)).unwrap();
+    assert_eq!(
+        d.take(),
+        vec![
+            Action::DisconnectQp,
+            Action::DestroyQp { forced: false },
+            Action::Finished
+        ]
+    );
+}
+
 /// f6149e6f69 + §6.9: aborting a queued request answers it with
 /// ABORTED_BY_REQUEST carrying its own CID and sqid 0.
 #[test]
