@@ -11,7 +11,7 @@ use std::ffi::CString;
 use std::io;
 
 /// Magic + layout version stored in [`FabricHeader::magic`].
-pub const FABRIC_MAGIC: u64 = 0x534f_4654_5244_4d02;
+pub const FABRIC_MAGIC: u64 = 0x534f_4654_5244_4d03;
 /// Node (process) slots.
 pub const MAX_NODES: usize = 4096;
 /// QP records. QPN = `(generation << 16) | slot` with generation in 1..=255.
@@ -23,7 +23,7 @@ pub const MAX_SRQS: usize = 8192;
 /// MR records. Key = `(slot << 8) | generation8`, generation never 0.
 pub const MAX_MRS: usize = 1 << 18;
 /// Counters per node.
-pub const NUM_COUNTERS: usize = 20;
+pub const NUM_COUNTERS: usize = 21;
 
 /// Per-process counters (index into [`NodeRec::counters`]).
 #[repr(u32)]
@@ -69,6 +69,9 @@ pub enum Counter {
     BytesMoved,
     /// RNR stalls observed (total).
     RnrStalls,
+    /// Bytes this process moved by `memcpy` through a shared-file MR mapping, without a system
+    /// call (total; a subset of `BytesMoved` plus receive-side bytes of SENDs it delivered).
+    MappedBytes,
 }
 
 impl Counter {
@@ -94,6 +97,7 @@ impl Counter {
         Counter::Ahs,
         Counter::BytesMoved,
         Counter::RnrStalls,
+        Counter::MappedBytes,
     ];
 
     /// Stable snake_case name used by `softrdma-ctl stats`.
@@ -119,6 +123,7 @@ impl Counter {
             Counter::Ahs => "ahs",
             Counter::BytesMoved => "bytes_moved",
             Counter::RnrStalls => "rnr_stalls",
+            Counter::MappedBytes => "mapped_bytes",
         }
     }
 
@@ -180,7 +185,7 @@ pub struct NodeRec {
     pub arena_len: AtomicU64,
 }
 
-const _: () = assert!(size_of::<NodeRec>() == 192, "NodeRec must keep its layout");
+const _: () = assert!(size_of::<NodeRec>() == 256, "NodeRec must keep its layout");
 
 /// Path of the ring arena of process `pid` started at `starttime`.
 pub fn arena_path(pid: u32, starttime: u64) -> String {
@@ -302,6 +307,12 @@ pub struct MrRec {
     pub len: AtomicU64,
     /// I/O virtual address that `addr` corresponds to.
     pub iova: AtomicU64,
+    /// The owner's fd of the shared file backing the region, plus 1 (0 = anonymous memory or
+    /// not shareable: peers use `process_vm_*`). Peers duplicate it with `pidfd_getfd` and map
+    /// the region once.
+    pub backing_fd: AtomicU32,
+    /// Offset in that file of the region's first byte (`addr`).
+    pub backing_off: AtomicU64,
 }
 
 /// Maximum SGEs in a receive WQE.

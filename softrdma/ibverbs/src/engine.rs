@@ -2,12 +2,14 @@
 //! moving payload with `process_vm_readv/writev`, and implements the RC error semantics
 //! (first failing WR with its status, QP → ERR, everything else flushed, LAST_WQE_REACHED).
 
+use crate::copy::{self, Ranges};
 use crate::cq::{PushError, PushOrCopy};
 use crate::faults::Action;
 use crate::mr::{self, MrAccess, MrError};
 use crate::qp::{complete, wait_no_delivery, wc, QpWrap, Sq};
 use crate::runtime::Runtime;
 use crate::util::{self, CopyError, SharedLock};
+use smallvec::SmallVec;
 use softrdma_abi::fabric::{Counter, QpRec, RecvWqe};
 use softrdma_abi::verbs::*;
 use std::sync::atomic::Ordering;
@@ -17,8 +19,8 @@ pub(crate) struct SendWr {
     pub wr_id: u64,
     pub opcode: u32,
     pub signaled: bool,
-    pub sges: Vec<ibv_sge>,
-    pub inline: Option<Vec<u8>>,
+    pub sges: SmallVec<[ibv_sge; 4]>,
+    pub inline: Option<SmallVec<[u8; 64]>>,
     pub len: u64,
     pub remote_addr: u64,
     pub rkey: u32,
@@ -55,7 +57,7 @@ impl SendWr {
         if !supported || r.num_sge < 0 || r.num_sge as u32 > w.cap.max_send_sge {
             return Err(libc::EINVAL);
         }
-        let mut sges = Vec::with_capacity(r.num_sge as usize);
+        let mut sges: SmallVec<[ibv_sge; 4]> = SmallVec::with_capacity(r.num_sge as usize);
         for k in 0..r.num_sge as usize {
             // SAFETY: caller contract.
             sges.push(unsafe { *r.sg_list.add(k) });
@@ -70,7 +72,7 @@ impl SendWr {
             if len > w.cap.max_inline_data as u64 {
                 return Err(libc::EINVAL);
             }
-            let mut v = Vec::with_capacity(len as usize);
+            let mut v = SmallVec::with_capacity(len as usize);
             for s in &sges {
                 // SAFETY: inline payload is read at post time from the caller's buffers.
                 v.extend_from_slice(unsafe {
@@ -379,24 +381,22 @@ fn responder_error(rt: &Runtime, p: &Peer, event: Option<u32>) {
     rt.send_to(p.pid, &format!("rerr {} {ev}", p.qpn));
 }
 
-fn local_sges(
-    rt: &Runtime,
-    w: &QpWrap,
-    wr: &SendWr,
-    need: u32,
-) -> Result<(Vec<MrAccess>, Vec<(u64, usize)>), Exec> {
+/// MR accesses held while a WR's payload moves (inline: four cover the common WR).
+type Guards = SmallVec<[MrAccess; 4]>;
+
+fn local_sges(rt: &Runtime, w: &QpWrap, wr: &SendWr, need: u32) -> Result<(Guards, Ranges), Exec> {
     if let Some(v) = &wr.inline {
-        return Ok((Vec::new(), vec![(v.as_ptr() as u64, v.len())]));
+        return Ok((Guards::new(), Ranges::own(v.as_ptr() as u64, v.len())));
     }
-    let mut guards = Vec::with_capacity(wr.sges.len());
-    let mut iov = Vec::with_capacity(wr.sges.len());
+    let mut guards = Guards::new();
+    let mut iov = Ranges::default();
     for s in &wr.sges {
         if s.length == 0 {
             continue;
         }
         match mr::check(s.lkey, rt.pid, w.pd, s.addr, s.length as u64, need) {
             Ok(g) => {
-                iov.push((g.addr, s.length as usize));
+                iov.push(g.addr, s.length as usize, g.mapped);
                 guards.push(g);
             }
             Err(_) => return Err(Exec::Fail(IBV_WC_LOC_PROT_ERR)),
@@ -479,7 +479,7 @@ fn deliver(
     w: &QpWrap,
     p: &Peer,
     wr: &SendWr,
-    local: &[(u64, usize)],
+    local: &Ranges,
     wqe: RecvWqe,
     pd: u32,
 ) -> Exec {
@@ -502,11 +502,11 @@ fn deliver(
         responder_error(rt, p, None);
         Exec::Fail(requester)
     };
-    let mut guards = Vec::new();
-    let mut payload_remote: Vec<(u64, usize)> = Vec::new();
+    let mut guards = Guards::new();
+    let mut payload_remote = Ranges::default();
     if !is_write_imm {
         // Scatter into the WQE's SGEs.
-        let mut remote = Vec::new();
+        let mut remote = Ranges::default();
         let mut left = wr.len;
         let n = (wqe.num_sge as usize).min(wqe.sge.len());
         for s in &wqe.sge[..n] {
@@ -519,7 +519,7 @@ fn deliver(
             }
             match mr::check(s.lkey, p.pid, pd, s.addr, take, IBV_ACCESS_LOCAL_WRITE) {
                 Ok(g) => {
-                    remote.push((g.addr, take as usize));
+                    remote.push(g.addr, take as usize, g.mapped);
                     guards.push(g);
                 }
                 Err(_) => return responder_fail(IBV_WC_LOC_PROT_ERR, IBV_WC_REM_OP_ERR),
@@ -544,19 +544,19 @@ fn deliver(
         }
         _ => {}
     }
-    let payload_local: &[(u64, usize)] = if payload_remote.is_empty() {
-        &[]
+    let no_payload = Ranges::default();
+    let payload_local = if payload_remote.addrs.is_empty() {
+        &no_payload
     } else {
         local
     };
     // One copy for payload + completion; the completion is published after both landed.
     let r = crate::cq::push_with(rt, recv_cq, p.pid, &rwc, payload_local, &payload_remote);
-    drop(guards);
     match r {
         Ok(()) => Exec::Done(0),
         Err(PushOrCopy::Push(PushError::Overrun)) => {
             // The data still lands; only the completion is lost (and the CQ reports CQ_ERR).
-            let _ = util::write_to(p.pid, payload_local, &payload_remote);
+            let _ = copy::copy(rt, p.pid, payload_local, &payload_remote, true);
             crate::log::warn(&format!(
                 "QP {:#x}: responder CQ overrun; completion dropped",
                 p.qpn
@@ -644,7 +644,9 @@ fn execute(rt: &Runtime, w: &QpWrap, wr: &SendWr) -> Exec {
                 None
             };
             if wr.len > 0 {
-                match util::write_to(p.pid, &local, &[(remote.addr, wr.len as usize)]) {
+                let mut dst = Ranges::default();
+                dst.push(remote.addr, wr.len as usize, remote.mapped);
+                match copy::copy(rt, p.pid, &local, &dst, true) {
                     Ok(()) => {}
                     Err(CopyError::PeerGone) => return Exec::Fail(IBV_WC_RETRY_EXC_ERR),
                     Err(CopyError::Fault) => {
@@ -655,7 +657,7 @@ fn execute(rt: &Runtime, w: &QpWrap, wr: &SendWr) -> Exec {
             }
             drop(remote);
             match wqe {
-                Some((wqe, pd)) => deliver(rt, w, &p, wr, &[], wqe, pd),
+                Some((wqe, pd)) => deliver(rt, w, &p, wr, &Ranges::default(), wqe, pd),
                 None => Exec::Done(0),
             }
         }
@@ -669,7 +671,9 @@ fn execute(rt: &Runtime, w: &QpWrap, wr: &SendWr) -> Exec {
                 Err(e) => return e,
             };
             if wr.len > 0 {
-                match util::read_from(p.pid, &local, &[(remote.addr, wr.len as usize)]) {
+                let mut src = Ranges::default();
+                src.push(remote.addr, wr.len as usize, remote.mapped);
+                match copy::copy(rt, p.pid, &local, &src, false) {
                     Ok(()) => {}
                     Err(CopyError::PeerGone) => return Exec::Fail(IBV_WC_RETRY_EXC_ERR),
                     Err(CopyError::Fault) => {
@@ -719,7 +723,7 @@ fn execute(rt: &Runtime, w: &QpWrap, wr: &SendWr) -> Exec {
             let old_src = [(&old as *const u64 as u64, 8usize)];
             let mut dst = Vec::new();
             let mut left = 8usize;
-            for &(a, l) in &local {
+            for &(a, l) in &local.addrs {
                 if left == 0 {
                     break;
                 }

@@ -50,6 +50,7 @@ pub(crate) fn run(rt: &'static Runtime) {
         if now - last_liveness >= 100 {
             last_liveness = now;
             liveness(rt);
+            rt.maps.sweep(|slot| rt.fabric.mr(slot as usize));
         }
     }
 }

@@ -14,6 +14,34 @@ pub(crate) fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// Duplicate fd `fd` of process `pid` into this process (close-on-exec) with `pidfd_getfd`
+/// (needs the same permission as `process_vm_*`); None if the process or fd is gone or it is
+/// not allowed.
+pub(crate) fn pidfd_getfd(pid: u32, fd: u32) -> Option<i32> {
+    // SAFETY: plain syscalls; failures are reported as -1.
+    let d = unsafe {
+        let pidfd =
+            libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) as i32;
+        if pidfd < 0 {
+            return None;
+        }
+        let d = libc::syscall(
+            libc::SYS_pidfd_getfd,
+            pidfd as libc::c_long,
+            fd as libc::c_long,
+            0 as libc::c_long,
+        ) as i32;
+        libc::close(pidfd);
+        d
+    };
+    if d < 0 {
+        return None;
+    }
+    // SAFETY: setting close-on-exec on our new fd.
+    unsafe { libc::fcntl(d, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Some(d)
+}
+
 /// Why a cross-process copy failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CopyError {
@@ -104,8 +132,12 @@ fn transfer(
 }
 
 /// iovecs covering `list` starting at byte `skip`, at most `max` entries.
-fn slice_from(list: &[(u64, usize)], mut skip: usize, max: usize) -> Vec<libc::iovec> {
-    let mut v = Vec::with_capacity(list.len().min(max));
+fn slice_from(
+    list: &[(u64, usize)],
+    mut skip: usize,
+    max: usize,
+) -> smallvec::SmallVec<[libc::iovec; 8]> {
+    let mut v = smallvec::SmallVec::new();
     for &(a, l) in list {
         if v.len() == max {
             break;

@@ -55,9 +55,45 @@ fn open_dev() -> Dev {
     }
 }
 
+/// Registered memory: heap (anonymous) or a shared memfd mapping (the memcpy fast path).
+enum Mem {
+    Heap(Vec<u8>),
+    Shared { ptr: *mut u8, len: usize, fd: i32 },
+}
+
+impl std::ops::Deref for Mem {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Mem::Heap(v) => v,
+            Mem::Shared { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
+}
+
+impl std::ops::DerefMut for Mem {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Mem::Heap(v) => v,
+            Mem::Shared { ptr, len, .. } => unsafe { std::slice::from_raw_parts_mut(*ptr, *len) },
+        }
+    }
+}
+
+impl Drop for Mem {
+    fn drop(&mut self) {
+        if let Mem::Shared { ptr, len, fd } = *self {
+            unsafe {
+                libc::munmap(ptr as *mut _, len);
+                libc::close(fd);
+            }
+        }
+    }
+}
+
 struct Buf {
     mr: *mut ibv_mr,
-    mem: Vec<u8>,
+    mem: Mem,
 }
 
 impl Buf {
@@ -76,7 +112,38 @@ fn reg(d: &Dev, len: usize, access: u32) -> Buf {
     let mut mem = vec![0u8; len];
     let mr = unsafe { ibv_reg_mr(d.pd, mem.as_mut_ptr() as *mut _, len, access as i32) };
     assert!(!mr.is_null(), "ibv_reg_mr failed");
-    Buf { mr, mem }
+    Buf {
+        mr,
+        mem: Mem::Heap(mem),
+    }
+}
+
+/// Register `len` bytes of a memfd mapped MAP_SHARED (the fd stays open, as applications keep it).
+fn reg_memfd(d: &Dev, len: usize, access: u32) -> Buf {
+    unsafe {
+        let fd = libc::memfd_create(c"softrdma-test".as_ptr(), libc::MFD_CLOEXEC);
+        assert!(fd >= 0, "memfd_create");
+        assert_eq!(libc::ftruncate(fd, len as i64), 0);
+        let p = libc::mmap(
+            null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let mr = ibv_reg_mr(d.pd, p, len, access as i32);
+        assert!(!mr.is_null(), "ibv_reg_mr (memfd) failed");
+        Buf {
+            mr,
+            mem: Mem::Shared {
+                ptr: p as *mut u8,
+                len,
+                fd,
+            },
+        }
+    }
 }
 
 const LW: u32 = ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0;
@@ -1257,6 +1324,176 @@ fn sc_peer(role: &str) {
     cleanup(d, &[q], &[rx], None);
 }
 
+// Shared-memory fast path across two processes: memfd-backed MRs on both sides move SEND,
+// WRITE and READ payload by memcpy (counted in mapped_bytes); an anonymous local buffer falls
+// back to process_vm_*; keys and bounds are checked exactly as before (out of range and a
+// deregistered rkey fail with REM_ACCESS_ERR).
+const SHM_LEN: usize = 128 << 10;
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn sc_shm(role: &str) {
+    let d = open_dev();
+    let q = create_qp(&d, null_mut());
+    let mut line = String::new();
+    if role == "responder" {
+        let mut rx = reg_memfd(&d, SHM_LEN, LW | RW | RR);
+        rx.mem[64 << 10..80 << 10].copy_from_slice(&pattern(7, 16 << 10));
+        println!("QPN {} {} {}", qpn(q), rx.addr(), rx.rkey());
+        std::io::stdout().flush().unwrap();
+        std::io::stdin().read_line(&mut line).unwrap();
+        connect(q, line.trim().parse().expect("peer QPN"), LW | RW | RR);
+        post_recv(q, 1, &rx, 0, 4096);
+        println!("READY");
+        std::io::stdout().flush().unwrap();
+        line.clear();
+        std::io::stdin().read_line(&mut line).unwrap(); // "check"
+        let w = poll(d.cq, 1, 5000);
+        assert_eq!(statuses(&w), vec![(1, st::IBV_WC_SUCCESS)]);
+        assert_eq!(w[0].byte_len, 4096);
+        assert_eq!(&rx.mem[..4096], &pattern(1, 4096)[..], "SEND payload");
+        assert_eq!(
+            &rx.mem[16 << 10..32 << 10],
+            &pattern(2, 16 << 10)[..],
+            "WRITE payload"
+        );
+        assert_eq!(
+            &rx.mem[32 << 10..36 << 10],
+            &pattern(3, 4096)[..],
+            "anonymous WRITE"
+        );
+        // Deregister: the peer's cached mapping must not let the old rkey through.
+        unsafe { assert_eq!(ibv_dereg_mr(rx.mr), 0) };
+        let mem_copy = rx.mem[96 << 10..].to_vec();
+        println!("DEREGISTERED");
+        std::io::stdout().flush().unwrap();
+        line.clear();
+        std::io::stdin().read_line(&mut line).unwrap(); // "done"
+        assert_eq!(&rx.mem[96 << 10..], &mem_copy[..], "no write after dereg");
+        assert_eq!(
+            async_event(d.ctx, 5000).map(|e| e.0),
+            Some(ibv_event_type::IBV_EVENT_QP_ACCESS_ERR as u32)
+        );
+        cleanup(d, &[q], &[], None);
+        drop(rx);
+        return;
+    }
+    let mut tx = reg_memfd(&d, SHM_LEN, LW);
+    let mut anon = reg(&d, 4096, LW);
+    println!("QPN {}", qpn(q));
+    std::io::stdout().flush().unwrap();
+    std::io::stdin().read_line(&mut line).unwrap();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let (raddr, rkey) = (v[1], v[2] as u32);
+    connect(q, v[0] as u32, LW | RW | RR);
+    line.clear();
+    std::io::stdin().read_line(&mut line).unwrap(); // "go"
+    tx.mem[..4096].copy_from_slice(&pattern(1, 4096));
+    tx.mem[16 << 10..32 << 10].copy_from_slice(&pattern(2, 16 << 10));
+    anon.mem.copy_from_slice(&pattern(3, 4096));
+    let m0 = my_counter(Counter::MappedBytes);
+    assert_eq!(post_send(q, 10, op::IBV_WR_SEND, &tx, 0, 4096, None), 0);
+    let remote = |off: u64| Some((raddr + off, rkey));
+    let w = op::IBV_WR_RDMA_WRITE;
+    assert_eq!(
+        post_send(q, 11, w, &tx, 16 << 10, 16 << 10, remote(16 << 10)),
+        0
+    );
+    let r = op::IBV_WR_RDMA_READ;
+    assert_eq!(
+        post_send(q, 12, r, &tx, 64 << 10, 16 << 10, remote(64 << 10)),
+        0
+    );
+    let done = poll(d.cq, 3, 5000);
+    assert_eq!(
+        statuses(&done),
+        vec![(10, 0), (11, 0), (12, 0)]
+            .into_iter()
+            .map(|(a, _)| (a, st::IBV_WC_SUCCESS))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        &tx.mem[64 << 10..80 << 10],
+        &pattern(7, 16 << 10)[..],
+        "READ payload"
+    );
+    let m1 = my_counter(Counter::MappedBytes);
+    assert_eq!(
+        m1 - m0,
+        (4096 + 2 * (16 << 10)) as i64,
+        "all three moved by memcpy"
+    );
+    // Anonymous local memory: correct data through process_vm_*, not counted as mapped.
+    assert_eq!(post_send(q, 13, w, &anon, 0, 4096, remote(32 << 10)), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(13, st::IBV_WC_SUCCESS)]
+    );
+    assert_eq!(
+        my_counter(Counter::MappedBytes),
+        m1,
+        "anonymous source is not mapped"
+    );
+    println!("PHASE1");
+    std::io::stdout().flush().unwrap();
+    line.clear();
+    std::io::stdin().read_line(&mut line).unwrap(); // "deregistered"
+                                                    // Our cached mapping of the region must not let the stale rkey through.
+    assert_eq!(post_send(q, 14, w, &tx, 0, 4096, remote(96 << 10)), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(14, st::IBV_WC_REM_ACCESS_ERR)]
+    );
+    cleanup(d, &[q], &[tx, anon], None);
+}
+
+fn sc_shm_dereg() {
+    // Same process: a region mapped by an earlier access, then deregistered; the rkey must fail.
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW | RW | RR);
+    let rx = reg_memfd(&d, SHM_LEN, LW | RW);
+    let mut tx = reg_memfd(&d, 4096, LW);
+    tx.mem.copy_from_slice(&pattern(9, 4096));
+    let m0 = my_counter(Counter::MappedBytes);
+    let w = op::IBV_WR_RDMA_WRITE;
+    let (raddr, rkey) = (rx.addr(), rx.rkey());
+    assert_eq!(post_send(b, 1, w, &tx, 0, 4096, Some((raddr, rkey))), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(1, st::IBV_WC_SUCCESS)]
+    );
+    assert_eq!(&rx.mem[..4096], &pattern(9, 4096)[..]);
+    assert_eq!(my_counter(Counter::MappedBytes) - m0, 4096);
+    // One byte past the region: remote access error.
+    let end = raddr + SHM_LEN as u64 - 8;
+    assert_eq!(post_send(b, 2, w, &tx, 0, 16, Some((end, rkey))), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(2, st::IBV_WC_REM_ACCESS_ERR)]
+    );
+    assert_eq!(
+        my_counter(Counter::MappedBytes) - m0,
+        4096,
+        "nothing copied"
+    );
+    // A deregistered rkey fails although the region was mapped before.
+    let (c, e) = pair(&d, null_mut(), LW | RW | RR);
+    unsafe { assert_eq!(ibv_dereg_mr(rx.mr), 0) };
+    assert_eq!(post_send(e, 3, w, &tx, 0, 16, Some((raddr, rkey))), 0);
+    let mut got = poll(d.cq, 4, 5000);
+    got.retain(|x| x.wr_id == 3);
+    assert_eq!(statuses(&got), vec![(3, st::IBV_WC_REM_ACCESS_ERR)]);
+    drop(rx);
+    cleanup(d, &[a, b, c, e], &[tx], None);
+}
+
 // ---------------------------------------------------------------- parent side
 
 fn repo_root() -> PathBuf {
@@ -1433,6 +1670,23 @@ fn parent() {
             .is_some_and(|x| !x.ends_with(":0")),
         "a random fault must have fired"
     );
+    run_simple("shm_dereg", &shm, None);
+    println!("scenario cross-process shared-memory fast path");
+    let mut resp = spawn("shm_responder", &shm, None);
+    let mut req = spawn("shm_requester", &shm, None);
+    let rline = resp.expect_line("QPN ");
+    let qline = req.expect_line("QPN ");
+    resp.send(&qline);
+    req.send(&rline);
+    resp.expect_line("READY");
+    req.send("go");
+    req.expect_line("PHASE1");
+    resp.send("check");
+    resp.expect_line("DEREGISTERED");
+    req.send("deregistered");
+    assert!(req.finish().iter().any(|l| l == "CLEAN"));
+    resp.send("done");
+    assert!(resp.finish().iter().any(|l| l == "CLEAN"));
     // Cross-process SRQ stress: 2 requester processes × 2 QPs into one SRQ shared by 4 QPs.
     println!("scenario cross-process SRQ stress");
     let mut r = spawn("stress_responder", &shm, None);
@@ -1496,6 +1750,9 @@ fn main() {
             "stress_responder" => sc_stress_responder(),
             "stress_requester" => sc_stress_requester(),
             "peer_victim" => sc_peer("victim"),
+            "shm_responder" => sc_shm("responder"),
+            "shm_requester" => sc_shm("requester"),
+            "shm_dereg" => sc_shm_dereg(),
             "peer_survivor" => sc_peer("survivor"),
             other => panic!("unknown scenario {other}"),
         }
