@@ -284,6 +284,9 @@ pub struct SrqRec {
     pub limit: AtomicU32,
     /// Set when the limit event must be raised by the owner.
     pub limit_hit: AtomicU32,
+    /// Set by a requester that found the SRQ empty (RNR); the owner's `ibv_post_srq_recv`
+    /// clears it and kicks the stalled requesters of the SRQ's QPs.
+    pub rnr_stalled: AtomicU32,
 }
 
 /// One memory region.

@@ -435,6 +435,13 @@ fn pop_wqe(rt: &Runtime, p: &Peer, my_qpn: u32) -> Result<Option<(RecvWqe, u32)>
     if h == tail.load(Ordering::Acquire) || cap == 0 || base == 0 {
         p.rec.rnr_waiter_qpn.store(my_qpn, Ordering::Relaxed);
         p.rec.rnr_waiter.store(rt.pid, Ordering::Release);
+        if srq != 0 {
+            // ibv_post_srq_recv kicks the waiters of the SRQ's QPs when it sees this.
+            rt.fabric
+                .srq((srq - 1) as usize)
+                .rnr_stalled
+                .store(1, Ordering::Release);
+        }
         return Ok(None);
     }
     let src = base + (h % cap as u64) * std::mem::size_of::<RecvWqe>() as u64;
@@ -541,6 +548,8 @@ fn deliver(
         IBV_WR_SEND_WITH_INV => {
             rwc.wc_flags = IBV_WC_WITH_INV;
             rwc.__bindgen_anon_1.invalidated_rkey = wr.imm;
+            // The named key dies before the receive completes (later accesses fail).
+            mr::invalidate(wr.imm, p.pid, pd);
         }
         _ => {}
     }

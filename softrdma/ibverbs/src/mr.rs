@@ -163,6 +163,34 @@ pub(crate) unsafe extern "C" fn dereg_mr(mr: *mut ibv_mr) -> c_int {
     0
 }
 
+/// Invalidate `key` (SEND_WITH_INV at the responder): if it names a live region of `owner` in
+/// PD `pd`, the key stops working for every later access, local or remote, as after a remote
+/// invalidation on hardware (the application still deregisters the region). False if the key
+/// names no such region (nothing changes).
+pub(crate) fn invalidate(key: u32, owner: u32, pd: u32) -> bool {
+    let Some(rt) = runtime::get() else {
+        return false;
+    };
+    let slot = (key >> 8) as usize;
+    if slot == 0 || slot >= MAX_MRS {
+        return false;
+    }
+    let rec = rt.fabric.mr(slot);
+    if rec.owner.load(Ordering::Acquire) != owner || rec.pd.load(Ordering::Relaxed) != pd {
+        return false;
+    }
+    let done = rec
+        .key
+        .compare_exchange(key, 0, Ordering::SeqCst, Ordering::Relaxed)
+        .is_ok();
+    if done {
+        crate::log::debug(&format!(
+            "MR key {key:#x} of pid {owner} invalidated (SEND_WITH_INV)"
+        ));
+    }
+    done
+}
+
 /// Why an MR check failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MrError {

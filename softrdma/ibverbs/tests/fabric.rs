@@ -1454,6 +1454,61 @@ fn sc_shm(role: &str) {
     cleanup(d, &[q], &[tx, anon], None);
 }
 
+// SEND_WITH_INV invalidates the named rkey of the responder: a later WRITE with it fails with
+// REM_ACCESS_ERR (as on hardware); a key that names no region of the responder changes nothing.
+fn sc_send_inv() {
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW | RW | RR);
+    let rx = reg(&d, 4096, LW);
+    let target = reg(&d, 4096, LW | RW);
+    let tx = reg(&d, 4096, LW);
+    let sig = ibv_send_flags::IBV_SEND_SIGNALED.0;
+    let w = op::IBV_WR_RDMA_WRITE;
+    let remote = Some((target.addr(), target.rkey()));
+    // The key works before.
+    assert_eq!(post_send(b, 1, w, &tx, 0, 16, remote), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(1, st::IBV_WC_SUCCESS)]
+    );
+    // An unknown key: delivered, nothing invalidated.
+    post_recv(a, 100, &rx, 0, 64);
+    let inv = op::IBV_WR_SEND_WITH_INV;
+    assert_eq!(post_send_ex(b, 2, inv, &tx, 0, 8, sig, 0xabcd, None), 0);
+    assert_eq!(poll(d.cq, 2, 5000).len(), 2);
+    assert_eq!(post_send(b, 3, w, &tx, 0, 16, remote), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(3, st::IBV_WC_SUCCESS)]
+    );
+    // Invalidate the target's key.
+    post_recv(a, 101, &rx, 0, 64);
+    assert_eq!(
+        post_send_ex(b, 4, inv, &tx, 0, 8, sig, target.rkey(), None),
+        0
+    );
+    let got = poll(d.cq, 2, 5000);
+    let recv = got
+        .iter()
+        .find(|x| x.wr_id == 101)
+        .expect("receive completion");
+    assert_eq!(recv.status, st::IBV_WC_SUCCESS);
+    assert_ne!(recv.wc_flags & ibv_wc_flags::IBV_WC_WITH_INV.0, 0);
+    assert_eq!(
+        unsafe { recv.imm_data_invalidated_rkey_union.invalidated_rkey },
+        target.rkey()
+    );
+    assert_eq!(post_send(b, 5, w, &tx, 0, 16, remote), 0);
+    let got = poll(d.cq, 1, 5000);
+    assert_eq!(
+        statuses(&got),
+        vec![(5, st::IBV_WC_REM_ACCESS_ERR)],
+        "stale key must fail"
+    );
+    let _ = poll(d.cq, 8, 300);
+    cleanup(d, &[a, b], &[rx, target, tx], None);
+}
+
 fn sc_shm_dereg() {
     // Same process: a region mapped by an earlier access, then deregistered; the rkey must fail.
     let d = open_dev();
@@ -1671,6 +1726,7 @@ fn parent() {
         "a random fault must have fired"
     );
     run_simple("shm_dereg", &shm, None);
+    run_simple("send_inv", &shm, None);
     println!("scenario cross-process shared-memory fast path");
     let mut resp = spawn("shm_responder", &shm, None);
     let mut req = spawn("shm_requester", &shm, None);
@@ -1753,6 +1809,7 @@ fn main() {
             "shm_responder" => sc_shm("responder"),
             "shm_requester" => sc_shm("requester"),
             "shm_dereg" => sc_shm_dereg(),
+            "send_inv" => sc_send_inv(),
             "peer_survivor" => sc_peer("survivor"),
             other => panic!("unknown scenario {other}"),
         }
