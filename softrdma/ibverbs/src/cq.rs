@@ -38,24 +38,9 @@ pub(crate) struct Held {
     pub q: VecDeque<(u64, ibv_wc)>,
 }
 
-/// Create a pipe (read end blocking, write end non-blocking; both close-on-exec).
-pub(crate) fn make_pipe() -> Result<(c_int, c_int), i32> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: fds is a valid 2-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(errno());
-    }
-    // SAFETY: fds[1] is the pipe's write end we just created.
-    unsafe {
-        let fl = libc::fcntl(fds[1], libc::F_GETFL);
-        libc::fcntl(fds[1], libc::F_SETFL, fl | libc::O_NONBLOCK);
-    }
-    Ok((fds[0], fds[1]))
-}
-
 /// A completion channel's event socket pair (datagram, so a peer that duplicated the write end
 /// never gets SIGPIPE: sends use MSG_NOSIGNAL). Each 8-byte datagram is one `ibv_cq*` record.
-fn make_event_socket() -> Result<(c_int, c_int), i32> {
+pub(crate) fn make_event_socket() -> Result<(c_int, c_int), i32> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: fds is a valid 2-element array.
     let r = unsafe {

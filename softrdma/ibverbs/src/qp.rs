@@ -527,6 +527,16 @@ pub(crate) unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> c_int {
             w.qpn
         ));
     }
+    // Nor any async event: unread events naming this QP go with it, as in the kernel.
+    // SAFETY: the QP's context outlives its QPs (verbs rule).
+    let ctx = unsafe { crate::device::ctx_wrap(w.qp.context) };
+    let dropped = ctx.async_q.purge_qp(qp);
+    if dropped > 0 {
+        crate::log::debug(&format!(
+            "QP {:#x}: {dropped} unread async events dropped on destroy",
+            w.qpn
+        ));
+    }
     let pending = w.sq.lock().unwrap_or_else(|e| e.into_inner()).pending.len();
     rt.count(Counter::OutstandingSends, -(pending as i64));
     w.rec.owner.store(0, Ordering::Release);

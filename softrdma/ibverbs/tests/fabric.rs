@@ -1509,6 +1509,48 @@ fn sc_send_inv() {
     cleanup(d, &[a, b], &[rx, target, tx], None);
 }
 
+// ibv_destroy_qp drops the QP's unread async events (the kernel does); other QPs' events stay.
+fn sc_destroy_events() {
+    let d = open_dev();
+    let (a1, b1) = pair(&d, null_mut(), LW | RW | RR);
+    let (a2, b2) = pair(&d, null_mut(), LW | RW | RR);
+    let ro = reg(&d, 4096, LW); // no REMOTE_WRITE: a WRITE to it is a remote access error
+    let tx = reg(&d, 4096, LW);
+    let before = my_counter(Counter::AsyncEvents);
+    let w = op::IBV_WR_RDMA_WRITE;
+    assert_eq!(
+        post_send(b1, 1, w, &tx, 0, 8, Some((ro.addr(), ro.rkey()))),
+        0
+    );
+    assert_eq!(
+        post_send(b2, 2, w, &tx, 0, 8, Some((ro.addr(), ro.rkey()))),
+        0
+    );
+    let t0 = Instant::now();
+    while my_counter(Counter::AsyncEvents) < before + 2 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        my_counter(Counter::AsyncEvents),
+        before + 2,
+        "two QP_ACCESS_ERR raised"
+    );
+    let _ = poll(d.cq, 16, 300);
+    unsafe { assert_eq!(ibv_destroy_qp(a1), 0) };
+    let access = ibv_event_type::IBV_EVENT_QP_ACCESS_ERR as u32;
+    assert_eq!(
+        async_event(d.ctx, 2000),
+        Some((access, a2)),
+        "a2's event stays, a1's is gone"
+    );
+    assert_eq!(
+        async_event(d.ctx, 200),
+        None,
+        "nothing names the destroyed QP"
+    );
+    cleanup(d, &[b1, a2, b2], &[ro, tx], None);
+}
+
 fn sc_shm_dereg() {
     // Same process: a region mapped by an earlier access, then deregistered; the rkey must fail.
     let d = open_dev();
@@ -1727,6 +1769,7 @@ fn parent() {
     );
     run_simple("shm_dereg", &shm, None);
     run_simple("send_inv", &shm, None);
+    run_simple("destroy_events", &shm, None);
     println!("scenario cross-process shared-memory fast path");
     let mut resp = spawn("shm_responder", &shm, None);
     let mut req = spawn("shm_requester", &shm, None);
@@ -1810,6 +1853,7 @@ fn main() {
             "shm_requester" => sc_shm("requester"),
             "shm_dereg" => sc_shm_dereg(),
             "send_inv" => sc_send_inv(),
+            "destroy_events" => sc_destroy_events(),
             "peer_survivor" => sc_peer("survivor"),
             other => panic!("unknown scenario {other}"),
         }
