@@ -150,6 +150,10 @@ pub(crate) unsafe extern "C" fn create_cq(
         set_errno(libc::EINVAL);
         return std::ptr::null_mut();
     }
+    if let Some(e) = rt.faults.on_create(crate::faults::CreateObj::Cq) {
+        set_errno(e);
+        return std::ptr::null_mut();
+    }
     let f = &rt.fabric;
     let Some(slot) = rt.alloc_slot(MAX_CQS, &f.header().cq_hint, |i| &f.cq(i).owner) else {
         set_errno(libc::ENOMEM);

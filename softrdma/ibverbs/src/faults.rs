@@ -9,6 +9,7 @@
 //! cmdrop:qp=<filter>                   ask librdmacm to drop the connection of that QP
 //! async:event=<port_err|port_active|device_fatal|N>[,after_ms=<N>]
 //! random:seed=<N>,rate=<0..1>[,kinds=fail|qperr|delay|loseflush|cmdrop|async]
+//! createfail:obj=<cq|qp|any>[,nth=<N>][,errno=<N|name>]   the N-th later ibv_create_<obj> fails
 //! filter: * | <qpn, decimal or 0x hex> | #<N> (the N-th QP created by this process)
 //! ```
 
@@ -137,6 +138,48 @@ enum Rule {
         at_ms: u64,
         fired: bool,
     },
+    CreateFail {
+        obj: Option<CreateObj>,
+        nth: u64,
+        seen: u64,
+        errno: i32,
+    },
+}
+
+/// Objects whose creation a `createfail` rule can make fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CreateObj {
+    /// `ibv_create_cq` (also the CQs `rdma_create_qp` creates).
+    Cq,
+    /// `ibv_create_qp` (also through `rdma_create_qp`).
+    Qp,
+}
+
+fn parse_obj(s: &str) -> Result<Option<CreateObj>, String> {
+    match s {
+        "any" | "*" => Ok(None),
+        "cq" => Ok(Some(CreateObj::Cq)),
+        "qp" => Ok(Some(CreateObj::Qp)),
+        _ => Err(format!("unknown object '{s}' (cq, qp or any)")),
+    }
+}
+
+fn parse_errno(s: &str) -> Result<i32, String> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "enomem" => libc::ENOMEM,
+        "einval" => libc::EINVAL,
+        "enodev" => libc::ENODEV,
+        "eagain" => libc::EAGAIN,
+        "eio" => libc::EIO,
+        "eperm" => libc::EPERM,
+        other => {
+            let v = parse_u64(other)?;
+            if v == 0 || v > 4095 {
+                return Err(format!("errno {v} out of range 1..4095"));
+            }
+            v as i32
+        }
+    })
 }
 
 #[derive(Debug, Default)]
@@ -276,6 +319,12 @@ impl Faults {
                     fired: false,
                 });
             }
+            "createfail" => st.rules.push(Rule::CreateFail {
+                obj: parse_obj(kv.get("obj").copied().unwrap_or("any"))?,
+                nth: num("nth", Some(1))?.max(1),
+                seen: 0,
+                errno: parse_errno(kv.get("errno").copied().unwrap_or("enomem"))?,
+            }),
             "random" => {
                 let seed = num("seed", Some(1))?.max(1);
                 let rate: f64 = kv
@@ -452,6 +501,37 @@ impl Faults {
         }
     }
 
+    /// Called at the start of `ibv_create_cq` / `ibv_create_qp`: the errno to fail with when a
+    /// `createfail` rule fires (each rule fires once, on its N-th matching creation).
+    pub(crate) fn on_create(&self, obj: CreateObj) -> Option<i32> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        for r in st.rules.iter_mut() {
+            if let Rule::CreateFail {
+                obj: o,
+                nth,
+                seen,
+                errno,
+            } = r
+            {
+                if o.is_none_or(|o| o == obj) && *seen < *nth {
+                    *seen += 1;
+                    if *seen == *nth {
+                        let (e, n) = (*errno, *nth);
+                        drop(st);
+                        note(format!(
+                            "kind=createfail obj={obj:?} nth={n} errno={e} qp=- wr_id=-"
+                        ));
+                        return Some(e);
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// Completion delay for QP `qpn`, if a delay rule matches.
     pub(crate) fn delay_for(&self, qpn: u32) -> Option<u64> {
         if !self.any_delay.load(Ordering::Relaxed) {
@@ -574,6 +654,26 @@ mod tests {
         assert!(QpFilter::Seq(2).matches(7, 2));
         assert!(!QpFilter::Seq(2).matches(7, 0));
         assert!(!QpFilter::Qpn(5).matches(6, 1));
+    }
+
+    #[test]
+    fn createfail_fires_once_on_the_nth_matching_creation() {
+        let f = Faults {
+            st: Mutex::new(State::default()),
+            active: AtomicBool::new(false),
+            any_delay: AtomicBool::new(false),
+        };
+        assert_eq!(f.on_create(CreateObj::Qp), None, "no rule");
+        f.add("createfail:obj=qp,nth=2,errno=eagain").unwrap();
+        f.add("createfail:obj=cq").unwrap();
+        assert_eq!(f.on_create(CreateObj::Qp), None);
+        assert_eq!(f.on_create(CreateObj::Cq), Some(libc::ENOMEM));
+        assert_eq!(f.on_create(CreateObj::Cq), None, "fired once");
+        assert_eq!(f.on_create(CreateObj::Qp), Some(libc::EAGAIN));
+        assert_eq!(f.on_create(CreateObj::Qp), None);
+        assert!(f.add("createfail:obj=srq").is_err());
+        assert!(f.add("createfail:obj=qp,errno=0").is_err());
+        assert!(f.add("createfail:obj=qp,errno=12").is_ok());
     }
 
     #[test]

@@ -113,6 +113,10 @@ pub(crate) unsafe extern "C" fn create_qp(
         set_errno(libc::EINVAL);
         return std::ptr::null_mut();
     }
+    if let Some(e) = rt.faults.on_create(crate::faults::CreateObj::Qp) {
+        set_errno(e);
+        return std::ptr::null_mut();
+    }
     // SAFETY: ia is the caller's init attr.
     let a = unsafe { &mut *ia };
     if a.qp_type != IBV_QPT_RC && a.qp_type != IBV_QPT_UC {

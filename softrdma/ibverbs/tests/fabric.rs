@@ -1551,6 +1551,35 @@ fn sc_destroy_events() {
     cleanup(d, &[b1, a2, b2], &[ro, tx], None);
 }
 
+// createfail rules (SOFTRDMA_FAULTS="createfail:obj=cq,nth=2;createfail:obj=qp,errno=eagain"):
+// the second ibv_create_cq and the first ibv_create_qp fail with the rule's errno, once.
+fn sc_fault_create() {
+    let d = open_dev(); // first CQ
+    unsafe {
+        let cq = ibv_create_cq(d.ctx, 16, null_mut(), null_mut(), 0);
+        assert!(cq.is_null(), "second ibv_create_cq must fail");
+        assert_eq!(*libc::__errno_location(), libc::ENOMEM);
+        let cq = ibv_create_cq(d.ctx, 16, null_mut(), null_mut(), 0);
+        assert!(!cq.is_null(), "the rule fires once");
+        let mut a: ibv_qp_init_attr = std::mem::zeroed();
+        a.send_cq = d.cq;
+        a.recv_cq = d.cq;
+        a.qp_type = ibv_qp_type::IBV_QPT_RC;
+        a.cap.max_send_wr = 4;
+        a.cap.max_recv_wr = 4;
+        a.cap.max_send_sge = 1;
+        a.cap.max_recv_sge = 1;
+        let qp = ibv_create_qp(d.pd, &mut a);
+        assert!(qp.is_null(), "first ibv_create_qp must fail");
+        assert_eq!(*libc::__errno_location(), libc::EAGAIN);
+        let qp = ibv_create_qp(d.pd, &mut a);
+        assert!(!qp.is_null());
+        assert_eq!(my_counter(Counter::FaultsInjected), 2);
+        assert_eq!(ibv_destroy_cq(cq), 0);
+        cleanup(d, &[qp], &[], None);
+    }
+}
+
 fn sc_shm_dereg() {
     // Same process: a region mapped by an earlier access, then deregistered; the rkey must fail.
     let d = open_dev();
@@ -1770,6 +1799,11 @@ fn parent() {
     run_simple("shm_dereg", &shm, None);
     run_simple("send_inv", &shm, None);
     run_simple("destroy_events", &shm, None);
+    run_simple(
+        "fault_create",
+        &shm,
+        Some("createfail:obj=cq,nth=2;createfail:obj=qp,errno=eagain"),
+    );
     println!("scenario cross-process shared-memory fast path");
     let mut resp = spawn("shm_responder", &shm, None);
     let mut req = spawn("shm_requester", &shm, None);
@@ -1854,6 +1888,7 @@ fn main() {
             "shm_dereg" => sc_shm_dereg(),
             "send_inv" => sc_send_inv(),
             "destroy_events" => sc_destroy_events(),
+            "fault_create" => sc_fault_create(),
             "peer_survivor" => sc_peer("survivor"),
             other => panic!("unknown scenario {other}"),
         }
