@@ -165,14 +165,21 @@ pub struct FabricHeader {
     pub cq_hint: AtomicU32,
     /// Rotating allocation hint for SRQs.
     pub srq_hint: AtomicU32,
+    /// Number of processes whose port is down (injected PORT_ERR); while 0, requesters skip
+    /// looking up the responder's [`NODE_PORT_DOWN`] flag.
+    pub ports_down: AtomicU32,
 }
+
+/// [`NodeRec::flags`] bit: the process's port is down (injected PORT_ERR, until PORT_ACTIVE):
+/// packets to and from its QPs are lost, so requesters retry until their transport timeout.
+pub const NODE_PORT_DOWN: u32 = 1;
 
 /// One process.
 #[repr(C, align(64))]
 pub struct NodeRec {
     /// Owner pid, 0 = free.
     pub owner: AtomicU32,
-    /// Reserved.
+    /// State flags ([`NODE_PORT_DOWN`]).
     pub flags: AtomicU32,
     /// Owner's start time (field 22 of `/proc/<pid>/stat`), against pid reuse.
     pub starttime: AtomicU64,

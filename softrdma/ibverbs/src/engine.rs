@@ -349,6 +349,11 @@ fn peer(rt: &Runtime, w: &QpWrap) -> Result<Peer, Exec> {
     if pid == 0 {
         return Err(Exec::Fail(IBV_WC_RETRY_EXC_ERR));
     }
+    // A port that is down (ours or the responder's) loses the packets: retry until the
+    // transport timeout (RETRY_EXC_ERR), or resume if PORT_ACTIVE comes first.
+    if crate::faults::port_down_for(rt, pid) {
+        return Err(Exec::Stall(StallKind::NotReady));
+    }
     Ok(Peer { rec, qpn, pid })
 }
 

@@ -13,7 +13,7 @@
 //! filter: * | <qpn, decimal or 0x hex> | #<N> (the N-th QP created by this process)
 //! ```
 
-use softrdma_abi::fabric::Counter;
+use softrdma_abi::fabric::{Counter, MAX_NODES, NODE_PORT_DOWN};
 use softrdma_abi::verbs::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -235,6 +235,42 @@ static PORT_DOWN: AtomicBool = AtomicBool::new(false);
 /// True after an injected port_err, until port_active.
 pub(crate) fn port_down() -> bool {
     PORT_DOWN.load(Ordering::Relaxed)
+}
+
+/// Record the port state for this process and in its fabric node, where requesters in other
+/// processes see it (their WRs to our QPs are lost while it is down, as on a real link).
+fn set_port_down(down: bool) {
+    if PORT_DOWN.swap(down, Ordering::AcqRel) == down {
+        return;
+    }
+    let Some(rt) = crate::runtime::existing() else {
+        return;
+    };
+    let node = rt.fabric.node(rt.node);
+    let hdr = rt.fabric.header();
+    if down {
+        node.flags.fetch_or(NODE_PORT_DOWN, Ordering::SeqCst);
+        hdr.ports_down.fetch_add(1, Ordering::SeqCst);
+    } else {
+        node.flags.fetch_and(!NODE_PORT_DOWN, Ordering::SeqCst);
+        hdr.ports_down.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// True if the port of process `pid` (ours or a peer's) is down: its QPs neither send nor
+/// receive. Costs one load unless some process's port is down.
+pub(crate) fn port_down_for(rt: &crate::runtime::Runtime, pid: u32) -> bool {
+    if port_down() {
+        return true;
+    }
+    if rt.fabric.header().ports_down.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    (0..MAX_NODES).any(|i| {
+        let n = rt.fabric.node(i);
+        n.owner.load(Ordering::Acquire) == pid
+            && n.flags.load(Ordering::Acquire) & NODE_PORT_DOWN != 0
+    })
 }
 
 fn note(msg: String) {
@@ -632,8 +668,8 @@ fn qp_seq(rt: &crate::runtime::Runtime, qpn: u32) -> Option<u32> {
 /// Raise an injected async event on every context (and track port state).
 pub(crate) fn raise_async(event: u32) {
     match event {
-        IBV_EVENT_PORT_ERR => PORT_DOWN.store(true, Ordering::Relaxed),
-        IBV_EVENT_PORT_ACTIVE => PORT_DOWN.store(false, Ordering::Relaxed),
+        IBV_EVENT_PORT_ERR => set_port_down(true),
+        IBV_EVENT_PORT_ACTIVE => set_port_down(false),
         _ => {}
     }
     note(format!("kind=async event={event} qp=- wr_id=-"));

@@ -126,6 +126,10 @@ impl Runtime {
                     .is_ok()
             {
                 n.starttime.store(start, Ordering::Relaxed);
+                // A dead previous owner may have left its port down.
+                if n.flags.swap(0, Ordering::AcqRel) & fabric::NODE_PORT_DOWN != 0 {
+                    fabric.header().ports_down.fetch_sub(1, Ordering::AcqRel);
+                }
                 for c in &n.counters {
                     c.store(0, Ordering::Relaxed);
                 }

@@ -1580,6 +1580,45 @@ fn sc_fault_create() {
     }
 }
 
+// An injected PORT_ERR affects the port's QPs as a link loss does: a WR retries until the
+// transport timeout and fails with RETRY_EXC_ERR (the QP goes to ERR, the rest is flushed);
+// after PORT_ACTIVE new connections work again.
+fn sc_port_err() {
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW | RW | RR);
+    let target = reg(&d, 4096, LW | RW);
+    let tx = reg(&d, 4096, LW);
+    let w = op::IBV_WR_RDMA_WRITE;
+    let remote = Some((target.addr(), target.rkey()));
+    assert_eq!(post_send(b, 1, w, &tx, 0, 8, remote), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(1, st::IBV_WC_SUCCESS)]
+    );
+    control(std::process::id(), "async port_err");
+    let port_err = ibv_event_type::IBV_EVENT_PORT_ERR as u32;
+    assert_eq!(async_event(d.ctx, 5000).map(|e| e.0), Some(port_err));
+    assert_eq!(post_send(b, 2, w, &tx, 0, 8, remote), 0);
+    assert_eq!(post_send(b, 3, w, &tx, 0, 8, remote), 0);
+    let got = poll(d.cq, 2, 10000);
+    assert_eq!(
+        statuses(&got),
+        vec![(2, st::IBV_WC_RETRY_EXC_ERR), (3, st::IBV_WC_WR_FLUSH_ERR)],
+        "a WR over a down port times out"
+    );
+    control(std::process::id(), "async port_active");
+    let port_active = ibv_event_type::IBV_EVENT_PORT_ACTIVE as u32;
+    assert_eq!(async_event(d.ctx, 5000).map(|e| e.0), Some(port_active));
+    let (c, e) = pair(&d, null_mut(), LW | RW | RR);
+    assert_eq!(post_send(e, 4, w, &tx, 0, 8, remote), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(4, st::IBV_WC_SUCCESS)]
+    );
+    let _ = poll(d.cq, 16, 200);
+    cleanup(d, &[a, b, c, e], &[target, tx], None);
+}
+
 fn sc_shm_dereg() {
     // Same process: a region mapped by an earlier access, then deregistered; the rkey must fail.
     let d = open_dev();
@@ -1799,6 +1838,7 @@ fn parent() {
     run_simple("shm_dereg", &shm, None);
     run_simple("send_inv", &shm, None);
     run_simple("destroy_events", &shm, None);
+    run_simple("port_err", &shm, None);
     run_simple(
         "fault_create",
         &shm,
@@ -1888,6 +1928,7 @@ fn main() {
             "shm_dereg" => sc_shm_dereg(),
             "send_inv" => sc_send_inv(),
             "destroy_events" => sc_destroy_events(),
+            "port_err" => sc_port_err(),
             "fault_create" => sc_fault_create(),
             "peer_survivor" => sc_peer("survivor"),
             other => panic!("unknown scenario {other}"),
