@@ -6,9 +6,12 @@
 //! ```sh
 //! bash scripts/build-softrdma.sh
 //! cargo build --release -p softrdma-ibverbs --example shm_bench
-//! LD_LIBRARY_PATH=target/softrdma target/release/examples/shm_bench [memfd|anon] [seconds]
+//! LD_LIBRARY_PATH=target/softrdma target/release/examples/shm_bench [memfd|hugetlb|anon] [seconds] [local]
 //! ```
 //! The process forks: the parent is the responder, the child the requester (polling mode).
+//! `hugetlb` is a memfd of 2 MiB huge pages (like SPDK's hugetlbfs memory; needs free huge
+//! pages). `local` runs both QPs in one thread of one process instead (no scheduler in the
+//! loop: the per-message cost of the data path itself).
 #![allow(clippy::undocumented_unsafe_blocks)]
 
 use rdma_sys::*;
@@ -28,11 +31,29 @@ struct Side {
     mem: *mut u8,
 }
 
-fn alloc(len: usize, shared: bool) -> *mut u8 {
+/// Which memory the MRs use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MemKind {
+    Memfd,
+    Hugetlb,
+    Anon,
+}
+
+fn alloc(len: usize, kind: MemKind) -> *mut u8 {
     unsafe {
-        let (flags, fd) = if shared {
-            let fd = libc::memfd_create(c"shm_bench".as_ptr(), libc::MFD_CLOEXEC);
-            assert!(fd >= 0 && libc::ftruncate(fd, len as i64) == 0);
+        let (flags, fd) = if kind != MemKind::Anon {
+            let huge = if kind == MemKind::Hugetlb {
+                libc::MFD_HUGETLB
+            } else {
+                0
+            };
+            let fd = libc::memfd_create(c"shm_bench".as_ptr(), libc::MFD_CLOEXEC | huge);
+            assert!(fd >= 0, "memfd_create");
+            assert_eq!(
+                libc::ftruncate(fd, len as i64),
+                0,
+                "ftruncate (free huge pages?)"
+            );
             (libc::MAP_SHARED, fd)
         } else {
             (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
@@ -51,7 +72,7 @@ fn alloc(len: usize, shared: bool) -> *mut u8 {
     }
 }
 
-fn open(shared: bool) -> Side {
+fn open(kind: MemKind) -> Side {
     unsafe {
         let mut n = 0;
         let list = ibv_get_device_list(&mut n);
@@ -70,8 +91,8 @@ fn open(shared: bool) -> Side {
         a.cap.max_recv_sge = 1;
         let qp = ibv_create_qp(pd, &mut a);
         assert!(!qp.is_null());
-        let len = BIG + RECVS * SMALL;
-        let mem = alloc(len, shared);
+        let len = (BIG + RECVS * SMALL).next_multiple_of(2 << 20);
+        let mem = alloc(len, kind);
         let acc = ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
             | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE
             | ibv_access_flags::IBV_ACCESS_REMOTE_READ;
@@ -215,17 +236,105 @@ fn memcpy_gbps(secs: f64) -> f64 {
     (n * BIG as u64) as f64 / t0.elapsed().as_secs_f64() / 1e9
 }
 
+/// Time `opc` of `len` bytes from `s` to `remote` for `secs`, one WR at a time; `between` runs
+/// after each completion (the local mode re-posts the receive there).
+fn run(
+    s: &Side,
+    opc: u32,
+    len: usize,
+    remote: (u64, u32),
+    secs: f64,
+    mut between: impl FnMut(),
+) -> (u64, f64) {
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed() < Duration::from_secs_f64(secs) {
+        for _ in 0..64 {
+            post(s, opc, len, remote);
+            wait_one(s);
+            between();
+        }
+        n += 64;
+    }
+    (n, t0.elapsed().as_secs_f64())
+}
+
+fn report(mem: &str, s: &Side, remote: (u64, u32), secs: f64, mut between: impl FnMut()) {
+    let (n, t) = run(
+        s,
+        ibv_wr_opcode::IBV_WR_SEND,
+        SMALL,
+        remote,
+        secs,
+        &mut between,
+    );
+    println!("{mem}: send 4 KiB: {:.0} K msg/s", n as f64 / t / 1e3);
+    let (n, t) = run(
+        s,
+        ibv_wr_opcode::IBV_WR_RDMA_WRITE,
+        BIG,
+        remote,
+        secs,
+        || {},
+    );
+    println!(
+        "{mem}: write 128 KiB: {:.2} GB/s",
+        (n * BIG as u64) as f64 / t / 1e9
+    );
+    let (n, t) = run(s, ibv_wr_opcode::IBV_WR_RDMA_READ, BIG, remote, secs, || {});
+    println!(
+        "{mem}: read 128 KiB: {:.2} GB/s",
+        (n * BIG as u64) as f64 / t / 1e9
+    );
+    println!(
+        "memcpy 128 KiB (cache-resident): {:.2} GB/s",
+        memcpy_gbps(secs)
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let shared = args.get(1).map(String::as_str) != Some("anon");
+    let (kind, mem) = match args.get(1).map(String::as_str) {
+        Some("anon") => (MemKind::Anon, "anonymous"),
+        Some("hugetlb") => (MemKind::Hugetlb, "hugetlb"),
+        _ => (MemKind::Memfd, "memfd"),
+    };
     let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    if args.get(3).map(String::as_str) == Some("local") {
+        // One process, one thread: responder a, requester b.
+        let a = open(kind);
+        let b = Side {
+            qp: unsafe {
+                let mut ia: ibv_qp_init_attr = std::mem::zeroed();
+                ia.send_cq = a.cq;
+                ia.recv_cq = a.cq;
+                ia.qp_type = ibv_qp_type::IBV_QPT_RC;
+                ia.cap.max_send_wr = 1024;
+                ia.cap.max_recv_wr = 16;
+                ia.cap.max_send_sge = 1;
+                ia.cap.max_recv_sge = 1;
+                ibv_create_qp(a.pd, &mut ia)
+            },
+            ..open_shared_mr(&a, kind)
+        };
+        connect(&a, unsafe { (*b.qp).qp_num });
+        connect(&b, unsafe { (*a.qp).qp_num });
+        post_recv(&a, 0);
+        let remote = (a.mem as u64, unsafe { (*a.mr).rkey });
+        // The SEND's receive completion lands on the same CQ: take it and re-post.
+        report(&format!("{mem}, one process"), &b, remote, secs, || {
+            wait_one(&a);
+            post_recv(&a, 0);
+        });
+        return;
+    }
     let (p2c_r, p2c_w) = pipe();
     let (c2p_r, c2p_w) = pipe();
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid > 0 {
         // Responder: keep receives posted for the SEND phase, then wait for the child.
-        let s = open(shared);
+        let s = open(kind);
         send_u64s(
             p2c_w,
             &[
@@ -269,40 +378,30 @@ fn main() {
         return;
     }
     // Requester.
-    let s = open(shared);
+    let s = open(kind);
     let r = recv_u64s(p2c_r, 3);
     send_u64s(c2p_w, &[unsafe { (*s.qp).qp_num } as u64]);
     connect(&s, r[0] as u32);
     recv_u64s(p2c_r, 1);
-    let remote = (r[1], r[2] as u32);
-    let mem = if shared { "memfd" } else { "anonymous" };
-    let run = |opc: u32, len: usize| {
-        let t0 = Instant::now();
-        let mut n = 0u64;
-        while t0.elapsed() < Duration::from_secs_f64(secs) {
-            for _ in 0..64 {
-                post(&s, opc, len, remote);
-                wait_one(&s);
-            }
-            n += 64;
-        }
-        (n, t0.elapsed().as_secs_f64())
-    };
-    let (n, t) = run(ibv_wr_opcode::IBV_WR_SEND, SMALL);
-    println!("{mem}: send 4 KiB: {:.0} K msg/s", n as f64 / t / 1e3);
-    let (n, t) = run(ibv_wr_opcode::IBV_WR_RDMA_WRITE, BIG);
-    println!(
-        "{mem}: write 128 KiB: {:.2} GB/s",
-        (n * BIG as u64) as f64 / t / 1e9
-    );
-    let (n, t) = run(ibv_wr_opcode::IBV_WR_RDMA_READ, BIG);
-    println!(
-        "{mem}: read 128 KiB: {:.2} GB/s",
-        (n * BIG as u64) as f64 / t / 1e9
-    );
-    println!(
-        "memcpy 128 KiB (cache-resident): {:.2} GB/s",
-        memcpy_gbps(secs)
-    );
+    report(mem, &s, (r[1], r[2] as u32), secs, || {});
     unsafe { libc::_exit(0) };
+}
+
+/// A second registered buffer of `kind` in `a`'s PD and CQ (qp to be filled in).
+fn open_shared_mr(a: &Side, kind: MemKind) -> Side {
+    let len = (BIG + RECVS * SMALL).next_multiple_of(2 << 20);
+    let mem = alloc(len, kind);
+    let acc = ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
+        | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE
+        | ibv_access_flags::IBV_ACCESS_REMOTE_READ;
+    let mr = unsafe { ibv_reg_mr(a.pd, mem as *mut _, len, acc.0 as i32) };
+    assert!(!mr.is_null());
+    Side {
+        ctx: a.ctx,
+        pd: a.pd,
+        cq: a.cq,
+        qp: null_mut(),
+        mr,
+        mem,
+    }
 }
