@@ -407,6 +407,51 @@ mod tests {
     }
 
     #[test]
+    fn hugetlb_region_is_mapped_at_huge_page_alignment() {
+        // SAFETY: test-only syscalls on a memfd we create.
+        unsafe {
+            let len = 4usize << 20;
+            let fd = libc::memfd_create(
+                c"mrmap-huge".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_HUGETLB,
+            );
+            if fd < 0 || libc::ftruncate(fd, len as i64) != 0 {
+                eprintln!(
+                    "hugetlb test not run: no hugetlbfs memfd (errno {})",
+                    crate::util::errno()
+                );
+                return;
+            }
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                eprintln!("hugetlb test not run: no free huge pages");
+                libc::close(fd);
+                return;
+            }
+            let p = p as *mut u8;
+            // A region starting inside the second huge page, not page aligned.
+            let addr = p as u64 + (2 << 20) + 12345;
+            let b = detect(addr, 8192).expect("hugetlbfs mapping must be detected");
+            assert_eq!(b.off, (2 << 20) + 12345);
+            let m = Mapping::new(b.fd, b.off, 8192).expect("map at huge page alignment");
+            assert_eq!(m.base as u64 % (2 << 20), 0, "huge-page aligned mapping");
+            *(m.ptr(addr, addr, 1).unwrap() as *mut u8) = 0xa5;
+            assert_eq!(*p.add((2 << 20) + 12345), 0xa5, "same pages");
+            drop(m);
+            drop(b);
+            libc::munmap(p as *mut libc::c_void, len);
+            libc::close(fd);
+        }
+    }
+
+    #[test]
     fn memfd_region_is_detected_and_mapped() {
         // SAFETY: test-only syscalls on a memfd we create.
         unsafe {
