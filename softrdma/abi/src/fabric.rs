@@ -23,7 +23,7 @@ pub const MAX_SRQS: usize = 8192;
 /// MR records. Key = `(slot << 8) | generation8`, generation never 0.
 pub const MAX_MRS: usize = 1 << 18;
 /// Counters per node.
-pub const NUM_COUNTERS: usize = 21;
+pub const NUM_COUNTERS: usize = 22;
 
 /// Per-process counters (index into [`NodeRec::counters`]).
 #[repr(u32)]
@@ -72,6 +72,8 @@ pub enum Counter {
     /// Bytes this process moved by `memcpy` through a shared-file MR mapping, without a system
     /// call (total; a subset of `BytesMoved` plus receive-side bytes of SENDs it delivered).
     MappedBytes,
+    /// `process_vm_readv` / `process_vm_writev` calls made by this process (total).
+    CopyCalls,
 }
 
 impl Counter {
@@ -98,6 +100,7 @@ impl Counter {
         Counter::BytesMoved,
         Counter::RnrStalls,
         Counter::MappedBytes,
+        Counter::CopyCalls,
     ];
 
     /// Stable snake_case name used by `softrdma-ctl stats`.
@@ -124,6 +127,7 @@ impl Counter {
             Counter::BytesMoved => "bytes_moved",
             Counter::RnrStalls => "rnr_stalls",
             Counter::MappedBytes => "mapped_bytes",
+            Counter::CopyCalls => "copy_calls",
         }
     }
 

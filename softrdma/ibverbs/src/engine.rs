@@ -165,6 +165,16 @@ pub(crate) fn run(rt: &Runtime, w: &QpWrap, sq: &mut Sq) {
         if state != IBV_QPS_RTS && state != IBV_QPS_SQD {
             return;
         }
+        if !head.fault_checked && head.opcode == IBV_WR_RDMA_WRITE && !rt.faults.is_active() {
+            match write_batch(rt, w, sq) {
+                Batch::NotApplicable => {}
+                Batch::Progress => continue,
+                Batch::Failed => return,
+            }
+        }
+        let Some(head) = sq.pending.front() else {
+            return;
+        };
         let action = if head.fault_checked {
             None
         } else {
@@ -192,20 +202,7 @@ pub(crate) fn run(rt: &Runtime, w: &QpWrap, sq: &mut Sq) {
             None => execute(rt, w, head),
         };
         match res {
-            Exec::Done(byte_len) => {
-                let wr = sq.pending.pop_front().expect("head exists");
-                sq.stall = None;
-                rt.count(Counter::OutstandingSends, -1);
-                rt.count(Counter::BytesMoved, wr.len as i64);
-                if wr.signaled {
-                    complete(
-                        rt,
-                        w,
-                        false,
-                        &wc(w, wr.wr_id, IBV_WC_SUCCESS, wc_opcode(wr.opcode), byte_len),
-                    );
-                }
-            }
+            Exec::Done(byte_len) => complete_head(rt, w, sq, byte_len),
             Exec::Stall(kind) => {
                 let attr = *w.attr.lock().unwrap_or_else(|e| e.into_inner());
                 // A busy-polling requester retries a stalled head on every ibv_poll_cq: with
@@ -250,6 +247,122 @@ pub(crate) fn run(rt: &Runtime, w: &QpWrap, sq: &mut Sq) {
                 fail_head(rt, w, sq, status);
                 return;
             }
+        }
+    }
+}
+
+/// The head WR succeeded: pop it and complete it if signaled.
+fn complete_head(rt: &Runtime, w: &QpWrap, sq: &mut Sq, byte_len: u32) {
+    let Some(wr) = sq.pending.pop_front() else {
+        return;
+    };
+    sq.stall = None;
+    rt.count(Counter::OutstandingSends, -1);
+    rt.count(Counter::BytesMoved, wr.len as i64);
+    if wr.signaled {
+        complete(
+            rt,
+            w,
+            false,
+            &wc(w, wr.wr_id, IBV_WC_SUCCESS, wc_opcode(wr.opcode), byte_len),
+        );
+    }
+}
+
+/// Most WRs [`write_batch`] gathers into one system call.
+const MAX_BATCH: usize = 16;
+
+/// What [`write_batch`] did.
+enum Batch {
+    /// Fewer than two WRs qualify: run the head alone.
+    NotApplicable,
+    /// The gathered WRs completed.
+    Progress,
+    /// A gathered WR failed; the QP is in ERR (the rest flushed).
+    Failed,
+}
+
+/// Gather the consecutive plain RDMA WRITEs at the head of the send queue whose target is not
+/// mapped here (anonymous memory) into one `process_vm_writev`. Each WR is validated exactly as
+/// alone (keys, PD, access, bounds); the first one that does not validate ends the batch and
+/// runs alone later. If the copy stops early, the WRs whose bytes all landed complete, the
+/// first one that did not fails (REM_ACCESS_ERR, or RETRY_EXC_ERR if the peer is gone) and the
+/// rest are flushed. Only used while no fault rule is active (faults are drawn per WR).
+fn write_batch(rt: &Runtime, w: &QpWrap, sq: &mut Sq) -> Batch {
+    let n = sq
+        .pending
+        .iter()
+        .take(MAX_BATCH)
+        .take_while(|wr| wr.opcode == IBV_WR_RDMA_WRITE && !wr.fault_checked)
+        .count();
+    if n < 2 {
+        return Batch::NotApplicable;
+    }
+    let Ok(p) = peer(rt, w) else {
+        return Batch::NotApplicable;
+    };
+    let Ok(_d) = enter(&p, w.qpn) else {
+        return Batch::NotApplicable;
+    };
+    if p.rec.access.load(Ordering::Relaxed) & IBV_ACCESS_REMOTE_WRITE == 0 {
+        return Batch::NotApplicable;
+    }
+    let pd = p.rec.pd.load(Ordering::Relaxed);
+    let mut guards: SmallVec<[MrAccess; MAX_BATCH]> = SmallVec::new();
+    let mut local_guards: SmallVec<[Guards; MAX_BATCH]> = SmallVec::new();
+    let mut local = copy::Iov::new();
+    let mut remote = copy::Iov::new();
+    // Byte offset (in the gathered lists) at which each WR's payload ends.
+    let mut ends: SmallVec<[usize; MAX_BATCH]> = SmallVec::new();
+    let mut total = 0usize;
+    for wr in sq.pending.iter().take(n) {
+        let Ok((g, l)) = local_sges(rt, w, wr, 0) else {
+            break;
+        };
+        if wr.len > 0 {
+            let need = IBV_ACCESS_REMOTE_WRITE;
+            let Ok(r) = mr::check(wr.rkey, p.pid, pd, wr.remote_addr, wr.len, need) else {
+                break;
+            };
+            if r.mapped.is_some() {
+                break; // the memcpy path is faster than any system call
+            }
+            local.extend_from_slice(&l.addrs);
+            remote.push((r.addr, wr.len as usize));
+            guards.push(r);
+            total += wr.len as usize;
+        }
+        local_guards.push(g);
+        ends.push(total);
+    }
+    if ends.len() < 2 {
+        return Batch::NotApplicable;
+    }
+    let res = util::transfer_counted(p.pid, &local, &remote, true);
+    drop(guards);
+    drop(local_guards);
+    let landed = match res {
+        Ok(()) => total,
+        Err((d, _)) => d,
+    };
+    for &end in &ends {
+        if end > landed {
+            break;
+        }
+        complete_head(rt, w, sq, 0);
+    }
+    match res {
+        Ok(()) => Batch::Progress,
+        Err((_, e)) => {
+            let status = match e {
+                CopyError::PeerGone => IBV_WC_RETRY_EXC_ERR,
+                CopyError::Fault => {
+                    responder_error(rt, &p, Some(IBV_EVENT_QP_ACCESS_ERR));
+                    IBV_WC_REM_ACCESS_ERR
+                }
+            };
+            fail_head(rt, w, sq, status);
+            Batch::Failed
         }
     }
 }

@@ -400,6 +400,11 @@ impl Faults {
         Ok(())
     }
 
+    /// True while any rule exists (WRs must then be checked one by one).
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
     /// True while rules exist whose effects are timed (held completions, delayed async
     /// events): the event thread then wakes every 20 ms instead of every 100 ms.
     pub(crate) fn needs_ticks(&self) -> bool {

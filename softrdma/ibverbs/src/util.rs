@@ -84,6 +84,18 @@ fn transfer(
     remote: &[(u64, usize)],
     write: bool,
 ) -> Result<(), CopyError> {
+    transfer_counted(pid, local, remote, write).map_err(|(_, e)| e)
+}
+
+/// Like [`write_to`] / [`read_from`], but a failure also says how many bytes (in list order)
+/// were transferred before it: every byte before that count landed, and the transfer stopped
+/// there (the kernel copies in list order and stops at the first page it cannot reach).
+pub(crate) fn transfer_counted(
+    pid: u32,
+    local: &[(u64, usize)],
+    remote: &[(u64, usize)],
+    write: bool,
+) -> Result<(), (usize, CopyError)> {
     let total: usize = local.iter().map(|x| x.1).sum();
     debug_assert_eq!(total, remote.iter().map(|x| x.1).sum::<usize>());
     if total == 0 {
@@ -117,14 +129,20 @@ fn transfer(
                 )
             }
         };
+        if let Some(rt) = crate::runtime::existing() {
+            rt.count(softrdma_abi::fabric::Counter::CopyCalls, 1);
+        }
         if n < 0 {
-            return Err(match errno() {
-                libc::ESRCH | libc::EPERM => CopyError::PeerGone,
-                _ => CopyError::Fault,
-            });
+            return Err((
+                done,
+                match errno() {
+                    libc::ESRCH | libc::EPERM => CopyError::PeerGone,
+                    _ => CopyError::Fault,
+                },
+            ));
         }
         if n == 0 {
-            return Err(CopyError::Fault);
+            return Err((done, CopyError::Fault));
         }
         done += n as usize;
     }

@@ -1619,6 +1619,130 @@ fn sc_port_err() {
     cleanup(d, &[a, b, c, e], &[target, tx], None);
 }
 
+/// Post the RDMA WRITEs `(wr_id, local offset, remote address, len)` as one chain.
+fn post_write_chain(qp: *mut ibv_qp, b: &Buf, rkey: u32, wrs: &[(u64, usize, u64, u32)]) -> i32 {
+    unsafe {
+        let mut sges: Vec<ibv_sge> = wrs
+            .iter()
+            .map(|&(_, off, _, len)| ibv_sge {
+                addr: b.addr() + off as u64,
+                length: len,
+                lkey: b.lkey(),
+            })
+            .collect();
+        let mut list: Vec<ibv_send_wr> = (0..wrs.len()).map(|_| std::mem::zeroed()).collect();
+        for (i, &(id, _, raddr, _)) in wrs.iter().enumerate() {
+            list[i].wr_id = id;
+            list[i].sg_list = &mut sges[i];
+            list[i].num_sge = 1;
+            list[i].opcode = op::IBV_WR_RDMA_WRITE;
+            list[i].send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+            list[i].wr.rdma.remote_addr = raddr;
+            list[i].wr.rdma.rkey = rkey;
+        }
+        for i in 1..list.len() {
+            let next: *mut ibv_send_wr = &mut list[i];
+            list[i - 1].next = next;
+        }
+        let mut bad = null_mut();
+        ibv_post_send(qp, list.as_mut_ptr(), &mut bad)
+    }
+}
+
+// A chain of RDMA WRITEs into anonymous memory takes one process_vm_writev (copy_calls + 1),
+// and a chain whose second WRITE cannot land (its page was unmapped after registration) fails
+// exactly that WR: the first completes and its bytes landed, the third is flushed.
+fn sc_write_chain() {
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW | RW | RR);
+    let pg = 4096usize;
+    let target = unsafe {
+        let p = libc::mmap(
+            null_mut(),
+            3 * pg,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let mr = ibv_reg_mr(d.pd, p, 3 * pg, (LW | RW) as i32);
+        assert!(!mr.is_null());
+        Buf {
+            mr,
+            mem: Mem::Shared {
+                ptr: p as *mut u8,
+                len: 3 * pg,
+                fd: -1,
+            },
+        }
+    };
+    let mut tx = reg(&d, 4096, LW);
+    tx.mem[..48].copy_from_slice(&pattern(5, 48));
+    let (t, rk) = (target.addr(), target.rkey());
+    let calls = my_counter(Counter::CopyCalls);
+    let chain = [
+        (1, 0, t, 16),
+        (2, 16, t + 16, 16),
+        (3, 32, t + 2 * pg as u64, 16),
+    ];
+    assert_eq!(post_write_chain(b, &tx, rk, &chain), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 3, 5000)),
+        vec![
+            (1, st::IBV_WC_SUCCESS),
+            (2, st::IBV_WC_SUCCESS),
+            (3, st::IBV_WC_SUCCESS)
+        ]
+    );
+    assert_eq!(
+        my_counter(Counter::CopyCalls) - calls,
+        1,
+        "three WRITEs, one system call"
+    );
+    assert_eq!(&target.mem[..32], &pattern(5, 48)[..32]);
+    assert_eq!(&target.mem[2 * pg..2 * pg + 16], &pattern(5, 48)[32..]);
+    // Unmap the middle page behind the registration's back; reset the landing zones.
+    unsafe {
+        assert_eq!(libc::munmap((t + pg as u64) as *mut _, pg), 0);
+        std::ptr::write_bytes(t as *mut u8, 0, 16);
+        std::ptr::write_bytes((t + 2 * pg as u64) as *mut u8, 0, 16);
+    }
+    let chain = [
+        (4, 0, t, 16),
+        (5, 16, t + pg as u64, 16),
+        (6, 32, t + 2 * pg as u64, 16),
+    ];
+    assert_eq!(post_write_chain(b, &tx, rk, &chain), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 3, 5000)),
+        vec![
+            (4, st::IBV_WC_SUCCESS),
+            (5, st::IBV_WC_REM_ACCESS_ERR),
+            (6, st::IBV_WC_WR_FLUSH_ERR)
+        ]
+    );
+    unsafe {
+        assert_eq!(
+            std::slice::from_raw_parts(t as *const u8, 16),
+            &pattern(5, 48)[..16]
+        );
+        let third = std::slice::from_raw_parts((t + 2 * pg as u64) as *const u8, 16);
+        assert_eq!(third, &[0u8; 16], "nothing after the failed WR landed");
+    }
+    let _ = poll(d.cq, 8, 200);
+    unsafe { assert_eq!(ibv_dereg_mr(target.mr), 0) };
+    let Mem::Shared { ptr, .. } = target.mem else {
+        unreachable!()
+    };
+    unsafe {
+        libc::munmap(ptr as *mut _, pg);
+        libc::munmap(ptr.add(2 * pg) as *mut _, pg);
+    }
+    std::mem::forget(target.mem);
+    cleanup(d, &[a, b], &[tx], None);
+}
+
 fn sc_shm_dereg() {
     // Same process: a region mapped by an earlier access, then deregistered; the rkey must fail.
     let d = open_dev();
@@ -1839,6 +1963,7 @@ fn parent() {
     run_simple("send_inv", &shm, None);
     run_simple("destroy_events", &shm, None);
     run_simple("port_err", &shm, None);
+    run_simple("write_chain", &shm, None);
     run_simple(
         "fault_create",
         &shm,
@@ -1929,6 +2054,7 @@ fn main() {
             "send_inv" => sc_send_inv(),
             "destroy_events" => sc_destroy_events(),
             "port_err" => sc_port_err(),
+            "write_chain" => sc_write_chain(),
             "fault_create" => sc_fault_create(),
             "peer_survivor" => sc_peer("survivor"),
             other => panic!("unknown scenario {other}"),
