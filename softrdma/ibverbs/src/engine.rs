@@ -165,8 +165,9 @@ pub(crate) fn run(rt: &Runtime, w: &QpWrap, sq: &mut Sq) {
         if state != IBV_QPS_RTS && state != IBV_QPS_SQD {
             return;
         }
-        if !head.fault_checked && head.opcode == IBV_WR_RDMA_WRITE && !rt.faults.is_active() {
-            match write_batch(rt, w, sq) {
+        let batchable = matches!(head.opcode, IBV_WR_RDMA_WRITE | IBV_WR_RDMA_READ);
+        if batchable && !head.fault_checked && !rt.faults.is_active() {
+            match copy_batch(rt, w, sq) {
                 Batch::NotApplicable => {}
                 Batch::Progress => continue,
                 Batch::Failed => return,
@@ -269,10 +270,10 @@ fn complete_head(rt: &Runtime, w: &QpWrap, sq: &mut Sq, byte_len: u32) {
     }
 }
 
-/// Most WRs [`write_batch`] gathers into one system call.
+/// Most WRs [`copy_batch`] gathers into one system call.
 const MAX_BATCH: usize = 16;
 
-/// What [`write_batch`] did.
+/// What [`copy_batch`] did.
 enum Batch {
     /// Fewer than two WRs qualify: run the head alone.
     NotApplicable,
@@ -282,18 +283,28 @@ enum Batch {
     Failed,
 }
 
-/// Gather the consecutive plain RDMA WRITEs at the head of the send queue whose target is not
-/// mapped here (anonymous memory) into one `process_vm_writev`. Each WR is validated exactly as
-/// alone (keys, PD, access, bounds); the first one that does not validate ends the batch and
-/// runs alone later. If the copy stops early, the WRs whose bytes all landed complete, the
-/// first one that did not fails (REM_ACCESS_ERR, or RETRY_EXC_ERR if the peer is gone) and the
-/// rest are flushed. Only used while no fault rule is active (faults are drawn per WR).
-fn write_batch(rt: &Runtime, w: &QpWrap, sq: &mut Sq) -> Batch {
+/// Gather the consecutive plain RDMA WRITEs (or READs) at the head of the send queue whose
+/// remote side is not mapped here (anonymous memory) into one `process_vm_writev` (`readv`).
+/// Each WR is validated exactly as alone (keys, PD, access, bounds); the first one that does
+/// not validate ends the batch and runs alone later. If the copy stops early, the WRs whose
+/// bytes all landed complete, the first one that did not fails (REM_ACCESS_ERR, or
+/// RETRY_EXC_ERR if the peer is gone) and the rest are flushed. Only used while no fault rule
+/// is active (faults are drawn per WR).
+fn copy_batch(rt: &Runtime, w: &QpWrap, sq: &mut Sq) -> Batch {
+    let Some(opcode) = sq.pending.front().map(|wr| wr.opcode) else {
+        return Batch::NotApplicable;
+    };
+    let write = opcode == IBV_WR_RDMA_WRITE;
+    let (local_need, remote_need) = if write {
+        (0, IBV_ACCESS_REMOTE_WRITE)
+    } else {
+        (IBV_ACCESS_LOCAL_WRITE, IBV_ACCESS_REMOTE_READ)
+    };
     let n = sq
         .pending
         .iter()
         .take(MAX_BATCH)
-        .take_while(|wr| wr.opcode == IBV_WR_RDMA_WRITE && !wr.fault_checked)
+        .take_while(|wr| wr.opcode == opcode && !wr.fault_checked)
         .count();
     if n < 2 {
         return Batch::NotApplicable;
@@ -304,7 +315,7 @@ fn write_batch(rt: &Runtime, w: &QpWrap, sq: &mut Sq) -> Batch {
     let Ok(_d) = enter(&p, w.qpn) else {
         return Batch::NotApplicable;
     };
-    if p.rec.access.load(Ordering::Relaxed) & IBV_ACCESS_REMOTE_WRITE == 0 {
+    if p.rec.access.load(Ordering::Relaxed) & remote_need == 0 {
         return Batch::NotApplicable;
     }
     let pd = p.rec.pd.load(Ordering::Relaxed);
@@ -316,11 +327,11 @@ fn write_batch(rt: &Runtime, w: &QpWrap, sq: &mut Sq) -> Batch {
     let mut ends: SmallVec<[usize; MAX_BATCH]> = SmallVec::new();
     let mut total = 0usize;
     for wr in sq.pending.iter().take(n) {
-        let Ok((g, l)) = local_sges(rt, w, wr, 0) else {
+        let Ok((g, l)) = local_sges(rt, w, wr, local_need) else {
             break;
         };
         if wr.len > 0 {
-            let need = IBV_ACCESS_REMOTE_WRITE;
+            let need = remote_need;
             let Ok(r) = mr::check(wr.rkey, p.pid, pd, wr.remote_addr, wr.len, need) else {
                 break;
             };
@@ -338,7 +349,7 @@ fn write_batch(rt: &Runtime, w: &QpWrap, sq: &mut Sq) -> Batch {
     if ends.len() < 2 {
         return Batch::NotApplicable;
     }
-    let res = util::transfer_counted(p.pid, &local, &remote, true);
+    let res = util::transfer_counted(p.pid, &local, &remote, write);
     drop(guards);
     drop(local_guards);
     let landed = match res {
@@ -349,7 +360,11 @@ fn write_batch(rt: &Runtime, w: &QpWrap, sq: &mut Sq) -> Batch {
         if end > landed {
             break;
         }
-        complete_head(rt, w, sq, 0);
+        let byte_len = match sq.pending.front() {
+            Some(wr) if !write => wr.len as u32,
+            _ => 0,
+        };
+        complete_head(rt, w, sq, byte_len);
     }
     match res {
         Ok(()) => Batch::Progress,

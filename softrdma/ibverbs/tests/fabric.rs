@@ -1619,8 +1619,14 @@ fn sc_port_err() {
     cleanup(d, &[a, b, c, e], &[target, tx], None);
 }
 
-/// Post the RDMA WRITEs `(wr_id, local offset, remote address, len)` as one chain.
-fn post_write_chain(qp: *mut ibv_qp, b: &Buf, rkey: u32, wrs: &[(u64, usize, u64, u32)]) -> i32 {
+/// Post RDMA WRITEs (or READs, `opc`) `(wr_id, local offset, remote address, len)` as one chain.
+fn post_chain(
+    qp: *mut ibv_qp,
+    opc: u32,
+    b: &Buf,
+    rkey: u32,
+    wrs: &[(u64, usize, u64, u32)],
+) -> i32 {
     unsafe {
         let mut sges: Vec<ibv_sge> = wrs
             .iter()
@@ -1635,7 +1641,7 @@ fn post_write_chain(qp: *mut ibv_qp, b: &Buf, rkey: u32, wrs: &[(u64, usize, u64
             list[i].wr_id = id;
             list[i].sg_list = &mut sges[i];
             list[i].num_sge = 1;
-            list[i].opcode = op::IBV_WR_RDMA_WRITE;
+            list[i].opcode = opc;
             list[i].send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
             list[i].wr.rdma.remote_addr = raddr;
             list[i].wr.rdma.rkey = rkey;
@@ -1666,7 +1672,7 @@ fn sc_write_chain() {
             0,
         );
         assert_ne!(p, libc::MAP_FAILED);
-        let mr = ibv_reg_mr(d.pd, p, 3 * pg, (LW | RW) as i32);
+        let mr = ibv_reg_mr(d.pd, p, 3 * pg, (LW | RW | RR) as i32);
         assert!(!mr.is_null());
         Buf {
             mr,
@@ -1680,13 +1686,14 @@ fn sc_write_chain() {
     let mut tx = reg(&d, 4096, LW);
     tx.mem[..48].copy_from_slice(&pattern(5, 48));
     let (t, rk) = (target.addr(), target.rkey());
+    let w = op::IBV_WR_RDMA_WRITE;
     let calls = my_counter(Counter::CopyCalls);
     let chain = [
         (1, 0, t, 16),
         (2, 16, t + 16, 16),
         (3, 32, t + 2 * pg as u64, 16),
     ];
-    assert_eq!(post_write_chain(b, &tx, rk, &chain), 0);
+    assert_eq!(post_chain(b, w, &tx, rk, &chain), 0);
     assert_eq!(
         statuses(&poll(d.cq, 3, 5000)),
         vec![
@@ -1702,6 +1709,33 @@ fn sc_write_chain() {
     );
     assert_eq!(&target.mem[..32], &pattern(5, 48)[..32]);
     assert_eq!(&target.mem[2 * pg..2 * pg + 16], &pattern(5, 48)[32..]);
+    // The same bytes read back by a READ chain into tx[1024..1072]: one system call too.
+    let calls = my_counter(Counter::CopyCalls);
+    let chain = [
+        (7, 1024, t, 16),
+        (8, 1040, t + 16, 16),
+        (9, 1056, t + 2 * pg as u64, 16),
+    ];
+    assert_eq!(post_chain(b, op::IBV_WR_RDMA_READ, &tx, rk, &chain), 0);
+    let got = poll(d.cq, 3, 5000);
+    assert_eq!(
+        statuses(&got),
+        vec![
+            (7, st::IBV_WC_SUCCESS),
+            (8, st::IBV_WC_SUCCESS),
+            (9, st::IBV_WC_SUCCESS)
+        ]
+    );
+    assert!(
+        got.iter().all(|c| c.byte_len == 16),
+        "READ completions carry byte_len"
+    );
+    assert_eq!(
+        my_counter(Counter::CopyCalls) - calls,
+        1,
+        "three READs, one system call"
+    );
+    assert_eq!(&tx.mem[1024..1072], &pattern(5, 48)[..]);
     // Unmap the middle page behind the registration's back; reset the landing zones.
     unsafe {
         assert_eq!(libc::munmap((t + pg as u64) as *mut _, pg), 0);
@@ -1713,7 +1747,7 @@ fn sc_write_chain() {
         (5, 16, t + pg as u64, 16),
         (6, 32, t + 2 * pg as u64, 16),
     ];
-    assert_eq!(post_write_chain(b, &tx, rk, &chain), 0);
+    assert_eq!(post_chain(b, w, &tx, rk, &chain), 0);
     assert_eq!(
         statuses(&poll(d.cq, 3, 5000)),
         vec![
