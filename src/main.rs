@@ -15,7 +15,8 @@ use nvmf_rdma_rs::initiator::{
     run_perf as run_initiator_perf, ControllerConfig, PerfConfig, SglMode,
 };
 use nvmf_rdma_rs::standalone::MiniHost;
-use nvmf_rdma_rs::transport::{RunConfig, Transport, TransportOptions};
+use nvmf_rdma_rs::standalone::{Driver, RunConfig};
+use nvmf_rdma_rs::transport::TransportOptions;
 
 /// NVMe-oF RDMA target transport in Rust: standalone target, demo and perf.
 #[derive(Parser, Debug)]
@@ -104,6 +105,11 @@ struct TargetArgs {
     /// thread); by default an idle group naps 200 µs after ~2000 empty polls.
     #[arg(long)]
     busy_poll: bool,
+    /// Test mode of the host: complete commands inside the transport's
+    /// execute call and free held commands / finish the qpair inside its
+    /// disconnect request, as SPDK's generic layer does.
+    #[arg(long)]
+    reentrant_host: bool,
     /// Seconds a qpair's teardown waits for the NIC to return its WRs before
     /// it is destroyed anyway.
     #[arg(long, default_value_t = 2)]
@@ -327,7 +333,8 @@ fn run_target(args: &TargetArgs) -> Result<(), String> {
     let threads = args.threads.max(1);
     let host = Arc::new(
         MiniHost::new(&args.nqn, ns.clone(), &opts, &args.listen, threads)
-            .map_err(|e| format!("target configuration: {e}"))?,
+            .map_err(|e| format!("target configuration: {e}"))?
+            .reentrant(args.reentrant_host),
     );
     let run = RunConfig {
         poll_groups: threads,
@@ -335,7 +342,7 @@ fn run_target(args: &TargetArgs) -> Result<(), String> {
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_sec.max(1)),
         ..RunConfig::default()
     };
-    let transport = Transport::start(host.clone(), opts, &args.listen, run)
+    let transport = Driver::start(host.clone(), opts, &args.listen, run)
         .map_err(|e| format!("starting the transport: {e}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
@@ -375,7 +382,7 @@ fn run_target(args: &TargetArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn print_stats(t: &Transport) {
+fn print_stats(t: &Driver) {
     let groups: Vec<serde_json::Value> = t
         .stats()
         .iter()

@@ -8,12 +8,12 @@
 //! actions into verbs calls.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::engine::codec::nvme::{Completion, DataTransfer, Status};
-use crate::engine::codec::private_data::{CmAccept, CmReject, CmRequest, Negotiated, RejectStatus};
+use crate::engine::codec::nvme::{Completion, DataTransfer};
+use crate::engine::codec::private_data::{CmAccept, CmReject, RejectStatus};
 use crate::engine::codec::sgl::{SglLimits, MAX_SGL_DESCRIPTORS};
 use crate::engine::{
     self, Action, DataRef, LocalSge, Notice, QpairConfig, RecvId, ReqId, Timestamp, WcStatus,
@@ -26,12 +26,15 @@ use crate::verbs::{
 
 use super::device::Device;
 use super::host::{
-    BufferGrant, CommandData, DataBuffer, Direction, Host, HostEvent, HostGroup, QpairHandle,
-    QpairInfo, RequestHandle,
+    AbortResult, BufferGrant, Call, CallQueueFull, CommandData, Direction, FiniDone, GroupCalls,
+    Host, HostGroup, QpairHandle, QpairInfo, RequestBuffers, RequestHandle,
+    MAX_BUFFERS_PER_REQUEST,
 };
 use super::options::TransportOptions;
+use super::pending::{AddQpairError, AddQpairFailure, PendingQpair, QpairEvent, QpairMsg};
 use super::shared::Shared;
 use super::stats::{PollGroupStats, PollerStats};
+use super::target::Core;
 use super::wrid;
 
 /// Completions reaped per CQ per poll (upstream: 32).
@@ -40,49 +43,10 @@ const WC_BATCH: usize = 32;
 const CAPSULE: usize = 64;
 /// Bytes of one response capsule.
 const RESPONSE: usize = 16;
-
-/// A connection handed from the acceptor to a poll group.
-pub(crate) struct NewQpair {
-    /// The CM id of the connect request.
-    pub cm_id: CmId,
-    /// Transport device index.
-    pub device: usize,
-    /// Negotiated depths.
-    pub negotiated: Negotiated,
-    /// The parsed private data.
-    pub request: CmRequest,
-    /// Listener address.
-    pub listen: SocketAddr,
-}
-
-/// What other threads send to a poll group.
-pub(crate) enum GroupMsg {
-    /// Add this qpair (upstream `poll_group_add`).
-    NewQpair(Box<NewQpair>),
-    /// RDMA_CM_EVENT_DISCONNECTED / DEVICE_REMOVAL for the id with this key.
-    CmDisconnected {
-        /// [`CmId::key`].
-        id_key: usize,
-    },
-    /// An IB async event for a QP.
-    QpEvent {
-        /// Device index.
-        device: usize,
-        /// QP number.
-        qp_num: u32,
-        /// What happened.
-        kind: QpEventKind,
-    },
-}
-
-/// QP-scoped async events the engine cares about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum QpEventKind {
-    /// IBV_EVENT_QP_FATAL: disconnect.
-    Fatal,
-    /// IBV_EVENT_QP_LAST_WQE_REACHED.
-    LastWqeReached,
-}
+/// How long a qpair's teardown waits for the NIC to return every WR before
+/// destroying the QP anyway, unless [`PollGroup::set_drain_timeout`] says
+/// otherwise.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Receive buffers: one slot of 64 + `in_capsule_data_size` bytes per
 /// receive, the time each slot last completed, and the RECVs waiting to be
@@ -189,7 +153,8 @@ struct Conn {
     /// Receive buffers (without SRQ).
     recv: Option<RecvArea>,
     cpl_buf: DmaBuf,
-    granted: Vec<Vec<DataBuffer>>,
+    /// Buffers granted per request slot (SPDK: `req->iov`).
+    granted: Vec<RequestBuffers>,
     req_start: Vec<u64>,
     sends: SendWrList,
     dirty: bool,
@@ -200,13 +165,20 @@ struct Conn {
     failed: Vec<u64>,
 }
 
-/// A host answer to feed after the current batch of actions.
-enum Deferred {
-    Granted(ReqId, Vec<DataBuffer>),
+/// An abort the engine could not do yet (victim moving data), retried at
+/// every poll until its deadline (upstream `nvmf_rdma_qpair_abort_request`
+/// with its `abort_timeout_sec` poller).
+struct PendingAbort {
+    qpair: QpairHandle,
+    cid: u16,
+    deadline: u64,
 }
 
-/// One poll group (upstream `spdk_nvmf_rdma_poll_group`).
-pub(crate) struct PollGroup<H: Host> {
+/// One poll group (upstream `spdk_nvmf_rdma_poll_group`), created with
+/// [`super::Transport::create_poll_group`] and driven by one thread at a
+/// time. Dropping it removes it from placement.
+pub struct PollGroup<H: Host> {
+    core: Arc<Core>,
     index: u16,
     host: H::Group,
     opts: TransportOptions,
@@ -215,9 +187,14 @@ pub(crate) struct PollGroup<H: Host> {
     conns: Vec<Option<Conn>>,
     generations: Vec<u32>,
     by_qpn: HashMap<(usize, u32), usize>,
-    by_cm: HashMap<usize, usize>,
-    events: Vec<HostEvent>,
-    scratch: Vec<u8>,
+    /// Host answers pushed during a group call, applied before it returns.
+    calls: GroupCalls,
+    /// Requests granted buffers synchronously during the current action
+    /// batch (fed to the engine after it; reused, never shrunk).
+    granted_now: Vec<ReqId>,
+    /// Whether a public entry point is running (nested ones only queue).
+    in_call: bool,
+    aborts: Vec<PendingAbort>,
     shared: Arc<Shared>,
     pending_data_buffer: u64,
     drain_timeout_ns: u64,
@@ -225,14 +202,10 @@ pub(crate) struct PollGroup<H: Host> {
 
 impl<H: Host> PollGroup<H> {
     /// Creates the group (upstream `poll_group_create`): one CQ per device.
-    pub(crate) fn new(
-        index: u16,
-        host: &H,
-        opts: TransportOptions,
-        devices: Arc<Vec<Device>>,
-        shared: Arc<Shared>,
-        drain_timeout_ns: u64,
-    ) -> Result<PollGroup<H>, VerbsError> {
+    pub(crate) fn new(index: u16, host: &H, core: Arc<Core>) -> Result<PollGroup<H>, VerbsError> {
+        let opts = core.opts.clone();
+        let devices = core.devices.clone();
+        let shared = core.shared.clone();
         let mut group = host.create_group(index);
         let mut pollers = Vec::new();
         for (i, d) in devices.iter().enumerate() {
@@ -285,6 +258,7 @@ impl<H: Host> PollGroup<H> {
             });
         }
         Ok(PollGroup {
+            core,
             index,
             host: group,
             opts,
@@ -293,22 +267,34 @@ impl<H: Host> PollGroup<H> {
             conns: Vec::new(),
             generations: Vec::new(),
             by_qpn: HashMap::new(),
-            by_cm: HashMap::new(),
-            events: Vec::new(),
-            scratch: vec![0; 64 * 1024],
+            calls: GroupCalls::new(),
+            granted_now: Vec::with_capacity(64),
+            in_call: false,
+            aborts: Vec::new(),
             shared,
             pending_data_buffer: 0,
-            drain_timeout_ns,
+            drain_timeout_ns: DEFAULT_DRAIN_TIMEOUT.as_nanos() as u64,
         })
     }
 
+    /// This group's index (the `group` of its [`QpairHandle`]s).
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// How long a qpair's teardown waits for the NIC before destroying the
+    /// QP anyway (default [`DEFAULT_DRAIN_TIMEOUT`]).
+    pub fn set_drain_timeout(&mut self, timeout: Duration) {
+        self.drain_timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    }
+
     /// Live qpairs in this group.
-    pub(crate) fn live_qpairs(&self) -> usize {
+    pub fn live_qpairs(&self) -> usize {
         self.conns.iter().filter(|c| c.is_some()).count()
     }
 
     /// Statistics (upstream `poll_group_dump_stat`).
-    pub(crate) fn stats(&self) -> PollGroupStats {
+    pub fn stats(&self) -> PollGroupStats {
         let mut devices: Vec<PollerStats> = self.pollers.iter().map(|p| p.stats.clone()).collect();
         // The engine counts waits per qpair: add the live qpairs' counts to
         // those of the qpairs already gone (folded in at reap).
@@ -323,32 +309,33 @@ impl<H: Host> PollGroup<H> {
         }
     }
 
-    /// Handles a message from another thread.
-    pub(crate) fn handle_msg(&mut self, msg: GroupMsg, now: u64) {
-        match msg {
-            GroupMsg::NewQpair(n) => self.add_qpair(*n, now),
-            GroupMsg::CmDisconnected { id_key } => {
-                if let Some(&slot) = self.by_cm.get(&id_key) {
-                    self.with_conn(slot, now, |c| c.engine.handle_peer_disconnected());
-                }
-            }
-            GroupMsg::QpEvent {
-                device,
-                qp_num,
-                kind,
-            } => {
-                if let Some(&slot) = self.by_qpn.get(&(device, qp_num)) {
-                    self.with_conn(slot, now, |c| match kind {
-                        QpEventKind::Fatal => c.engine.handle_qp_fatal(),
-                        QpEventKind::LastWqeReached => c.engine.handle_last_wqe_reached(),
-                    });
-                }
-            }
-        }
+    /// Handles a CM / IB async event the acceptor addressed to one of this
+    /// group's qpairs (stale handles are ignored).
+    pub fn deliver(&mut self, msg: QpairMsg, now: u64) {
+        let Some(slot) = self.live_slot(msg.qpair) else {
+            tracing::debug!(qpair = %msg.qpair, event = ?msg.event, "event for a qpair that is gone ignored");
+            return;
+        };
+        self.with_conn(slot, now, |c| match msg.event {
+            QpairEvent::CmDisconnected => c.engine.handle_peer_disconnected(),
+            QpairEvent::QpFatal => c.engine.handle_qp_fatal(),
+            QpairEvent::LastWqeReached => c.engine.handle_last_wqe_reached(),
+        });
+    }
+
+    /// The slot of `qpair` if it is a live, unfinished qpair of this group.
+    fn live_slot(&self, qpair: QpairHandle) -> Option<usize> {
+        let slot = qpair.slot as usize;
+        let live = qpair.group == self.index
+            && self
+                .conns
+                .get(slot)
+                .is_some_and(|c| c.as_ref().is_some_and(|c| c.handle == qpair && !c.finished));
+        live.then_some(slot)
     }
 
     /// Asks every qpair to go (shutdown): like a host disconnect.
-    pub(crate) fn disconnect_all(&mut self, now: u64) {
+    pub fn disconnect_all(&mut self, now: u64) {
         for slot in 0..self.conns.len() {
             let deadline = Timestamp(now + self.drain_timeout_ns);
             self.with_conn(slot, now, |c| c.engine.handle_fini(deadline));
@@ -372,33 +359,44 @@ impl<H: Host> PollGroup<H> {
             tracing::warn!(qpair = %conn.handle, qp_num = conn.qp_num, "engine refused event: {e}");
         }
         self.run_actions(slot, now);
+        // Host answers given during the batch, after it (nested: no-op).
+        self.apply_calls(now);
     }
 
-    fn add_qpair(&mut self, n: NewQpair, now: u64) {
-        let NewQpair {
-            mut cm_id,
-            device,
-            negotiated,
-            request,
-            listen,
-        } = n;
-        let reject = |id: &CmId, why: &str| {
-            tracing::error!(%listen, "rejecting connection (NO_RESOURCES): {why}");
-            let r = CmReject {
-                recfmt: 0,
-                status: RejectStatus::NoResources,
-            };
-            if let Err(e) = id.reject(&r.to_bytes()) {
-                tracing::warn!("rdma_reject failed: {e}");
-            }
-        };
+    /// Adds a connection to this group (upstream `poll_group_add`): CQ
+    /// sizing, QP, engine, receive and response memory, the host's
+    /// [`HostGroup::qpair_added`], initial RECVs, then `rdma_accept`. On
+    /// failure nothing of the group changed and the qpair comes back in the
+    /// error, still alive until the host finishes it
+    /// ([`PendingQpair::reject`]).
+    pub fn add_qpair(
+        &mut self,
+        mut pending: PendingQpair,
+        now: u64,
+    ) -> Result<QpairHandle, AddQpairError> {
+        match self.setup_qpair(&mut pending) {
+            Ok(conn) => Ok(self.start_qpair(conn, pending, now)),
+            Err(failure) => Err(AddQpairError {
+                group: self.index,
+                failure,
+                qpair: pending,
+            }),
+        }
+    }
+
+    /// Builds everything a qpair needs; on error undoes the CQ reservation.
+    fn setup_qpair(&mut self, pending: &mut PendingQpair) -> Result<Conn, AddQpairFailure> {
+        let pending = &mut *pending.0;
+        let device = pending.device;
         let Some(poller_idx) = self.pollers.iter().position(|p| p.device == device) else {
-            reject(&cm_id, "no poller for the device");
-            self.shared
-                .connects_rejected
-                .fetch_add(1, Ordering::Relaxed);
-            return;
+            return Err(AddQpairFailure::NoPoller(device));
         };
+        let Some(cm_id) = pending.cm_id.as_mut() else {
+            return Err(AddQpairFailure::Config(
+                "the qpair was already finished".into(),
+            ));
+        };
+        let negotiated = pending.negotiated;
         let dev = &self.devices[device];
         let qd = negotiated.max_queue_depth.max(1);
         let opts = &self.opts;
@@ -410,24 +408,24 @@ impl<H: Host> PollGroup<H> {
             let p = &mut self.pollers[poller_idx];
             let required = p.required_wr + need;
             if required > p.max_cqe {
-                reject(&cm_id, "CQ cannot hold another qpair");
-                self.shared
-                    .connects_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
+                return Err(AddQpairFailure::CqFull {
+                    required,
+                    max_cqe: p.max_cqe,
+                });
             }
             if p.cq.capacity() < required {
                 let new = (2 * p.cq.capacity()).max(required).min(p.max_cqe);
-                if let Err(e) = p.cq.resize(new) {
-                    reject(&cm_id, &format!("ibv_resize_cq to {new} failed: {e}"));
-                    self.shared
-                        .connects_rejected
-                        .fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
+                p.cq.resize(new).map_err(|e| AddQpairFailure::Verbs {
+                    what: "ibv_resize_cq",
+                    reason: format!("to {new}: {e}"),
+                })?;
             }
             p.required_wr = required;
         }
+        let undo = |pollers: &mut Vec<Poller>, failure: AddQpairFailure| {
+            pollers[poller_idx].required_wr -= need;
+            failure
+        };
         let max_send_wr = (2 * u32::from(qd)).max(MIN_SEND_DEPTH);
         let max_send_sge = dev.attr.max_sge.clamp(1, 16);
         let qp = {
@@ -450,12 +448,11 @@ impl<H: Host> PollGroup<H> {
         let (qp_num, caps) = match qp {
             Ok(qp) => (qp.qp_num(), qp.caps()),
             Err(e) => {
-                self.pollers[poller_idx].required_wr -= need;
-                reject(&cm_id, &format!("rdma_create_qp failed: {e}"));
-                self.shared
-                    .connects_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
+                let f = AddQpairFailure::Verbs {
+                    what: "rdma_create_qp",
+                    reason: e.to_string(),
+                };
+                return Err(undo(&mut self.pollers, f));
             }
         };
         let cfg = QpairConfig {
@@ -463,7 +460,7 @@ impl<H: Host> PollGroup<H> {
             max_queue_depth: qd,
             max_read_depth: negotiated.max_read_depth.max(1),
             max_send_depth: caps.max_send_wr.min(max_send_wr),
-            sq_size: request.hsqsize.saturating_add(1).max(1),
+            sq_size: pending.request.hsqsize.saturating_add(1).max(1),
             srq: has_srq,
             last_wqe_reached_supported: !dev.soft_roce,
             send_with_invalidate: dev.send_with_invalidate,
@@ -476,12 +473,8 @@ impl<H: Host> PollGroup<H> {
         let engine = match engine::Qpair::new(cfg) {
             Ok(e) => e,
             Err(e) => {
-                self.pollers[poller_idx].required_wr -= need;
-                reject(&cm_id, &format!("qpair configuration refused: {e}"));
-                self.shared
-                    .connects_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
+                let f = AddQpairFailure::Config(e.to_string());
+                return Err(undo(&mut self.pollers, f));
             }
         };
         let slot_size = CAPSULE + opts.in_capsule_data_size as usize;
@@ -495,12 +488,11 @@ impl<H: Host> PollGroup<H> {
         let (recv, cpl_buf) = match bufs {
             Ok(b) => b,
             Err(e) => {
-                self.pollers[poller_idx].required_wr -= need;
-                reject(&cm_id, &format!("allocating qpair memory failed: {e}"));
-                self.shared
-                    .connects_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
+                let f = AddQpairFailure::Verbs {
+                    what: "allocating qpair memory",
+                    reason: e.to_string(),
+                };
+                return Err(undo(&mut self.pollers, f));
             }
         };
         let slot = match self.conns.iter().position(Option::is_none) {
@@ -523,12 +515,20 @@ impl<H: Host> PollGroup<H> {
             queue_depth: qd,
             peer: cm_id.peer_addr(),
             local: cm_id.local_addr(),
-            listen,
+            listen: pending.listen,
             device: dev.name.clone(),
         };
-        let id_key = cm_id.key();
         let sges = max_send_sge as usize;
-        let conn = Conn {
+        if !self.host.qpair_added(&info) {
+            return Err(undo(&mut self.pollers, AddQpairFailure::HostRefused));
+        }
+        let Some(cm_id) = pending.cm_id.take() else {
+            return Err(undo(
+                &mut self.pollers,
+                AddQpairFailure::Config("the qpair was already finished".into()),
+            ));
+        };
+        Ok(Conn {
             cm_id,
             handle,
             device,
@@ -537,7 +537,7 @@ impl<H: Host> PollGroup<H> {
             engine,
             recv,
             cpl_buf,
-            granted: vec![Vec::new(); n],
+            granted: vec![RequestBuffers::default(); n],
             req_start: vec![0; n],
             sends: SendWrList::with_capacity(max_send_wr as usize, max_send_wr as usize * sges),
             dirty: false,
@@ -545,23 +545,28 @@ impl<H: Host> PollGroup<H> {
             qp_destroyed: false,
             finished: false,
             failed: Vec::new(),
-        };
-        if !self.host.qpair_added(&info) {
-            self.pollers[poller_idx].required_wr -= need;
-            reject(&conn.cm_id, "the host refused the qpair");
-            self.shared
-                .connects_rejected
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+        })
+    }
+
+    /// Installs a set-up qpair, posts its initial RECVs and accepts.
+    fn start_qpair(&mut self, conn: Conn, pending: PendingQpair, now: u64) -> QpairHandle {
+        let handle = conn.handle;
+        let slot = handle.slot as usize;
+        let (device, qp_num, id_key) = (conn.device, conn.qp_num, conn.cm_id.key());
+        let qd = conn.engine.config().max_queue_depth;
+        self.calls.reserve(calls_per_qpair(qd));
         self.conns[slot] = Some(conn);
         self.by_qpn.insert((device, qp_num), slot);
-        self.by_cm.insert(id_key, slot);
+        {
+            let mut routes = self.shared.routes();
+            routes.by_qpn.insert((device, qp_num), handle);
+            routes.by_cm.insert(id_key, handle);
+        }
         // Post the initial RECVs (engine actions), then accept.
         self.run_actions(slot, now);
         self.flush(slot, now);
         let Some(conn) = self.conns[slot].as_mut() else {
-            return;
+            return handle;
         };
         let accept = CmAccept {
             recfmt: 0,
@@ -579,8 +584,8 @@ impl<H: Host> PollGroup<H> {
         self.shared.live_qpairs.fetch_add(1, Ordering::Relaxed);
         match conn.cm_id.accept(&param) {
             Ok(()) => tracing::info!(
-                qpair = %handle, qp_num, qid = negotiated.qid, queue_depth = qd,
-                read_depth = negotiated.max_read_depth, peer = ?info.peer, "qpair accepted"
+                qpair = %handle, qp_num, qid = pending.0.negotiated.qid, queue_depth = qd,
+                read_depth = pending.0.negotiated.max_read_depth, peer = ?conn.cm_id.peer_addr(), "qpair accepted"
             ),
             Err(e) => {
                 tracing::error!(qpair = %handle, qp_num, "rdma_accept failed: {e}");
@@ -590,27 +595,24 @@ impl<H: Host> PollGroup<H> {
                 };
                 let _ = conn.cm_id.reject(&r.to_bytes());
                 let deadline = Timestamp(now + self.drain_timeout_ns);
-                self.host.disconnect_requested(handle);
+                self.host.disconnect_requested(handle, &mut self.calls);
                 self.with_conn(slot, now, |c| c.engine.handle_fini(deadline));
             }
         }
+        handle
     }
 
     /// One pass: completions, host answers, timers, WR flush. Returns the
     /// amount of work done (0 = idle).
-    pub(crate) fn poll(&mut self, now: u64) -> usize {
+    pub fn poll(&mut self, now: u64) -> usize {
         let mut work = 0;
         for p in 0..self.pollers.len() {
             work += self.poll_cq(p, now);
         }
-        self.events.clear();
-        let mut events = std::mem::take(&mut self.events);
-        self.host.poll(now, &mut events);
-        work += events.len();
-        for ev in events.drain(..) {
-            self.handle_host_event(ev, now);
-        }
-        self.events = events;
+        self.host.poll(now, &mut self.calls);
+        work += self.calls.len();
+        self.apply_calls(now);
+        self.retry_aborts(now);
         for slot in 0..self.conns.len() {
             let due = self.conns[slot]
                 .as_ref()
@@ -702,20 +704,12 @@ impl<H: Host> PollGroup<H> {
             return;
         };
         let kind = engine::WrId::from_raw(raw).ok().and_then(|w| w.kind().ok());
-        let mut len = 0;
+        let mut recv_slot = None;
         match kind {
             Some(engine::WrKind::Recv { recv }) if status.is_success() => {
                 let poller = &mut self.pollers[p];
                 if let Some(area) = recv_area(&mut conn.recv, &mut poller.srq) {
-                    let off = recv.0 as usize * area.slot_size;
-                    len = (wc.byte_len() as usize).min(area.slot_size);
-                    if self.scratch.len() < len {
-                        self.scratch.resize(len, 0);
-                    }
-                    if let Err(e) = area.buf.read(off, &mut self.scratch[..len]) {
-                        tracing::error!(qpair = %conn.handle, "reading receive slot {}: {e}", recv.0);
-                        len = 0;
-                    }
+                    recv_slot = Some((recv, (wc.byte_len() as usize).min(area.slot_size)));
                     if let Some(t) = area.time.get_mut(recv.0 as usize) {
                         *t = now;
                     }
@@ -729,71 +723,197 @@ impl<H: Host> PollGroup<H> {
             }
             _ => {}
         }
-        if let Err(e) = conn
-            .engine
-            .handle_completion(raw, status, &self.scratch[..len])
-        {
+        // The capsule is read in place: the slot is not re-posted before the
+        // engine returns it (Action::PostRecv).
+        let area = recv_area(&mut conn.recv, &mut self.pollers[p].srq);
+        let payload = match (recv_slot, area) {
+            (Some((recv, len)), Some(area)) => area
+                .buf
+                .view(recv.0 as usize * area.slot_size, len)
+                .unwrap_or_else(|e| {
+                    tracing::error!(qpair = %conn.handle, "reading receive slot {}: {e}", recv.0);
+                    &[]
+                }),
+            _ => &[],
+        };
+        if let Err(e) = conn.engine.handle_completion(raw, status, payload) {
             tracing::warn!(qpair = %conn.handle, qp_num = conn.qp_num, %status, "completion refused by the engine: {e}");
         }
         self.run_actions(slot, now);
     }
 
-    fn handle_host_event(&mut self, ev: HostEvent, now: u64) {
-        let (qpair, f): (QpairHandle, HostEventFn) = match ev {
-            HostEvent::Completed { req, completion } => {
-                self.shared.commands_in_host.fetch_sub(1, Ordering::Relaxed);
-                (
-                    req.qpair,
-                    Box::new(move |c: &mut Conn, _| {
-                        c.engine
-                            .handle_command_executed(ReqId(req.slot), completion)
-                    }),
-                )
-            }
-            HostEvent::Freed { req } => {
-                self.shared.commands_in_host.fetch_sub(1, Ordering::Relaxed);
-                (
-                    req.qpair,
-                    Box::new(move |c: &mut Conn, _| {
-                        let cid = c.engine.command(ReqId(req.slot)).map_or(0, |cmd| cmd.cid());
-                        c.engine.handle_command_executed(
-                            ReqId(req.slot),
-                            Completion::new(cid, Status::ABORTED_SQ_DELETION),
-                        )
-                    }),
-                )
-            }
-            HostEvent::BuffersGranted { req, buffers } => (
-                req.qpair,
-                Box::new(move |c: &mut Conn, _| grant(c, ReqId(req.slot), buffers)),
-            ),
-            HostEvent::Disconnect { qpair } => {
-                let t = self.drain_timeout_ns;
-                (
-                    qpair,
-                    Box::new(move |c: &mut Conn, now| c.engine.handle_fini(Timestamp(now + t))),
-                )
-            }
-            HostEvent::Abort { qpair, cid } => (
-                qpair,
-                Box::new(move |c: &mut Conn, _| {
-                    let outcome = c.engine.abort(cid)?;
-                    tracing::info!(qpair = %c.handle, cid, ?outcome, "abort");
-                    Ok(())
-                }),
-            ),
+    /// A command finished (SPDK `req_complete`). Applied at once, or queued
+    /// if a group call is in progress on this thread.
+    pub fn complete(&mut self, req: RequestHandle, completion: Completion, now: u64) {
+        let pushed = self.calls.complete(req, completion);
+        self.pushed(pushed, now);
+    }
+
+    /// A command is dropped without a response (SPDK `req_free`).
+    pub fn free(&mut self, req: RequestHandle, now: u64) {
+        let pushed = self.calls.free(req);
+        self.pushed(pushed, now);
+    }
+
+    /// Buffers for an earlier [`BufferGrant::Later`].
+    pub fn buffers_ready(&mut self, req: RequestHandle, buffers: &RequestBuffers, now: u64) {
+        let pushed = self.calls.buffers_ready(req, buffers);
+        self.pushed(pushed, now);
+    }
+
+    /// The host wants the qpair gone (SPDK `qpair_fini`); `done` runs when
+    /// the host may reuse the queue id (at once, as upstream); the
+    /// transport's qpair lives until the NIC returned every WR.
+    pub fn fini(&mut self, qpair: QpairHandle, done: Option<FiniDone>, now: u64) {
+        let pushed = self.calls.fini(qpair, done);
+        self.pushed(pushed, now);
+    }
+
+    /// Aborts command `cid` of `qpair` if the transport still holds it
+    /// (SPDK `qpair_abort_request`), with a synchronous outcome.
+    pub fn abort(&mut self, qpair: QpairHandle, cid: u16, now: u64) -> AbortResult {
+        let Some(slot) = self.live_slot(qpair) else {
+            return AbortResult::NotFound;
         };
-        let slot = qpair.slot as usize;
-        let live = qpair.group == self.index
-            && self
-                .conns
-                .get(slot)
-                .is_some_and(|c| c.as_ref().is_some_and(|c| c.handle == qpair && !c.finished));
-        if !live {
-            tracing::debug!(%qpair, "host event for a qpair that is gone ignored");
+        let mut result = AbortResult::NotFound;
+        self.with_conn(slot, now, |c| {
+            let outcome = c.engine.abort(cid)?;
+            tracing::info!(qpair = %c.handle, cid, ?outcome, "abort");
+            result = match outcome {
+                engine::AbortOutcome::Aborted(_) => AbortResult::Aborted,
+                engine::AbortOutcome::Executing(r) => AbortResult::Executing(request_handle(c, r)),
+                engine::AbortOutcome::Busy(_) => AbortResult::Retrying,
+                engine::AbortOutcome::NotFound | engine::AbortOutcome::TooLate(_) => {
+                    AbortResult::NotFound
+                }
+            };
+            Ok(())
+        });
+        if result == AbortResult::Retrying {
+            let timeout = u64::from(self.opts.abort_timeout_sec) * 1_000_000_000;
+            self.aborts.push(PendingAbort {
+                qpair,
+                cid,
+                deadline: now.saturating_add(timeout),
+            });
+        }
+        self.apply_calls(now);
+        result
+    }
+
+    /// Retries aborts whose victim was moving data.
+    fn retry_aborts(&mut self, now: u64) {
+        let mut i = 0;
+        while i < self.aborts.len() {
+            let PendingAbort {
+                qpair,
+                cid,
+                deadline,
+            } = self.aborts[i];
+            let mut outcome = None;
+            if let Some(slot) = self.live_slot(qpair) {
+                self.with_conn(slot, now, |c| {
+                    outcome = Some(c.engine.abort(cid)?);
+                    Ok(())
+                });
+            }
+            let done = match outcome {
+                Some(engine::AbortOutcome::Aborted(_)) => Some(true),
+                Some(engine::AbortOutcome::Busy(_)) if now < deadline => None,
+                _ => Some(false),
+            };
+            match done {
+                Some(aborted) => {
+                    self.aborts.swap_remove(i);
+                    tracing::info!(%qpair, cid, aborted, "abort retry finished");
+                    self.host.abort_finished(qpair, cid, aborted);
+                }
+                None => i += 1,
+            }
+        }
+        self.apply_calls(now);
+    }
+
+    /// After a host answer was queued: applies the queue unless a group
+    /// call is running (then the outermost one applies it before returning).
+    fn pushed(&mut self, pushed: Result<(), CallQueueFull>, now: u64) {
+        if let Err(e) = pushed {
+            tracing::error!(group = self.index, "host answer dropped: {e}");
+        }
+        self.apply_calls(now);
+    }
+
+    /// Applies every queued host answer, in order, until none is left
+    /// (answers may queue more). Nested calls return at once.
+    fn apply_calls(&mut self, now: u64) {
+        if self.in_call {
             return;
         }
-        self.with_conn(slot, now, |c| f(c, now));
+        self.in_call = true;
+        while let Some(call) = self.calls.pop() {
+            self.apply_call(call, now);
+        }
+        self.in_call = false;
+    }
+
+    fn apply_call(&mut self, call: Call, now: u64) {
+        match call {
+            Call::Complete { req, completion } => {
+                self.shared.commands_in_host.fetch_sub(1, Ordering::Relaxed);
+                if let Some(slot) = self.live_slot(req.qpair) {
+                    self.with_conn(slot, now, |c| {
+                        c.engine
+                            .handle_command_executed(ReqId(req.slot), completion)
+                    });
+                }
+            }
+            Call::Free { req } => {
+                self.shared.commands_in_host.fetch_sub(1, Ordering::Relaxed);
+                if let Some(slot) = self.live_slot(req.qpair) {
+                    self.with_conn(slot, now, |c| {
+                        c.engine.handle_command_freed(ReqId(req.slot))
+                    });
+                }
+            }
+            Call::BuffersReady { req } => {
+                let Some(buffers) = self.calls.take_ready() else {
+                    tracing::error!(%req, "buffers_ready without buffers");
+                    return;
+                };
+                let Some(slot) = self.live_slot(req.qpair) else {
+                    tracing::debug!(%req, "buffers for a qpair that is gone: returned");
+                    self.host.release_buffers(req, &buffers, &mut self.calls);
+                    return;
+                };
+                self.shared
+                    .buffers_held
+                    .fetch_add(buffers.len() as u64, Ordering::Relaxed);
+                if let Some(c) = self.conns[slot].as_mut() {
+                    if let Some(g) = c.granted.get_mut(req.slot as usize) {
+                        *g = buffers;
+                    }
+                }
+                self.feed_grant(slot, ReqId(req.slot), now);
+            }
+            Call::Fini { qpair, done } => {
+                if let Some(slot) = self.live_slot(qpair) {
+                    let deadline = Timestamp(now + self.drain_timeout_ns);
+                    self.with_conn(slot, now, |c| c.engine.handle_fini(deadline));
+                }
+                if let Some(done) = done {
+                    done(qpair);
+                }
+            }
+        }
+    }
+
+    /// Feeds the buffers in the request's storage to the engine.
+    fn feed_grant(&mut self, slot: usize, req: ReqId, now: u64) {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        grant(conn, req, &mut self.host, &mut self.calls, &self.shared);
+        self.run_actions(slot, now);
     }
 
     /// Handles every pending engine action of the qpair in `slot`, in order,
@@ -801,64 +921,53 @@ impl<H: Host> PollGroup<H> {
     fn run_actions(&mut self, slot: usize, now: u64) {
         let batching = !self.opts.no_wr_batching;
         loop {
-            let mut deferred: Vec<Deferred> = Vec::new();
-            {
-                let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
-                    return;
-                };
-                let poller = &mut self.pollers[conn.poller];
-                while let Some(action) = conn.engine.poll_action() {
-                    handle_action(
-                        action,
-                        conn,
-                        &mut self.host,
-                        &mut poller.stats,
-                        &mut poller.srq,
-                        &mut self.scratch,
-                        &self.shared,
-                        &mut deferred,
-                        &mut self.pending_data_buffer,
-                        now,
-                    );
-                    if !batching && conn.dirty {
-                        flush_conn(conn, &mut poller.stats);
-                    }
-                    if !batching {
-                        if let Some(srq) = poller.srq.as_mut() {
-                            flush_srq(srq, &mut poller.stats);
-                        }
+            let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+                return;
+            };
+            let poller = &mut self.pollers[conn.poller];
+            let mut ctx = ActionCtx {
+                host: &mut self.host,
+                calls: &mut self.calls,
+                stats: &mut poller.stats,
+                srq: &mut poller.srq,
+                shared: &self.shared,
+                granted_now: &mut self.granted_now,
+                pending_data_buffer: &mut self.pending_data_buffer,
+                now,
+            };
+            while let Some(action) = conn.engine.poll_action() {
+                handle_action(action, conn, &mut ctx);
+                if !batching && conn.dirty {
+                    flush_conn(conn, ctx.stats);
+                }
+                if !batching {
+                    if let Some(srq) = ctx.srq.as_mut() {
+                        flush_srq(srq, ctx.stats);
                     }
                 }
-                if conn.qp_destroyed {
-                    conn.sends.clear();
-                    if let Some(r) = conn.recv.as_mut() {
-                        r.list.clear();
+            }
+            if conn.qp_destroyed {
+                conn.sends.clear();
+                if let Some(r) = conn.recv.as_mut() {
+                    r.list.clear();
+                }
+            }
+            if !conn.failed.is_empty() {
+                // These WRs never reached the NIC: they are not completions
+                // (a SEND reported as flushed would tell the engine that the
+                // WRITEs before it are done while they may still be in flight).
+                for raw in conn.failed.drain(..) {
+                    if let Err(e) = conn.engine.handle_wr_not_posted(raw) {
+                        tracing::warn!(qpair = %conn.handle, wr_id = raw, "unposted WR refused by the engine: {e}");
                     }
                 }
-                if !conn.failed.is_empty() {
-                    let failed = std::mem::take(&mut conn.failed);
-                    // These WRs never reached the NIC: they are not completions
-                    // (a SEND reported as flushed would tell the engine that the
-                    // WRITEs before it are done while they may still be in flight).
-                    for raw in failed {
-                        if let Err(e) = conn.engine.handle_wr_not_posted(raw) {
-                            tracing::warn!(qpair = %conn.handle, wr_id = raw, "unposted WR refused by the engine: {e}");
-                        }
-                    }
-                    continue;
-                }
-                if deferred.is_empty() {
-                    return;
-                }
-                for d in deferred.drain(..) {
-                    match d {
-                        Deferred::Granted(req, bufs) => {
-                            if let Err(e) = grant(conn, req, bufs) {
-                                tracing::warn!(qpair = %conn.handle, req = req.0, "buffer grant refused: {e}");
-                            }
-                        }
-                    }
-                }
+                continue;
+            }
+            if self.granted_now.is_empty() {
+                return;
+            }
+            for req in self.granted_now.drain(..) {
+                grant(conn, req, &mut self.host, &mut self.calls, &self.shared);
             }
         }
     }
@@ -881,12 +990,7 @@ impl<H: Host> PollGroup<H> {
                 continue;
             }
             if let Some(conn) = self.conns[slot].take() {
-                self.by_qpn.remove(&(conn.device, conn.qp_num));
-                self.by_cm.remove(&conn.cm_id.key());
-                self.pollers[conn.poller].required_wr -= conn.cq_reserved;
-                add_engine_waits(&mut self.pollers[conn.poller].stats, &conn.engine.stats());
-                self.shared.live_qpairs.fetch_sub(1, Ordering::Relaxed);
-                self.shared.qpairs_destroyed.fetch_add(1, Ordering::Relaxed);
+                self.forget(&conn);
                 tracing::info!(qpair = %conn.handle, qp_num = conn.qp_num, "qpair destroyed");
                 drop(conn);
             }
@@ -894,7 +998,94 @@ impl<H: Host> PollGroup<H> {
     }
 }
 
-type EngineResult = Result<(), engine::EngineError>;
+impl<H: Host> PollGroup<H> {
+    /// Force-finishes every qpair (upstream `poll_group_destroy`): the drain
+    /// deadline is now, so each QP is destroyed at once and the buffers its
+    /// WRs named are released; a qpair whose commands the host still holds
+    /// is dropped after its buffers went back (the host is told with
+    /// `qpair_gone` and must drop those commands). Returns with every buffer
+    /// returned to the host and no qpair left.
+    fn force_finish_all(&mut self, now: u64) {
+        let deadline = Timestamp(now);
+        for slot in 0..self.conns.len() {
+            self.with_conn(slot, now, |c| c.engine.handle_fini(deadline));
+            self.with_conn(slot, now, |c| c.engine.handle_timeout(deadline));
+        }
+        self.apply_calls(now);
+        self.reap(now);
+        for slot in 0..self.conns.len() {
+            let Some(mut conn) = self.conns[slot].take() else {
+                continue;
+            };
+            let mut held = 0u64;
+            for i in 0..conn.granted.len() {
+                let req = ReqId(i as u16);
+                if conn.engine.request_state(req) == Some(engine::ReqState::Executing) {
+                    held += 1;
+                }
+                let h = request_handle(&conn, req);
+                let g = &mut conn.granted[i];
+                if !g.is_empty() {
+                    self.shared
+                        .buffers_held
+                        .fetch_sub(g.len() as u64, Ordering::Relaxed);
+                    self.host.release_buffers(h, g, &mut self.calls);
+                    g.clear();
+                }
+            }
+            self.shared
+                .commands_in_host
+                .fetch_sub(held, Ordering::Relaxed);
+            if !conn.finished {
+                self.host.qpair_gone(conn.handle);
+            }
+            tracing::warn!(qpair = %conn.handle, commands_in_host = held, "poll group destroyed: qpair dropped");
+            self.forget(&conn);
+            self.shared.qpairs_forced.fetch_add(1, Ordering::Relaxed);
+        }
+        // Answers the host gave meanwhile are for qpairs that are gone.
+        while self.calls.pop().is_some() {}
+        while self.calls.take_ready().is_some() {}
+    }
+
+    /// Removes a qpair's routes and counts it destroyed.
+    fn forget(&mut self, conn: &Conn) {
+        self.by_qpn.remove(&(conn.device, conn.qp_num));
+        self.shared
+            .routes()
+            .remove(conn.cm_id.key(), (conn.device, conn.qp_num), conn.handle);
+        self.pollers[conn.poller].required_wr -= conn.cq_reserved;
+        self.calls
+            .unreserve(calls_per_qpair(conn.engine.config().max_queue_depth));
+        add_engine_waits(&mut self.pollers[conn.poller].stats, &conn.engine.stats());
+        self.shared.live_qpairs.fetch_sub(1, Ordering::Relaxed);
+        self.shared.qpairs_destroyed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl<H: Host> Drop for PollGroup<H> {
+    /// Upstream `poll_group_destroy`: force-finishes every qpair and returns
+    /// every buffer before the host's group goes, then leaves placement.
+    fn drop(&mut self) {
+        let live = self.live_qpairs();
+        if live > 0 {
+            tracing::warn!(
+                group = self.index,
+                live,
+                "destroying a poll group with live qpairs"
+            );
+            // The engine's clock: only the relative drain deadline matters.
+            self.force_finish_all(u64::MAX / 2);
+        }
+        self.core.groups.unregister(self.index);
+    }
+}
+
+/// Host answers one qpair can have queued at once: per request slot one
+/// completion or free and one buffer grant, plus a fini.
+fn calls_per_qpair(queue_depth: u16) -> usize {
+    2 * usize::from(queue_depth) + 1
+}
 
 fn add_engine_waits(d: &mut PollerStats, s: &engine::Stats) {
     d.pending_free_request += s.pending_free_request;
@@ -902,21 +1093,45 @@ fn add_engine_waits(d: &mut PollerStats, s: &engine::Stats) {
     d.pending_rdma_write += s.pending_rdma_write;
     d.pending_rdma_send += s.pending_rdma_send;
 }
-type HostEventFn = Box<dyn FnOnce(&mut Conn, u64) -> EngineResult>;
-
-fn grant(c: &mut Conn, req: ReqId, buffers: Vec<DataBuffer>) -> EngineResult {
-    let sges: Vec<LocalSge> = buffers
-        .iter()
-        .map(|b| LocalSge {
-            addr: b.addr,
-            len: b.len,
-            lkey: b.lkey,
-        })
-        .collect();
-    if let Some(g) = c.granted.get_mut(req.index()) {
-        *g = buffers;
+/// Feeds the buffers in `req`'s storage to the engine; if it refuses them
+/// (on error it took nothing) they go straight back to the host.
+fn grant<G: HostGroup>(
+    c: &mut Conn,
+    req: ReqId,
+    host: &mut G,
+    calls: &mut GroupCalls,
+    shared: &Shared,
+) {
+    let Some(g) = c.granted.get_mut(req.index()) else {
+        return;
+    };
+    let mut sges = [LocalSge {
+        addr: 0,
+        len: 0,
+        lkey: 0,
+    }; MAX_BUFFERS_PER_REQUEST];
+    let mut n = 0;
+    for (dst, s) in sges.iter_mut().zip(g.iter()) {
+        *dst = LocalSge {
+            addr: s.addr(),
+            len: s.length(),
+            lkey: s.lkey(),
+        };
+        n += 1;
     }
-    c.engine.handle_buffers_granted(req, &sges)
+    if let Err(e) = c.engine.handle_buffers_granted(req, &sges[..n]) {
+        tracing::warn!(qpair = %c.handle, req = req.0, "buffer grant refused: {e}; buffers returned");
+        shared
+            .buffers_held
+            .fetch_sub(g.len() as u64, Ordering::Relaxed);
+        let h = RequestHandle {
+            qpair: c.handle,
+            slot: req.0,
+            generation: 0,
+        };
+        host.release_buffers(h, g, calls);
+        g.clear();
+    }
 }
 
 fn request_handle(c: &Conn, req: ReqId) -> RequestHandle {
@@ -971,25 +1186,26 @@ fn flush_conn(conn: &mut Conn, stats: &mut PollerStats) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn handle_action<G: HostGroup>(
-    action: Action,
-    conn: &mut Conn,
-    host: &mut G,
-    stats: &mut PollerStats,
-    srq: &mut Option<SrqRecv>,
-    scratch: &mut Vec<u8>,
-    shared: &Shared,
-    deferred: &mut Vec<Deferred>,
-    pending_data_buffer: &mut u64,
+/// What action handling needs besides the qpair (split borrows of the
+/// group's fields).
+struct ActionCtx<'a, G: HostGroup> {
+    host: &'a mut G,
+    calls: &'a mut GroupCalls,
+    stats: &'a mut PollerStats,
+    srq: &'a mut Option<SrqRecv>,
+    shared: &'a Shared,
+    granted_now: &'a mut Vec<ReqId>,
+    pending_data_buffer: &'a mut u64,
     now: u64,
-) {
+}
+
+fn handle_action<G: HostGroup>(action: Action, conn: &mut Conn, cx: &mut ActionCtx<'_, G>) {
     match action {
         Action::PostRecv { recv } => {
             let own = conn.recv.is_some();
-            match recv_area(&mut conn.recv, srq).map(|a| a.queue(recv)) {
+            match recv_area(&mut conn.recv, cx.srq).map(|a| a.queue(recv)) {
                 Some(Ok(())) => {
-                    stats.total_recv_wrs += 1;
+                    cx.stats.total_recv_wrs += 1;
                     conn.dirty |= own;
                 }
                 Some(Err(e)) if own => {
@@ -998,7 +1214,7 @@ fn handle_action<G: HostGroup>(
                 }
                 Some(Err(e)) => {
                     tracing::warn!(qpair = %conn.handle, "queueing SRQ RECV {}: {e}; retried", recv.0);
-                    if let Some(s) = srq.as_mut() {
+                    if let Some(s) = cx.srq.as_mut() {
                         s.retry.push(recv);
                     }
                 }
@@ -1009,12 +1225,12 @@ fn handle_action<G: HostGroup>(
         }
         Action::PostReads { req, first, count } => {
             for i in first..first.saturating_add(count) {
-                queue_data_wr(conn, host, stats, req, i);
+                queue_data_wr(conn, cx.stats, req, i);
             }
         }
         Action::PostResponse { req, writes } => {
             for i in 0..writes {
-                queue_data_wr(conn, host, stats, req, i);
+                queue_data_wr(conn, cx.stats, req, i);
             }
             let Some(send) = conn.engine.send_wr(req) else {
                 tracing::error!(qpair = %conn.handle, req = req.0, "no response SEND to post");
@@ -1035,7 +1251,7 @@ fn handle_action<G: HostGroup>(
             });
             match pushed {
                 Ok(()) => {
-                    stats.total_send_wrs += 1;
+                    cx.stats.total_send_wrs += 1;
                     conn.dirty = true;
                 }
                 Err(e) => {
@@ -1046,27 +1262,31 @@ fn handle_action<G: HostGroup>(
         }
         Action::RequestBuffers { req, len } => {
             let h = request_handle(conn, req);
-            match host.get_buffers(h, len, conn.device) {
-                BufferGrant::Granted(bufs) => {
-                    shared
+            let Some(out) = conn.granted.get_mut(req.index()) else {
+                tracing::error!(qpair = %conn.handle, req = req.0, "buffer request for an unknown slot");
+                return;
+            };
+            out.clear();
+            match cx.host.get_buffers(h, len, conn.device, out) {
+                BufferGrant::Granted => {
+                    cx.shared
                         .buffers_held
-                        .fetch_add(bufs.len() as u64, Ordering::Relaxed);
-                    deferred.push(Deferred::Granted(req, bufs));
+                        .fetch_add(out.len() as u64, Ordering::Relaxed);
+                    cx.granted_now.push(req);
                 }
-                BufferGrant::Later => *pending_data_buffer += 1,
+                BufferGrant::Later => *cx.pending_data_buffer += 1,
             }
         }
-        Action::CancelBufferRequest { req } => host.cancel_buffers(request_handle(conn, req)),
+        Action::CancelBufferRequest { req } => cx.host.cancel_buffers(request_handle(conn, req)),
         Action::ReleaseBuffers { req } => {
-            let bufs = conn
-                .granted
-                .get_mut(req.index())
-                .map(std::mem::take)
-                .unwrap_or_default();
-            shared
-                .buffers_held
-                .fetch_sub(bufs.len() as u64, Ordering::Relaxed);
-            host.release_buffers(request_handle(conn, req), &bufs);
+            let h = request_handle(conn, req);
+            if let Some(g) = conn.granted.get_mut(req.index()) {
+                cx.shared
+                    .buffers_held
+                    .fetch_sub(g.len() as u64, Ordering::Relaxed);
+                cx.host.release_buffers(h, g, cx.calls);
+                g.clear();
+            }
         }
         Action::Execute { req } => {
             let Some(cmd) = conn.engine.command(req).copied() else {
@@ -1074,10 +1294,10 @@ fn handle_action<G: HostGroup>(
                 return;
             };
             let received = conn.engine.recv_of(req).and_then(|recv| {
-                recv_area(&mut conn.recv, srq).and_then(|a| a.time.get(recv.0 as usize).copied())
+                recv_area(&mut conn.recv, cx.srq).and_then(|a| a.time.get(recv.0 as usize).copied())
             });
             if let Some(s) = conn.req_start.get_mut(req.index()) {
-                *s = received.unwrap_or(now);
+                *s = received.unwrap_or(cx.now);
             }
             let direction = match cmd.data_transfer() {
                 DataTransfer::HostToController => Direction::HostToController,
@@ -1085,43 +1305,39 @@ fn handle_action<G: HostGroup>(
                 _ => Direction::None,
             };
             let h = request_handle(conn, req);
-            shared.commands_in_host.fetch_add(1, Ordering::Relaxed);
-            match conn.engine.data(req) {
-                DataRef::None => host.execute(h, &cmd, CommandData::None, direction),
+            cx.shared.commands_in_host.fetch_add(1, Ordering::Relaxed);
+            let data = match conn.engine.data(req) {
+                DataRef::None => CommandData::None,
                 DataRef::InCapsule { recv, offset, len } => {
-                    let len = len as usize;
-                    if scratch.len() < len {
-                        scratch.resize(len, 0);
-                    }
-                    let read = match recv_area(&mut conn.recv, srq) {
+                    // By reference into the receive slot, which stays ours
+                    // until the request is done.
+                    let view = match recv_area(&mut conn.recv, cx.srq) {
                         Some(a) => {
                             let off = recv.0 as usize * a.slot_size + CAPSULE + offset as usize;
-                            a.buf.read(off, &mut scratch[..len])
+                            a.buf.view(off, len as usize)
                         }
                         None => Err(VerbsError::Missing("receive area")),
                     };
-                    match read {
-                        Ok(()) => host.execute(
-                            h,
-                            &cmd,
-                            CommandData::InCapsule(&scratch[..len]),
-                            direction,
-                        ),
+                    match view {
+                        Ok(bytes) => CommandData::InCapsule(bytes),
                         Err(e) => {
                             tracing::error!(qpair = %conn.handle, req = req.0, "in-capsule data: {e}");
-                            host.execute(h, &cmd, CommandData::None, direction)
+                            CommandData::None
                         }
                     }
                 }
-                DataRef::Buffers { .. } => {
-                    let bufs = conn.granted.get(req.index()).map_or(&[][..], |b| &b[..]);
-                    host.execute(h, &cmd, CommandData::Buffers(bufs), direction)
-                }
-            }
+                DataRef::Buffers { .. } => match conn.granted.get(req.index()) {
+                    Some(b) => CommandData::Buffers(b),
+                    None => CommandData::None,
+                },
+            };
+            cx.host.execute(h, &cmd, data, direction, cx.calls);
         }
         Action::HostDisconnect { reason } => {
             tracing::info!(qpair = %conn.handle, qp_num = conn.qp_num, ?reason, "qpair disconnect requested");
-            host.disconnect_requested(conn.handle);
+            // What the host answers from inside is queued (cx.calls) and
+            // applied after this batch: the request is never re-entered.
+            cx.host.disconnect_requested(conn.handle, cx.calls);
         }
         Action::DisconnectQp => {
             if let Err(e) = conn.cm_id.disconnect() {
@@ -1135,7 +1351,7 @@ fn handle_action<G: HostGroup>(
         }
         Action::DestroyQp { forced } => {
             if forced {
-                shared.qpairs_forced.fetch_add(1, Ordering::Relaxed);
+                cx.shared.qpairs_forced.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(qpair = %conn.handle, qp_num = conn.qp_num, "drain deadline expired: destroying the QP with WRs outstanding");
             }
             conn.sends.clear();
@@ -1147,41 +1363,31 @@ fn handle_action<G: HostGroup>(
         }
         Action::Finished => {
             conn.finished = true;
-            host.qpair_gone(conn.handle);
+            cx.host.qpair_gone(conn.handle);
         }
         Action::Notice(n) => log_notice(conn.handle, n),
     }
 }
 
-fn queue_data_wr<G: HostGroup>(
-    conn: &mut Conn,
-    host: &G,
-    stats: &mut PollerStats,
-    req: ReqId,
-    index: u8,
-) {
+/// Queues data WR `index` of `req`. Its SGEs are sub-ranges of the buffers
+/// the host granted (already translated once, by the host).
+fn queue_data_wr(conn: &mut Conn, stats: &mut PollerStats, req: ReqId, index: u8) {
     let Some(dw) = conn.engine.data_wr(req, index) else {
         tracing::error!(qpair = %conn.handle, req = req.0, index, "no data WR to post");
         return;
     };
-    let mut sges: [Option<Sge>; 16] = [None; 16];
+    let granted = conn.granted.get(req.index());
+    let mut sges: [Option<Sge>; engine::MAX_SGES_PER_WR] = [None; engine::MAX_SGES_PER_WR];
     let mut n = 0;
     let mut ok = dw.sges.len() <= sges.len();
     for s in dw.sges.iter().take(sges.len()) {
-        match host.translate(
-            conn.device,
-            DataBuffer {
-                addr: s.addr,
-                len: s.len,
-                lkey: s.lkey,
-            },
-        ) {
+        match granted.and_then(|g| g.covering(s.addr, s.len)) {
             Some(sge) => {
                 sges[n] = Some(sge);
                 n += 1;
             }
             None => {
-                tracing::error!(qpair = %conn.handle, req = req.0, addr = s.addr, len = s.len, "buffer not translatable");
+                tracing::error!(qpair = %conn.handle, req = req.0, addr = s.addr, len = s.len, "data SGE outside the granted buffers");
                 ok = false;
             }
         }
