@@ -70,8 +70,9 @@ impl Target {
         while self.ios() - start < n {
             self.step();
             if let Some(status) = perf.try_wait().expect("perf status") {
+                let out = std::fs::read_to_string(perf_log()).unwrap_or_default();
                 panic!(
-                    "perf exited early ({status}) after {} I/Os",
+                    "perf exited early ({status}) after {} I/Os:\n{out}",
                     self.ios() - start
                 );
             }
@@ -84,7 +85,13 @@ impl Target {
     }
 }
 
+/// Where the perf child's stderr goes (shown if it exits early).
+fn perf_log() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("nvmf-alloc-perf-{}.log", std::process::id()))
+}
+
 fn perf(addr: std::net::SocketAddr, workload: &str, sgl: &str) -> Child {
+    let stderr = std::fs::File::create(perf_log()).expect("perf log");
     Command::new(bin())
         .arg("perf")
         .args(["--addr", &addr.to_string(), "--nqn", NQN])
@@ -92,6 +99,7 @@ fn perf(addr: std::net::SocketAddr, workload: &str, sgl: &str) -> Child {
         .args(["--sgl", sgl, "--time", "600"])
         .env("NVMF_RDMA_RS_LOG", "warn")
         .stdout(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawning perf")
 }
