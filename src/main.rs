@@ -371,18 +371,31 @@ fn run_target(args: &TargetArgs) -> Result<(), String> {
         if let Some(every) = args.stats_interval_ms {
             if last.elapsed().as_millis() >= u128::from(every.max(10)) {
                 last = std::time::Instant::now();
-                print_stats(&transport);
+                print_stats(&transport, &host);
             }
         }
     }
     println!("shutting down");
-    print_stats(&transport);
+    print_stats(&transport, &host);
     let counters = transport.shutdown();
-    println!("stopped: {}", serde_json::Value::Object(counters.to_json()));
+    println!(
+        "stopped: {}",
+        serde_json::Value::Object(counters_json(&counters, &host))
+    );
     Ok(())
 }
 
-fn print_stats(t: &Driver) {
+/// The transport's counters plus the standalone host's `host_internal_errors`.
+fn counters_json(
+    c: &nvmf_rdma_rs::transport::ResourceCounters,
+    host: &MiniHost,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = c.to_json();
+    m.insert("host_internal_errors".into(), host.internal_errors().into());
+    m
+}
+
+fn print_stats(t: &Driver, host: &MiniHost) {
     let groups: Vec<serde_json::Value> = t
         .stats()
         .iter()
@@ -390,7 +403,7 @@ fn print_stats(t: &Driver) {
         .collect();
     println!(
         "{}",
-        serde_json::json!({"counters": serde_json::Value::Object(t.counters().to_json()), "poll_groups": groups})
+        serde_json::json!({"counters": serde_json::Value::Object(counters_json(&t.counters(), host)), "poll_groups": groups})
     );
 }
 

@@ -872,3 +872,49 @@ fn freed_command_sends_no_response_and_returns_everything() {
     // Only an executing command can be freed.
     assert!(d.q.handle_command_freed(r).is_err());
 }
+
+// ---------------------------------------------------------------------------
+// Issue 7: the engine side of the transport's buffer and req_free handling
+// (the engine was not at fault; these guard what the transport relies on)
+// ---------------------------------------------------------------------------
+
+/// A grant that arrives after the request was withdrawn (teardown emitted
+/// `CancelBufferRequest`) is refused and nothing is taken: the transport must
+/// return those buffers to the host and must not count them, and the engine
+/// never asks to release them.
+#[test]
+fn grant_after_withdrawal_is_refused_and_nothing_is_taken() {
+    let (mut d, _) = D::new(cfg(8, 2));
+    let a = d.recv(0, &write_keyed(1, 16384));
+    let r = asked(&a)[0];
+    d.q.handle_fini(Timestamp(1000)).unwrap();
+    let a = d.take();
+    assert!(has(&a, Action::CancelBufferRequest { req: r }), "{a:?}");
+    let bufs = [LocalSge {
+        addr: 0x10_0000,
+        len: 16384,
+        lkey: 1,
+    }];
+    assert!(d.q.handle_buffers_granted(r, &bufs).is_err());
+    let a = d.take();
+    assert!(!has(&a, Action::ReleaseBuffers { req: r }), "{a:?}");
+}
+
+/// A command the host holds (an AER) and frees at teardown (SPDK
+/// `req_free`; the transport answers it after `handle_fini`) is dropped
+/// without a response SEND and its request goes back to the free list.
+#[test]
+fn held_command_freed_after_fini_gets_no_response() {
+    let (mut d, _) = D::new(cfg(8, 2));
+    let a = d.recv(0, &no_data(io_opcode::FLUSH, 3, Fuse::Normal));
+    let r = executes(&a)[0];
+    d.q.handle_fini(Timestamp(1000)).unwrap();
+    let a = d.take();
+    assert_eq!(d.state(r), ReqState::Executing, "{a:?}");
+    let a = d.executed(r, Status::ABORTED_SQ_DELETION);
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::PostResponse { .. })),
+        "a freed command was answered: {a:?}"
+    );
+    assert_eq!(d.state(r), ReqState::Free);
+}

@@ -341,6 +341,27 @@ impl Controller {
             .map(|_| ())
     }
 
+    /// Posts `n` Asynchronous Event Requests on the admin queue without
+    /// waiting for them (the controller holds each until it has an event;
+    /// SPDK's initiator keeps 4 posted). Returns their command ids; their
+    /// slots stay allocated and a later admin poll reports their completions.
+    /// Note that they count against the admin queue's command timeout.
+    pub fn post_async_event_requests(&mut self, n: u16) -> Result<Vec<u16>> {
+        let mut cids = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            let cid = self.admin.alloc()?;
+            self.admin.submit(
+                cid,
+                wire::async_event_request(cid),
+                Payload::None,
+                SglMode::Keyed,
+            )?;
+            cids.push(cid);
+        }
+        self.admin.flush()?;
+        Ok(cids)
+    }
+
     /// Synchronous write of `data` at `lba` on I/O queue `q`.
     pub fn write(
         &mut self,

@@ -117,6 +117,12 @@ pub fn keep_alive(cid: u16) -> Command {
     Command::new(admin_opcode::KEEP_ALIVE, cid)
 }
 
+/// Asynchronous Event Request: the controller holds it until it has an
+/// event to report.
+pub fn async_event_request(cid: u16) -> Command {
+    Command::new(admin_opcode::ASYNC_EVENT_REQUEST, cid)
+}
+
 /// Read or Write of `nlb` blocks (1-based count) at `slba`.
 pub fn read_write(cid: u16, write: bool, nsid: u32, slba: u64, nlb: u32) -> Command {
     let mut c = Command::new(

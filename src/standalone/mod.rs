@@ -14,6 +14,9 @@
 //!   [`HostGroup::disconnect_requested`] (what SPDK's generic layer does).
 //!   Held commands (AERs) complete when the target produces their
 //!   completion, or are freed without a response when their qpair goes away.
+//! - A buffer returned twice, or a held command left at
+//!   [`HostGroup::qpair_gone`], is an internal error: logged with the request
+//!   and counted ([`MiniHost::internal_errors`]).
 
 pub mod driver;
 
@@ -21,6 +24,7 @@ pub use driver::{Driver, DriverError, RunConfig};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -68,6 +72,7 @@ impl Answer {
 /// The standalone host (see the module docs).
 pub struct MiniHost {
     inner: Arc<Mutex<Inner>>,
+    internal_errors: Arc<AtomicU64>,
     io_unit_size: u32,
     pool_buffers: u32,
     start: Instant,
@@ -112,6 +117,7 @@ impl MiniHost {
                 held: HashMap::new(),
                 outbox: vec![Vec::new(); usize::from(poll_groups.max(1))],
             })),
+            internal_errors: Arc::new(AtomicU64::new(0)),
             io_unit_size: opts.io_unit_size,
             pool_buffers: (opts.num_shared_buffers / groups).max(2 * 33),
             start: Instant::now(),
@@ -133,6 +139,12 @@ impl MiniHost {
         lock(&self.inner).target.stats()
     }
 
+    /// Host bugs caught at run time (a buffer returned twice, a held command
+    /// left when its qpair went). Always 0 unless the host is broken.
+    pub fn internal_errors(&self) -> u64 {
+        self.internal_errors.load(Ordering::Relaxed)
+    }
+
     /// Qpairs the target knows (connected).
     pub fn qpair_count(&self) -> usize {
         lock(&self.inner).target.qpair_count()
@@ -143,6 +155,8 @@ struct Pool {
     buf: DmaBuf,
     unit: u32,
     free: Vec<u32>,
+    /// Per buffer: handed out and not yet returned.
+    in_use: Vec<bool>,
     total: u32,
 }
 
@@ -162,14 +176,17 @@ impl Pool {
 pub struct MiniGroup {
     index: u16,
     inner: Arc<Mutex<Inner>>,
+    internal_errors: Arc<AtomicU64>,
     io_unit_size: u32,
     pool_buffers: u32,
     start: Instant,
     reentrant: bool,
     pools: Vec<Option<Pool>>,
     waiting: VecDeque<(RequestHandle, u32, usize)>,
-    /// Answers for the next poll (non-reentrant mode).
+    /// Answers for the next poll (non-reentrant mode), with room for every
+    /// request of the group's qpairs so that it never grows on the I/O path.
     answers: Vec<Answer>,
+    answer_room: usize,
     scratch: Vec<u8>,
     held_scratch: Vec<(QpairId, u16)>,
 }
@@ -181,6 +198,7 @@ impl Host for MiniHost {
         MiniGroup {
             index,
             inner: self.inner.clone(),
+            internal_errors: self.internal_errors.clone(),
             io_unit_size: self.io_unit_size,
             pool_buffers: self.pool_buffers,
             start: self.start,
@@ -188,6 +206,7 @@ impl Host for MiniHost {
             pools: Vec::new(),
             waiting: VecDeque::new(),
             answers: Vec::new(),
+            answer_room: 0,
             scratch: Vec::new(),
             held_scratch: Vec::new(),
         }
@@ -223,12 +242,14 @@ impl MiniGroup {
             let Some(i) = pool.free.pop() else {
                 return false;
             };
+            pool.in_use[i as usize] = true;
             let l = left.min(pool.unit);
             left -= l;
             let sge = pool.buf.sge(i as usize * pool.unit as usize, l);
             match sge.map(|s| out.push(s)) {
                 Ok(Ok(())) => {}
                 _ => {
+                    pool.in_use[i as usize] = false;
                     pool.free.push(i);
                     tracing::error!(group = self.index, len, "cannot describe a pool buffer");
                     return false;
@@ -326,6 +347,7 @@ impl HostGroup for MiniGroup {
             buf,
             unit,
             free: (0..self.pool_buffers).rev().collect(),
+            in_use: vec![false; self.pool_buffers as usize],
             total: self.pool_buffers,
         });
         tracing::info!(
@@ -339,6 +361,9 @@ impl HostGroup for MiniGroup {
     }
 
     fn qpair_added(&mut self, info: &QpairInfo) -> bool {
+        self.answer_room += 2 * usize::from(info.queue_depth);
+        self.answers
+            .reserve(self.answer_room.saturating_sub(self.answers.len()));
         let mut inner = lock(&self.inner);
         inner.handles.insert(qpair_id(info.handle), info.handle);
         true
@@ -428,24 +453,35 @@ impl HostGroup for MiniGroup {
     }
 
     fn cancel_buffers(&mut self, req: RequestHandle) {
+        // A grant already pushed (GroupCalls::buffers_ready) is refused by
+        // the transport and comes back through release_buffers.
         self.waiting.retain(|(r, _, _)| *r != req);
     }
 
     fn release_buffers(
         &mut self,
-        _req: RequestHandle,
+        req: RequestHandle,
         buffers: &RequestBuffers,
         calls: &mut GroupCalls,
     ) {
         for b in buffers.iter() {
-            for pool in self.pools.iter_mut().flatten() {
-                if let Some(off) = pool.offset_of(&b) {
-                    let i = (off / pool.unit as usize) as u32;
-                    if i < pool.total && !pool.free.contains(&i) {
-                        pool.free.push(i);
-                    }
-                    break;
-                }
+            let Some((pool, off)) = self
+                .pools
+                .iter_mut()
+                .flatten()
+                .find_map(|p| p.offset_of(&b).map(|off| (p, off)))
+            else {
+                self.internal_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%req, addr = b.addr(), lkey = b.lkey(), "internal error: released buffer is not from any pool");
+                continue;
+            };
+            let i = off / pool.unit as usize;
+            if i < pool.total as usize && pool.in_use[i] {
+                pool.in_use[i] = false;
+                pool.free.push(i as u32);
+            } else {
+                self.internal_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%req, buffer = i, addr = b.addr(), "internal error: buffer returned twice (or never handed out); ignored");
             }
         }
         self.grant_waiting(calls);
@@ -479,7 +515,15 @@ impl HostGroup for MiniGroup {
         self.waiting.retain(|(r, _, _)| r.qpair != qpair);
         let mut inner = lock(&self.inner);
         let id = qpair_id(qpair);
+        let before = inner.held.len();
         inner.held.retain(|(q, _), _| *q != id);
+        let left = before - inner.held.len();
+        if left > 0 {
+            // The transport finishes a qpair only once the host answered all
+            // of its requests (free_held at disconnect_requested).
+            self.internal_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%qpair, held = left, "internal error: held commands left when the qpair went");
+        }
         inner.handles.remove(&id);
         inner.target.qpair_disconnected(id);
     }

@@ -338,6 +338,14 @@ impl<H: Host> PollGroup<H> {
     pub fn disconnect_all(&mut self, now: u64) {
         for slot in 0..self.conns.len() {
             let deadline = Timestamp(now + self.drain_timeout_ns);
+            let Some(handle) = self.conns[slot]
+                .as_ref()
+                .filter(|c| !c.finished)
+                .map(|c| c.handle)
+            else {
+                continue;
+            };
+            self.host.disconnect_requested(handle, &mut self.calls);
             self.with_conn(slot, now, |c| c.engine.handle_fini(deadline));
         }
     }
@@ -859,7 +867,7 @@ impl<H: Host> PollGroup<H> {
     fn apply_call(&mut self, call: Call, now: u64) {
         match call {
             Call::Complete { req, completion } => {
-                self.shared.commands_in_host.fetch_sub(1, Ordering::Relaxed);
+                self.command_back(req);
                 if let Some(slot) = self.live_slot(req.qpair) {
                     self.with_conn(slot, now, |c| {
                         c.engine
@@ -868,7 +876,7 @@ impl<H: Host> PollGroup<H> {
                 }
             }
             Call::Free { req } => {
-                self.shared.commands_in_host.fetch_sub(1, Ordering::Relaxed);
+                self.command_back(req);
                 if let Some(slot) = self.live_slot(req.qpair) {
                     self.with_conn(slot, now, |c| {
                         c.engine.handle_command_freed(ReqId(req.slot))
@@ -885,14 +893,17 @@ impl<H: Host> PollGroup<H> {
                     self.host.release_buffers(req, &buffers, &mut self.calls);
                     return;
                 };
-                self.shared
-                    .buffers_held
-                    .fetch_add(buffers.len() as u64, Ordering::Relaxed);
-                if let Some(c) = self.conns[slot].as_mut() {
-                    if let Some(g) = c.granted.get_mut(req.slot as usize) {
-                        *g = buffers;
-                    }
+                let Some(c) = self.conns[slot].as_mut() else {
+                    return;
+                };
+                let holder = c.granted.get(req.slot as usize).map(RequestBuffers::len);
+                if holder != Some(0) {
+                    self.shared.internal_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%req, held = ?holder, "internal error: buffers granted to a request that cannot hold them; returned");
+                    self.host.release_buffers(req, &buffers, &mut self.calls);
+                    return;
                 }
+                c.granted[req.slot as usize] = buffers;
                 self.feed_grant(slot, ReqId(req.slot), now);
             }
             Call::Fini { qpair, done } => {
@@ -914,6 +925,13 @@ impl<H: Host> PollGroup<H> {
         };
         grant(conn, req, &mut self.host, &mut self.calls, &self.shared);
         self.run_actions(slot, now);
+    }
+
+    /// A command the host had comes back (completed or freed).
+    fn command_back(&self, req: RequestHandle) {
+        if !self.shared.take(&self.shared.commands_in_host, 1) {
+            tracing::error!(%req, "internal error: the host answered a command it was not holding (commands_in_host already 0)");
+        }
     }
 
     /// Handles every pending engine action of the qpair in `slot`, in order,
@@ -1026,16 +1044,16 @@ impl<H: Host> PollGroup<H> {
                 let h = request_handle(&conn, req);
                 let g = &mut conn.granted[i];
                 if !g.is_empty() {
-                    self.shared
-                        .buffers_held
-                        .fetch_sub(g.len() as u64, Ordering::Relaxed);
+                    if !self.shared.take(&self.shared.buffers_held, g.len() as u64) {
+                        tracing::error!(%h, buffers = g.len(), "internal error: releasing buffers that are not counted as held");
+                    }
                     self.host.release_buffers(h, g, &mut self.calls);
                     g.clear();
                 }
             }
-            self.shared
-                .commands_in_host
-                .fetch_sub(held, Ordering::Relaxed);
+            if !self.shared.take(&self.shared.commands_in_host, held) {
+                tracing::error!(qpair = %conn.handle, held, "internal error: commands_in_host below the commands dropped");
+            }
             if !conn.finished {
                 self.host.qpair_gone(conn.handle);
             }
@@ -1120,10 +1138,9 @@ fn grant<G: HostGroup>(
         n += 1;
     }
     if let Err(e) = c.engine.handle_buffers_granted(req, &sges[..n]) {
-        tracing::warn!(qpair = %c.handle, req = req.0, "buffer grant refused: {e}; buffers returned");
-        shared
-            .buffers_held
-            .fetch_sub(g.len() as u64, Ordering::Relaxed);
+        // Nothing was taken (request withdrawn, qpair tearing down): the
+        // buffers were never counted and go straight back.
+        tracing::warn!(qpair = %c.handle, req = req.0, buffers = n, "buffer grant refused: {e}; returned");
         let h = RequestHandle {
             qpair: c.handle,
             slot: req.0,
@@ -1131,7 +1148,9 @@ fn grant<G: HostGroup>(
         };
         host.release_buffers(h, g, calls);
         g.clear();
+        return;
     }
+    shared.buffers_held.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 fn request_handle(c: &Conn, req: ReqId) -> RequestHandle {
@@ -1266,27 +1285,31 @@ fn handle_action<G: HostGroup>(action: Action, conn: &mut Conn, cx: &mut ActionC
                 tracing::error!(qpair = %conn.handle, req = req.0, "buffer request for an unknown slot");
                 return;
             };
-            out.clear();
+            if !out.is_empty() {
+                cx.shared.internal_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(qpair = %conn.handle, req = req.0, held = out.len(), "internal error: buffer request for a request holding buffers");
+                return;
+            }
             match cx.host.get_buffers(h, len, conn.device, out) {
-                BufferGrant::Granted => {
-                    cx.shared
-                        .buffers_held
-                        .fetch_add(out.len() as u64, Ordering::Relaxed);
-                    cx.granted_now.push(req);
-                }
+                // Counted in grant(), once the engine took them.
+                BufferGrant::Granted => cx.granted_now.push(req),
                 BufferGrant::Later => *cx.pending_data_buffer += 1,
             }
         }
         Action::CancelBufferRequest { req } => cx.host.cancel_buffers(request_handle(conn, req)),
         Action::ReleaseBuffers { req } => {
             let h = request_handle(conn, req);
-            if let Some(g) = conn.granted.get_mut(req.index()) {
-                cx.shared
-                    .buffers_held
-                    .fetch_sub(g.len() as u64, Ordering::Relaxed);
-                cx.host.release_buffers(h, g, cx.calls);
-                g.clear();
+            let Some(g) = conn.granted.get_mut(req.index()) else {
+                return;
+            };
+            if g.is_empty() || !cx.shared.take(&cx.shared.buffers_held, g.len() as u64) {
+                if g.is_empty() {
+                    cx.shared.internal_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::error!(qpair = %conn.handle, req = req.0, buffers = g.len(), "internal error: releasing buffers that are not counted as held");
             }
+            cx.host.release_buffers(h, g, cx.calls);
+            g.clear();
         }
         Action::Execute { req } => {
             let Some(cmd) = conn.engine.command(req).copied() else {

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub buffers_held: AtomicU64,
     pub wc_errors: AtomicU64,
     pub wc_flushed: AtomicU64,
+    /// Releases of resources that were not held (see [`Shared::take`]).
+    pub internal_errors: AtomicU64,
     routes: Mutex<Routes>,
 }
 
@@ -63,6 +65,7 @@ impl Shared {
             buffers_held: l(&self.buffers_held),
             wc_errors: l(&self.wc_errors),
             wc_flushed: l(&self.wc_flushed),
+            internal_errors: l(&self.internal_errors),
         }
     }
 
@@ -70,5 +73,37 @@ impl Shared {
     /// because every update is a single insert or remove).
     pub(crate) fn routes(&self) -> MutexGuard<'_, Routes> {
         self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes `n` from `counter`, a count of things held (`buffers_held`,
+    /// `commands_in_host`). Taking more than is held is a transport bug: the
+    /// counter is left as it is (it never wraps), `internal_errors` counts
+    /// it, and `false` tells the caller to log it with the qpair and request
+    /// concerned.
+    pub(crate) fn take(&self, counter: &AtomicU64, n: u64) -> bool {
+        let ok = counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(n))
+            .is_ok();
+        if !ok {
+            self.internal_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_never_wraps_and_counts_an_internal_error() {
+        let s = Shared::default();
+        s.buffers_held.fetch_add(3, Ordering::Relaxed);
+        assert!(s.take(&s.buffers_held, 2));
+        assert!(!s.take(&s.buffers_held, 2), "taking 2 of 1 held must fail");
+        let c = s.counters();
+        assert_eq!((c.buffers_held, c.internal_errors), (1, 1));
+        assert!(s.take(&s.buffers_held, 1));
+        assert_eq!(s.counters().buffers_held, 0);
     }
 }

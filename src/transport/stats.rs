@@ -125,6 +125,11 @@ pub struct ResourceCounters {
     pub wc_errors: u64,
     /// Flushed work completions.
     pub wc_flushed: u64,
+    /// Transport bugs caught at run time: a release of something not held
+    /// (a buffer or a host command counted out twice). Always 0 unless the
+    /// transport is broken; each one is logged with its qpair and request.
+    /// Tests assert it stays 0.
+    pub internal_errors: u64,
 }
 
 impl ResourceCounters {
@@ -141,6 +146,7 @@ impl ResourceCounters {
             ("buffers_held", self.buffers_held),
             ("wc_errors", self.wc_errors),
             ("wc_flushed", self.wc_flushed),
+            ("internal_errors", self.internal_errors),
         ] {
             m.insert(k.into(), Value::from(v));
         }

@@ -194,6 +194,7 @@ impl TargetProc {
             if seq > seq0 {
                 if let Some(v) = v {
                     let c = &v["counters"];
+                    assert_no_internal_errors(c);
                     if c["live_qpairs"] == 0 && c["buffers_held"] == 0 && c["commands_in_host"] == 0
                     {
                         return v;
@@ -273,8 +274,38 @@ impl TargetProc {
             .rev()
             .find_map(|l| l.strip_prefix("stopped: "))
             .expect("no final counters line");
-        serde_json::from_str(stopped).unwrap()
+        let fin: Value = serde_json::from_str(stopped).unwrap();
+        assert_no_internal_errors(&fin);
+        fin
     }
+
+    /// Every value `key` took in the counters lines printed so far.
+    pub fn counter_samples(&self, key: &str) -> Vec<u64> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["counters"][key].as_u64())
+            .collect()
+    }
+
+    /// The latest counters line's poll group statistics summed over `key`
+    /// (e.g. `pending_data_buffer`).
+    pub fn group_stat(&self, key: &str) -> u64 {
+        self.snapshot().1.map_or(0, |v| {
+            v["poll_groups"]
+                .as_array()
+                .map_or(0, |g| g.iter().filter_map(|g| g[key].as_u64()).sum())
+        })
+    }
+}
+
+/// Panics if a counters object reports a transport or host internal error
+/// (a release of something not held: the counters would have wrapped).
+pub fn assert_no_internal_errors(c: &Value) {
+    assert_eq!(c["internal_errors"], 0, "transport internal errors: {c}");
+    assert_eq!(c["host_internal_errors"], 0, "host internal errors: {c}");
 }
 
 impl Drop for TargetProc {
