@@ -110,6 +110,11 @@ struct TargetArgs {
     /// disconnect request, as SPDK's generic layer does.
     #[arg(long)]
     reentrant_host: bool,
+    /// Poll groups never poll: each sleeps until a completion channel fd or
+    /// a message wakes it (SPDK's interrupt mode); at most 10 ms between
+    /// runs for the controller's timers.
+    #[arg(long, conflicts_with = "busy_poll")]
+    interrupt_mode: bool,
     /// Seconds a qpair's teardown waits for the NIC to return its WRs before
     /// it is destroyed anyway.
     #[arg(long, default_value_t = 2)]
@@ -339,6 +344,7 @@ fn run_target(args: &TargetArgs) -> Result<(), String> {
     let run = RunConfig {
         poll_groups: threads,
         busy_poll: args.busy_poll,
+        interrupt_mode: args.interrupt_mode,
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_sec.max(1)),
         ..RunConfig::default()
     };

@@ -5,6 +5,12 @@
 //!   from a channel, polls, backs off when idle (spin, yield, then 200 µs
 //!   naps unless [`RunConfig::busy_poll`]), publishes statistics every
 //!   100 ms, and at shutdown disconnects every qpair and waits (bounded).
+//! - With [`RunConfig::interrupt_mode`] a poll group thread never polls: it
+//!   sleeps in `poll(2)` on its completion channel fds and an eventfd the
+//!   acceptor signals after queueing a message, and runs
+//!   [`PollGroup::handle_event`] when one fires, at the group's
+//!   [`PollGroup::next_deadline`], or at the latest every 10 ms (the host's
+//!   own timers: keep-alive, answers produced by another group).
 //! - One acceptor thread: waits on [`Transport::acceptor_fds`], runs
 //!   [`Transport::accept_poll`], places each new qpair with
 //!   [`Transport::optimal_group`] and sends it, or the event, to its group.
@@ -23,7 +29,7 @@ use crate::transport::{
     AcceptorEvent, Host, PendingQpair, PollGroup, PollGroupStats, QpairMsg, ResourceCounters,
     Transport, TransportCdata, TransportError, TransportOptions, DEFAULT_DRAIN_TIMEOUT,
 };
-use crate::verbs::wait_readable_any;
+use crate::verbs::{wait_readable_any, EventFd};
 
 /// How often a poll group publishes its statistics.
 const STATS_PERIOD: Duration = Duration::from_millis(100);
@@ -33,6 +39,8 @@ const IDLE_YIELD_AFTER: u32 = 200;
 const IDLE_NAP_AFTER: u32 = 2000;
 /// One idle nap.
 const IDLE_NAP: Duration = Duration::from_micros(200);
+/// Interrupt mode: the longest sleep, for the host's own timers.
+const HOST_TICK: Duration = Duration::from_millis(10);
 /// How long the acceptor keeps acknowledging CM events after shutdown
 /// while the groups tear their qpairs down.
 const ACCEPTOR_LINGER: Duration = Duration::from_secs(10);
@@ -50,6 +58,9 @@ pub struct RunConfig {
     /// Never sleep when idle (like SPDK's reactors); otherwise a poll group
     /// that found nothing to do for a while yields, then naps 200 µs.
     pub busy_poll: bool,
+    /// Never poll: sleep until a completion channel or a message wakes the
+    /// group (SPDK's interrupt mode).
+    pub interrupt_mode: bool,
 }
 
 impl Default for RunConfig {
@@ -59,6 +70,7 @@ impl Default for RunConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             shutdown_timeout: Duration::from_secs(5),
             busy_poll: false,
+            interrupt_mode: false,
         }
     }
 }
@@ -83,12 +95,27 @@ pub enum DriverError {
     /// A poll group thread exited before reporting its group.
     #[error("poll group thread {0} exited during start")]
     GroupLost(u16),
+    /// The wake-up eventfd of a poll group could not be created.
+    #[error("creating the wake-up eventfd of poll group thread {group}: {source}")]
+    Wake {
+        /// Thread number.
+        group: u16,
+        /// The error.
+        source: crate::verbs::VerbsError,
+    },
 }
 
 /// What the acceptor thread sends to a poll group thread.
 enum GroupMsg {
     NewQpair(PendingQpair),
     Event(QpairMsg),
+}
+
+/// The acceptor's way to a group thread: the channel and the eventfd that
+/// wakes the thread in interrupt mode.
+struct GroupInbox {
+    tx: Sender<GroupMsg>,
+    wake: Arc<EventFd>,
 }
 
 /// State shared by the driver's threads.
@@ -145,15 +172,22 @@ impl Driver {
             threads: Vec::new(),
         };
         // Group index → channel, filled as each thread reports its group.
-        let mut senders: Vec<Option<Sender<GroupMsg>>> = Vec::new();
+        let mut senders: Vec<Option<GroupInbox>> = Vec::new();
         for g in 0..run.poll_groups {
             let (tx, rx) = channel();
             let (ready_tx, ready_rx) = channel();
+            let wake =
+                Arc::new(EventFd::new().map_err(|source| DriverError::Wake { group: g, source })?);
+            let inbox = GroupInbox {
+                tx,
+                wake: wake.clone(),
+            };
             let (host, transport, thread_shared, run) =
                 (host.clone(), transport.clone(), shared.clone(), run.clone());
             shared.groups_running.fetch_add(1, Ordering::SeqCst);
             let spawned = spawn(format!("nvmf_rdma_pg{g}"), move || {
-                group_thread(&*host, &transport, &thread_shared, rx, ready_tx, &run);
+                let inbox = Inbox { rx, wake };
+                group_thread(&*host, &transport, &thread_shared, inbox, ready_tx, &run);
                 thread_shared.groups_running.fetch_sub(1, Ordering::SeqCst);
             });
             let t = match spawned {
@@ -170,7 +204,7 @@ impl Driver {
                     if senders.len() <= i {
                         senders.resize_with(i + 1, || None);
                     }
-                    senders[i] = Some(tx);
+                    senders[i] = Some(inbox);
                 }
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => return Err(DriverError::GroupLost(g)),
@@ -251,11 +285,17 @@ fn publish(shared: &DriverShared, stats: PollGroupStats, index: u16) {
     all[i] = stats;
 }
 
+/// A group thread's end of its [`GroupInbox`].
+struct Inbox {
+    rx: Receiver<GroupMsg>,
+    wake: Arc<EventFd>,
+}
+
 fn group_thread<H: Host>(
     host: &H,
     transport: &Transport,
     shared: &DriverShared,
-    rx: Receiver<GroupMsg>,
+    inbox: Inbox,
     ready: Sender<Result<u16, TransportError>>,
     run: &RunConfig,
 ) {
@@ -275,17 +315,30 @@ fn group_thread<H: Host>(
     }
     let start = Instant::now();
     let now_ns = || start.elapsed().as_nanos() as u64;
+    let mut fds = pg.event_fds();
+    fds.push(inbox.wake.fd());
+    if run.interrupt_mode {
+        pg.arm();
+    }
     let mut idle: u32 = 0;
     let mut last_stats = Instant::now();
     let mut shutdown_at: Option<Instant> = None;
     loop {
         let now = now_ns();
         let mut work = 0;
-        while let Ok(msg) = rx.try_recv() {
+        if run.interrupt_mode {
+            sleep_until_event(&pg, &fds, &inbox, now);
+        }
+        let now = now_ns();
+        while let Ok(msg) = inbox.rx.try_recv() {
             handle_msg(&mut pg, msg, now);
             work += 1;
         }
-        work += pg.poll(now);
+        work += if run.interrupt_mode {
+            pg.handle_event(now)
+        } else {
+            pg.poll(now)
+        };
         if last_stats.elapsed() >= STATS_PERIOD {
             last_stats = Instant::now();
             publish(shared, pg.stats(), index);
@@ -311,7 +364,7 @@ fn group_thread<H: Host>(
                 }
             }
         }
-        if work == 0 {
+        if work == 0 && !run.interrupt_mode {
             idle = idle.saturating_add(1);
             if run.busy_poll || idle <= IDLE_YIELD_AFTER {
                 std::hint::spin_loop();
@@ -327,6 +380,26 @@ fn group_thread<H: Host>(
     publish(shared, pg.stats(), index);
 }
 
+/// Interrupt mode: sleeps in `poll(2)` until a completion channel or the
+/// wake-up eventfd is readable, the group's next deadline, or [`HOST_TICK`].
+fn sleep_until_event<H: Host>(
+    pg: &PollGroup<H>,
+    fds: &[std::os::fd::RawFd],
+    inbox: &Inbox,
+    now: u64,
+) {
+    let mut timeout = HOST_TICK;
+    if let Some(d) = pg.next_deadline() {
+        timeout = timeout.min(Duration::from_nanos(d.saturating_sub(now)));
+    }
+    if timeout > Duration::ZERO {
+        if let Err(e) = wait_readable_any(fds, timeout) {
+            tracing::error!(group = pg.index(), "waiting for events failed: {e}");
+        }
+    }
+    inbox.wake.drain();
+}
+
 fn handle_msg<H: Host>(pg: &mut PollGroup<H>, msg: GroupMsg, now: u64) {
     match msg {
         GroupMsg::NewQpair(q) => {
@@ -340,11 +413,7 @@ fn handle_msg<H: Host>(pg: &mut PollGroup<H>, msg: GroupMsg, now: u64) {
     }
 }
 
-fn acceptor_thread(
-    transport: &Transport,
-    shared: &DriverShared,
-    senders: &[Option<Sender<GroupMsg>>],
-) {
+fn acceptor_thread(transport: &Transport, shared: &DriverShared, senders: &[Option<GroupInbox>]) {
     let fds = transport.acceptor_fds();
     let period =
         Duration::from_micros(u64::from(transport.options().acceptor_poll_rate).clamp(100, 10_000));
@@ -359,7 +428,11 @@ fn acceptor_thread(
         let sent = senders
             .get(usize::from(group))
             .and_then(Option::as_ref)
-            .map(|s| s.send(msg));
+            .map(|s| {
+                let sent = s.tx.send(msg);
+                s.wake.signal();
+                sent
+            });
         match sent {
             Some(Ok(())) => {}
             Some(Err(std::sync::mpsc::SendError(GroupMsg::NewQpair(q)))) => q.reject(),

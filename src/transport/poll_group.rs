@@ -8,6 +8,7 @@
 //! actions into verbs calls.
 
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +21,8 @@ use crate::engine::{
     MIN_SEND_DEPTH,
 };
 use crate::verbs::{
-    Access, CmId, ConnParam, Cq, DmaBuf, QpInit, RecvWrList, SendFlags, SendOp, SendWrList, Sge,
-    Srq, VerbsError, WorkCompletion,
+    Access, CmId, CompChannel, ConnParam, Cq, DmaBuf, QpInit, RecvWrList, SendFlags, SendOp,
+    SendWrList, Sge, Srq, VerbsError, WorkCompletion,
 };
 
 use super::device::Device;
@@ -39,6 +40,9 @@ use super::wrid;
 
 /// Completions reaped per CQ per poll (upstream: 32).
 const WC_BATCH: usize = 32;
+/// Most polls one [`PollGroup::handle_event`] runs before returning (the
+/// fd stays readable or the deadline due if work is left).
+const MAX_EVENT_ROUNDS: usize = 64;
 /// Bytes of one command capsule.
 const CAPSULE: usize = 64;
 /// Bytes of one response capsule.
@@ -88,6 +92,8 @@ struct SrqRecv {
 
 struct Poller {
     device: usize,
+    /// Completion channel of `cq` (interrupt mode; unused while polling).
+    channel: CompChannel,
     cq: Cq,
     required_wr: u32,
     max_cqe: u32,
@@ -239,7 +245,9 @@ impl<H: Host> PollGroup<H> {
                 srq = Some((sr, st));
             }
             let num_cqe = num_cqe.min(d.attr.max_cqe.max(1));
-            let cq = Cq::new(&d.ctx, num_cqe, None)?;
+            let channel = CompChannel::new(&d.ctx)?;
+            channel.set_nonblocking()?;
+            let cq = Cq::new(&d.ctx, num_cqe, Some(&channel))?;
             let (srq, stats) = match srq {
                 Some((sr, st)) => (Some(sr), st),
                 None => (None, PollerStats::new(d.name.clone())),
@@ -249,6 +257,7 @@ impl<H: Host> PollGroup<H> {
             }
             pollers.push(Poller {
                 device: i,
+                channel,
                 cq,
                 required_wr: 0,
                 max_cqe: d.attr.max_cqe,
@@ -286,6 +295,67 @@ impl<H: Host> PollGroup<H> {
     /// QP anyway (default [`DEFAULT_DRAIN_TIMEOUT`]).
     pub fn set_drain_timeout(&mut self, timeout: Duration) {
         self.drain_timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    }
+
+    /// Interrupt mode: the fds that become readable when a completion
+    /// arrives on an armed CQ (one completion channel per poller; upstream
+    /// registers them with `SPDK_INTERRUPT_REGISTER_FOR_EVENTS`). Call
+    /// [`PollGroup::arm`] once, then [`PollGroup::handle_event`] whenever one
+    /// is readable or [`PollGroup::next_deadline`] passed.
+    pub fn event_fds(&self) -> Vec<RawFd> {
+        self.pollers.iter().map(|p| p.channel.fd()).collect()
+    }
+
+    /// Arms every CQ so that its next completion makes its fd readable.
+    pub fn arm(&mut self) {
+        for p in &self.pollers {
+            if let Err(e) = p.cq.req_notify(false) {
+                tracing::error!(group = self.index, device = %p.stats.name, "ibv_req_notify_cq failed: {e}");
+            }
+        }
+    }
+
+    /// "An event arrived" (upstream `nvmf_rdma_poller_intr`-style handler):
+    /// takes every pending channel event, re-arms the CQs, then polls until
+    /// nothing is left — completions reaped, host answers applied, deadlines
+    /// fired, WRs flushed. Re-arming before the last poll means a completion
+    /// that raced with it raises a new event. Returns the work done.
+    pub fn handle_event(&mut self, now: u64) -> usize {
+        for p in &self.pollers {
+            loop {
+                match p.channel.get_event() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(group = self.index, device = %p.stats.name, "ibv_get_cq_event failed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        self.arm();
+        let mut work = 0;
+        for _ in 0..MAX_EVENT_ROUNDS {
+            let n = self.poll(now);
+            work += n;
+            if n == 0 {
+                break;
+            }
+        }
+        work
+    }
+
+    /// When this group next needs [`PollGroup::handle_event`] even if no fd
+    /// fires (a drain deadline, an abort's timeout), on the `now` clock.
+    /// Aborts of busy victims are also retried at every event.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let drains = self
+            .conns
+            .iter()
+            .flatten()
+            .filter_map(|c| c.engine.poll_timeout().map(|t| t.0));
+        let aborts = self.aborts.iter().map(|a| a.deadline);
+        drains.chain(aborts).min()
     }
 
     /// Live qpairs in this group.
