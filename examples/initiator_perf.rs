@@ -1,26 +1,33 @@
-//! `perf`-style load generator against an NVMe/RDMA target.
+//! `perf`-style load generator against an NVMe/RDMA target: the same options
+//! as the project binary's `nvmf-rdma-rs perf` (one definition,
+//! [`nvmf_rdma_rs::initiator::PerfArgs`]).
 //!
 //! ```text
 //! LD_LIBRARY_PATH=target/softrdma cargo run --release --example initiator_perf -- \
 //!     --addr 127.0.0.1:4420 --nqn nqn.2016-06.io.spdk:cnode1 \
-//!     --workload randread --io-size 4096 --qd 32 --queues 1 --secs 5
+//!     --workload randread --io-size 4K --qd 32 --queues 1 --secs 5
 //! ```
 //!
-//! Options: see `--help` ([`nvmf_rdma_rs::initiator::PERF_USAGE`]) or
-//! `docs/initiator.md`. Exit status: 0 success, 1 connection or I/O errors,
-//! 2 bad arguments.
+//! Options: see `--help` or `docs/initiator.md`. Exit status: 0 success,
+//! 1 connection or I/O errors, 2 bad arguments.
 
 use std::process::ExitCode;
 
-use nvmf_rdma_rs::initiator::{parse_perf_args, run_perf, PERF_USAGE};
+use clap::Parser;
+use nvmf_rdma_rs::initiator::{run_perf, PerfArgs};
+
+/// Drive I/O against an NVMe/RDMA target with the project's initiator.
+#[derive(Parser)]
+#[command(name = "initiator_perf")]
+struct Cli {
+    #[command(flatten)]
+    perf: PerfArgs,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{PERF_USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let cfg = match parse_perf_args(args) {
+    // Usage errors exit with status 2 (clap's convention).
+    let cli = Cli::parse();
+    let cfg = match cli.perf.to_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("initiator_perf: {e}");

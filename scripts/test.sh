@@ -10,6 +10,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# fuzz/ is outside the workspace (running it needs nightly); compiling it on
+# stable catches engine API changes that break a fuzz target.
+echo "== cargo check fuzz/"
+cargo check --manifest-path fuzz/Cargo.toml --bins --locked
 if [ -f scripts/build-softrdma.sh ]; then
   echo "== build softrdma"
   bash scripts/build-softrdma.sh

@@ -5,15 +5,18 @@
 
 mod demo;
 
+/// Environment variable holding the log filter (`EnvFilter` syntax).
+const LOG_ENV: &str = "NVMF_RDMA_RS_LOG";
+
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use nvmf_rdma_rs::initiator::{
-    run_perf as run_initiator_perf, ControllerConfig, PerfConfig, SglMode,
-};
+use nvmf_rdma_rs::initiator::{run_perf as run_initiator_perf, PerfArgs};
+use nvmf_rdma_rs::size::{parse_size, parse_size_u32};
 use nvmf_rdma_rs::standalone::MiniHost;
 use nvmf_rdma_rs::standalone::{Driver, RunConfig};
 use nvmf_rdma_rs::transport::TransportOptions;
@@ -36,52 +39,6 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
-/// Flags of `perf`.
-#[derive(Args, Debug)]
-struct PerfArgs {
-    /// Target address `ADDR:PORT`.
-    #[arg(long, default_value = "127.0.0.1:4420")]
-    addr: std::net::SocketAddr,
-    /// Subsystem NQN.
-    #[arg(long, default_value = "nqn.2016-06.io.spdk:cnode1")]
-    nqn: String,
-    /// randread, randwrite, read, write, randrw / verify.
-    #[arg(long, default_value = "randread")]
-    workload: String,
-    /// I/O size (e.g. 4096, 4K, 1M).
-    #[arg(long = "io-size", default_value = "4096", value_parser = parse_size)]
-    io_size: u64,
-    /// Queue depth per I/O queue.
-    #[arg(long = "queue-depth", short = 'q', default_value_t = 32)]
-    queue_depth: u16,
-    /// I/O queues (one worker each).
-    #[arg(long = "io-queues", default_value_t = 1)]
-    io_queues: u16,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 5)]
-    time: u64,
-    /// Stop after this many I/Os (0 = time only).
-    #[arg(long, default_value_t = 0)]
-    ios: u64,
-    /// Check read data against what was written (prefills the region).
-    #[arg(long)]
-    verify: bool,
-    /// Data descriptors: keyed, incapsule, or multi:N (N keyed descriptors).
-    #[arg(long, default_value = "keyed")]
-    sgl: String,
-    /// Limit I/O to the first N bytes of the namespace (0 = all).
-    #[arg(long, default_value = "0", value_parser = parse_size_or_zero)]
-    region: u64,
-    /// Busy-poll the completion queue (lower latency, one core).
-    #[arg(long)]
-    busy_poll: bool,
-    /// RDMA READs the target may have outstanding per I/O queue (CM
-    /// responder resources; a small value splits multi-descriptor writes
-    /// into several READ batches).
-    #[arg(long, default_value_t = 16)]
-    responder_resources: u8,
-}
-
 /// Flags of `target`.
 #[derive(Args, Debug)]
 struct TargetArgs {
@@ -95,7 +52,8 @@ struct TargetArgs {
     /// Subsystem NQN served.
     #[arg(long, default_value = "nqn.2016-06.io.spdk:cnode1")]
     nqn: String,
-    /// A RAM namespace of this size (e.g. `64M`, `1G`; repeatable; nsid in order).
+    /// A RAM namespace of this size (e.g. `64M`, `64MiB`, `1G`; repeatable;
+    /// nsid in order).
     #[arg(long = "ram-ns", value_name = "SIZE", value_parser = parse_size)]
     ram_ns: Vec<u64>,
     /// Poll group threads.
@@ -143,13 +101,13 @@ pub struct TransportArgs {
     #[arg(long)]
     max_io_qpairs_per_ctrlr: Option<u16>,
     /// Max in-capsule data size in bytes (default 4096).
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size_u32)]
     in_capsule_data_size: Option<u32>,
     /// Max I/O size in bytes (default 131072).
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size_u32)]
     max_io_size: Option<u32>,
     /// I/O unit (data buffer) size in bytes (default 8192).
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size_u32)]
     io_unit_size: Option<u32>,
     /// Max number of admin commands per admin queue (default 128).
     #[arg(long)]
@@ -238,64 +196,8 @@ impl TransportArgs {
     }
 }
 
-/// Parses `4096`, `64K`, `64M`, `1G` (binary units).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last() {
-        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
-        Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("size {s:?} is not a number with optional K/M/G"))?;
-    n.checked_mul(mult)
-        .filter(|v| *v > 0)
-        .ok_or_else(|| format!("size {s:?} is zero or too large"))
-}
-
-fn parse_size_or_zero(s: &str) -> Result<u64, String> {
-    if s.trim() == "0" {
-        Ok(0)
-    } else {
-        parse_size(s)
-    }
-}
-
-fn parse_sgl(s: &str) -> Result<SglMode, String> {
-    match s {
-        "keyed" => Ok(SglMode::Keyed),
-        "incapsule" => Ok(SglMode::InCapsule),
-        _ => match s.strip_prefix("multi:").map(str::parse::<u8>) {
-            Some(Ok(n)) if (1..=16).contains(&n) => Ok(SglMode::MultiKeyed(n)),
-            _ => Err(format!(
-                "--sgl {s:?}: expected keyed, incapsule or multi:1..16"
-            )),
-        },
-    }
-}
-
 fn run_perf(a: &PerfArgs) -> Result<(), String> {
-    let mut ctrl = ControllerConfig::new(a.addr, &a.nqn);
-    ctrl.io_queues = a.io_queues.max(1);
-    // The initiator needs a queue of at least 2 entries; QD 1 keeps one
-    // I/O outstanding on such a queue.
-    ctrl.io_depth = a.queue_depth.max(2);
-    ctrl.busy_poll = a.busy_poll;
-    ctrl.responder_resources = a.responder_resources.max(1);
-    let io_size = u32::try_from(a.io_size).map_err(|_| "--io-size too large".to_string())?;
-    ctrl.max_io_size = ctrl.max_io_size.max(io_size);
-    let mut cfg = PerfConfig::new(ctrl);
-    cfg.workload = a.workload.parse().map_err(|e| format!("--workload: {e}"))?;
-    cfg.io_size = io_size;
-    cfg.queue_depth = a.queue_depth.max(1);
-    cfg.duration = std::time::Duration::from_secs(a.time);
-    cfg.io_limit = a.ios;
-    cfg.verify = a.verify || a.workload == "verify";
-    cfg.prefill = cfg.verify;
-    cfg.sgl = parse_sgl(&a.sgl)?;
-    cfg.region_bytes = a.region;
+    let cfg = a.to_config()?;
     let report = run_initiator_perf(&cfg).map_err(|e| format!("perf: {e}"))?;
     println!("{report}");
     if report.errors.is_empty() {
@@ -309,12 +211,16 @@ fn run_perf(a: &PerfArgs) -> Result<(), String> {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NVMF_RDMA_RS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs go to stderr at `default_level` unless `NVMF_RDMA_RS_LOG` (an
+/// `EnvFilter` directive, e.g. `info` or `nvmf_rdma_rs::transport=debug`)
+/// says otherwise; ANSI colours only when stderr is a terminal.
+fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -414,8 +320,13 @@ fn print_stats(t: &Driver, host: &MiniHost) {
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    // The demo tells its story on stdout; its logs stay at warn so the
+    // story is not drowned. The target and perf log at info as before.
+    init_logging(match cli.command {
+        Command::Demo(_) => "warn",
+        Command::Target(_) | Command::Perf(_) => "info",
+    });
     let result = match &cli.command {
         Command::Target(a) => run_target(a),
         Command::Perf(a) => run_perf(a),
@@ -435,12 +346,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64M"), Ok(64 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("x").is_err());
+    fn sizes_in_every_form_users_write() {
+        let cli = Cli::try_parse_from([
+            "nvmf-rdma-rs",
+            "target",
+            "--ram-ns",
+            "64MiB",
+            "--ram-ns",
+            "64MB",
+            "--ram-ns",
+            "1G",
+            "--ram-ns",
+            "4096",
+            "--io-unit-size",
+            "8k",
+            "--max-io-size",
+            "128KiB",
+        ])
+        .unwrap();
+        let Command::Target(t) = cli.command else {
+            panic!("expected target");
+        };
+        assert_eq!(t.ram_ns, [64 << 20, 64 << 20, 1 << 30, 4096]);
+        let o = t.transport.to_options().unwrap();
+        assert_eq!((o.io_unit_size, o.max_io_size), (8192, 128 << 10));
+        let p = Cli::try_parse_from([
+            "nvmf-rdma-rs",
+            "perf",
+            "--io-size",
+            "4k",
+            "--region",
+            "64MiB",
+        ])
+        .unwrap();
+        let Command::Perf(p) = p.command else {
+            panic!("expected perf");
+        };
+        assert_eq!((p.io_size, p.region), (4096, 64 << 20));
+    }
+
+    #[test]
+    fn a_bad_size_names_the_option_and_the_value() {
+        for (args, option, value) in [
+            (["target", "--ram-ns", "64X"], "--ram-ns", "64X"),
+            (["target", "--ram-ns", "0"], "--ram-ns", "0"),
+            (["target", "--io-unit-size", "5G"], "--io-unit-size", "5G"),
+            (["perf", "--io-size", "big"], "--io-size", "big"),
+            (["perf", "--region", "1.5G"], "--region", "1.5G"),
+        ] {
+            let e = Cli::try_parse_from(std::iter::once("nvmf-rdma-rs").chain(args))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(option) && e.contains(value), "{args:?}: {e}");
+        }
     }
 
     #[test]

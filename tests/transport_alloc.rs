@@ -57,6 +57,7 @@ impl Target {
                 }
             }
             AcceptorEvent::Qpair(m) => pg.deliver(m, now),
+            AcceptorEvent::Device(m) => pg.deliver_device(m, now),
         });
         self.pg.poll(now);
     }

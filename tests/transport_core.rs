@@ -39,6 +39,7 @@ impl Reactors {
         let transport = self.transport.clone();
         let mut arrived = Vec::new();
         let mut msgs = Vec::new();
+        let mut devs = Vec::new();
         self.transport.accept_poll(&mut |ev| match ev {
             AcceptorEvent::NewQpair(q) => {
                 // Inside the notification: placement, and a call that takes
@@ -49,7 +50,13 @@ impl Reactors {
                 arrived.push((g, q));
             }
             AcceptorEvent::Qpair(m) => msgs.push(m),
+            AcceptorEvent::Device(m) => devs.push(m),
         });
+        for m in devs {
+            for pg in self.groups.iter_mut().flatten() {
+                pg.deliver_device(m, now);
+            }
+        }
         for (g, q) in arrived {
             let qid = q.qid();
             let Some(pg) = g.and_then(|g| self.groups.get_mut(usize::from(g))?.as_mut()) else {

@@ -7,8 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nvmf_rdma_rs::engine::codec::sgl::{encode_keyed, parse_data_layout, DataLayout, SglLimits};
-use nvmf_rdma_rs::engine::codec::{Command, Completion, Status, MAX_SGL_DESCRIPTORS};
+use nvmf_rdma_engine::codec::sgl::{encode_keyed, parse_data_layout, DataLayout, SglLimits};
+use nvmf_rdma_engine::codec::{Command, Completion, Status, MAX_SGL_DESCRIPTORS};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 5 + 64 {

@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nvmf_rdma_rs::engine::sim::{run_bytes, SimOptions};
+use nvmf_rdma_engine::sim::{run_bytes, SimOptions};
 
 /// Length of the pseudo-random tail appended to the input.
 const TAIL: usize = 1 << 17;

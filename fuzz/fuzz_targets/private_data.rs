@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nvmf_rdma_rs::engine::codec::private_data::{
+use nvmf_rdma_engine::codec::private_data::{
     negotiate, CmAccept, CmReject, CmRequest, ConnectLimits,
 };
 

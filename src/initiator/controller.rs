@@ -4,11 +4,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::engine::codec::admin::{cc, cns, csts, property, CNTLID_DYNAMIC};
 use crate::engine::codec::Command;
 
 use super::error::{InitiatorError, Result};
 use super::queue::{Payload, Queue, QueueOptions, SglMode};
-use super::wire::{self, cns, reg, Cap, ControllerInfo, NamespaceInfo};
+use super::wire::{self, Cap, ControllerInfo, NamespaceInfo};
 
 /// How to reach and use a target.
 #[derive(Debug, Clone)]
@@ -114,13 +115,13 @@ impl Controller {
         aopts.max_io_size = 4096;
         aopts.connect_timeout = cfg.connect_timeout;
         aopts.command_timeout = cfg.command_timeout;
-        aopts.cntlid = wire::CNTLID_DYNAMIC;
+        aopts.cntlid = CNTLID_DYNAMIC;
         let mut admin = Queue::connect(cfg.addr, aopts)?;
         let sqsize = admin.depth() - 1;
-        let cntlid = fabrics_connect(&mut admin, &cfg, wire::CNTLID_DYNAMIC, sqsize)?;
+        let cntlid = fabrics_connect(&mut admin, &cfg, CNTLID_DYNAMIC, sqsize)?;
 
         let c = admin.execute(
-            wire::property_get(0, reg::CAP, true),
+            wire::property_get(0, property::CAP, true),
             Payload::None,
             SglMode::Keyed,
             None,
@@ -128,16 +129,16 @@ impl Controller {
         let cap = Cap::parse(c.cdw0 as u64 | (c.cdw1 as u64) << 32);
         let vs = admin
             .execute(
-                wire::property_get(0, reg::VS, false),
+                wire::property_get(0, property::VS, false),
                 Payload::None,
                 SglMode::Keyed,
                 None,
             )?
             .cdw0;
 
-        let cc = wire::CC_EN | wire::CC_QUEUE_ENTRY_SIZES;
+        let cc = cc::EN | cc::QUEUE_ENTRY_SIZES;
         admin.execute(
-            wire::property_set(0, reg::CC, cc),
+            wire::property_set(0, property::CC, cc),
             Payload::None,
             SglMode::Keyed,
             None,
@@ -148,16 +149,16 @@ impl Controller {
         loop {
             let csts = admin
                 .execute(
-                    wire::property_get(0, reg::CSTS, false),
+                    wire::property_get(0, property::CSTS, false),
                     Payload::None,
                     SglMode::Keyed,
                     None,
                 )?
                 .cdw0;
-            if csts & wire::CSTS_CFS != 0 {
+            if csts & csts::CFS != 0 {
                 return Err(InitiatorError::NotReady { csts });
             }
-            if csts & wire::CSTS_RDY != 0 {
+            if csts & csts::RDY != 0 {
                 break;
             }
             if Instant::now() >= deadline {
@@ -434,9 +435,9 @@ impl Controller {
         for q in &mut self.io {
             q.disconnect();
         }
-        let cc = wire::CC_EN | wire::CC_QUEUE_ENTRY_SIZES | wire::CC_SHN_NORMAL;
+        let cc = cc::EN | cc::QUEUE_ENTRY_SIZES | cc::SHN_NORMAL;
         self.admin.execute(
-            wire::property_set(0, reg::CC, cc),
+            wire::property_set(0, property::CC, cc),
             Payload::None,
             SglMode::Keyed,
             None,
@@ -446,13 +447,13 @@ impl Controller {
             let csts = self
                 .admin
                 .execute(
-                    wire::property_get(0, reg::CSTS, false),
+                    wire::property_get(0, property::CSTS, false),
                     Payload::None,
                     SglMode::Keyed,
                     None,
                 )?
                 .cdw0;
-            if csts & wire::CSTS_SHST_MASK == wire::CSTS_SHST_COMPLETE {
+            if csts & csts::SHST_MASK == csts::SHST_COMPLETE {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));

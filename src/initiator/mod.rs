@@ -36,6 +36,7 @@
 //! let report = run_perf(&perf).expect("connect");
 //! println!("{report}");
 //! ```
+#![forbid(unsafe_code)]
 
 mod cli;
 mod controller;
@@ -46,7 +47,7 @@ mod perf;
 mod queue;
 pub mod wire;
 
-pub use cli::{parse_perf_args, PERF_USAGE};
+pub use cli::PerfArgs;
 pub use controller::{Controller, ControllerConfig};
 pub use error::{InitiatorError, Result};
 pub use histogram::{LatencyHistogram, LatencySummary};

@@ -1,53 +1,9 @@
 //! Pure builders and parsers for the NVMe / NVMe-oF commands the initiator
 //! sends (NVMe base 2.x, NVMe-oF 1.1). No I/O.
 
+use crate::engine::codec::admin::{feature, CONNECT_DATA_SIZE};
 use crate::engine::codec::nvme::{admin_opcode, fctype, io_opcode};
 use crate::engine::codec::Command;
-
-/// Controller register offsets (property offsets).
-pub mod reg {
-    /// Controller Capabilities (8 bytes).
-    pub const CAP: u32 = 0x00;
-    /// Version.
-    pub const VS: u32 = 0x08;
-    /// Controller Configuration.
-    pub const CC: u32 = 0x14;
-    /// Controller Status.
-    pub const CSTS: u32 = 0x1c;
-}
-
-/// CC.EN.
-pub const CC_EN: u32 = 1;
-/// CC.IOSQES = 6 (64-byte SQEs) | CC.IOCQES = 4 (16-byte CQEs).
-pub const CC_QUEUE_ENTRY_SIZES: u32 = (6 << 16) | (4 << 20);
-/// CC.SHN = normal shutdown.
-pub const CC_SHN_NORMAL: u32 = 1 << 14;
-/// CSTS.RDY.
-pub const CSTS_RDY: u32 = 1;
-/// CSTS.CFS (controller fatal status).
-pub const CSTS_CFS: u32 = 1 << 1;
-/// CSTS.SHST mask and "shutdown complete" value.
-pub const CSTS_SHST_MASK: u32 = 3 << 2;
-/// CSTS.SHST = 10b.
-pub const CSTS_SHST_COMPLETE: u32 = 2 << 2;
-
-/// Size of the Fabrics Connect data.
-pub const CONNECT_DATA_SIZE: usize = 1024;
-/// cntlid for an admin-queue Connect ("dynamic controller").
-pub const CNTLID_DYNAMIC: u16 = 0xffff;
-
-/// Identify CNS values.
-pub mod cns {
-    /// Identify Namespace.
-    pub const NAMESPACE: u32 = 0x00;
-    /// Identify Controller.
-    pub const CONTROLLER: u32 = 0x01;
-    /// Active Namespace ID list.
-    pub const ACTIVE_NS_LIST: u32 = 0x02;
-}
-
-/// Feature id: Number of Queues.
-pub const FID_NUMBER_OF_QUEUES: u32 = 0x07;
 
 /// Fabrics Connect for queue `qid` with `sqsize` (0's based) and keep-alive `kato_ms`.
 pub fn connect(cid: u16, qid: u16, sqsize: u16, kato_ms: u32) -> Command {
@@ -96,10 +52,10 @@ pub fn property_set(cid: u16, offset: u32, value: u32) -> Command {
 }
 
 /// Identify with `cns` for `nsid` (4096-byte data, controller to host).
-pub fn identify(cid: u16, cns: u32, nsid: u32) -> Command {
+pub fn identify(cid: u16, cns: u8, nsid: u32) -> Command {
     let mut c = Command::new(admin_opcode::IDENTIFY, cid);
     c.set_nsid(nsid);
-    c.set_cdw10(cns);
+    c.set_cdw10(u32::from(cns));
     c
 }
 
@@ -107,7 +63,7 @@ pub fn identify(cid: u16, cns: u32, nsid: u32) -> Command {
 pub fn set_num_queues(cid: u16, n: u16) -> Command {
     let mut c = Command::new(admin_opcode::SET_FEATURES, cid);
     let z = n.saturating_sub(1) as u32;
-    c.set_cdw10(FID_NUMBER_OF_QUEUES);
+    c.set_cdw10(u32::from(feature::NUMBER_OF_QUEUES));
     c.set_cdw11(z | (z << 16));
     c
 }
@@ -302,6 +258,7 @@ pub fn parse_ns_list(d: &[u8]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::codec::admin::{self, cc, property};
 
     #[test]
     fn connect_fields_at_spec_offsets() {
@@ -317,7 +274,7 @@ mod tests {
             10_000,
             "kato"
         );
-        let d = connect_data(&[9; 16], CNTLID_DYNAMIC, "nqn.sub", "nqn.host");
+        let d = connect_data(&[9; 16], admin::CNTLID_DYNAMIC, "nqn.sub", "nqn.host");
         assert_eq!(&d[16..18], &[0xff, 0xff]);
         assert_eq!(&d[256..263], b"nqn.sub");
         assert_eq!(&d[512..520], b"nqn.host");
@@ -325,14 +282,14 @@ mod tests {
 
     #[test]
     fn property_and_io_layouts() {
-        let g = property_get(1, reg::CAP, true);
+        let g = property_get(1, property::CAP, true);
         assert_eq!(g.as_bytes()[40], 1, "8-byte attrib");
         assert_eq!(g.cdw11(), 0);
-        let s = property_set(2, reg::CC, CC_EN | CC_QUEUE_ENTRY_SIZES);
+        let s = property_set(2, property::CC, cc::EN | cc::QUEUE_ENTRY_SIZES);
         assert_eq!(s.as_bytes()[4], fctype::PROPERTY_SET);
         assert_eq!(
             u32::from_le_bytes(s.as_bytes()[44..48].try_into().unwrap()),
-            reg::CC
+            property::CC
         );
         assert_eq!(
             u32::from_le_bytes(s.as_bytes()[48..52].try_into().unwrap()),

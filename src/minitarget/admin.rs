@@ -1,27 +1,16 @@
 //! Admin commands (queue 0) and the Fabrics commands of an established
 //! admin queue (Property Get / Set).
 
+use crate::engine::codec::admin::{cns, feature as fid, log_page as lid, property};
 use crate::engine::codec::nvme::{admin_opcode, fctype, Command, Status};
 
 use super::config::TargetConfig;
 use super::controller::{CcChange, Controller, ControllerKind, AEC_NS_ATTR};
 use super::data::DataBuffer;
-use super::identify::{self, cns, IDENTIFY_LEN};
-use super::log_page::{self, lid};
+use super::identify::{self, IDENTIFY_LEN};
+use super::log_page;
 use super::subsystem::Subsystem;
 use super::Outcome;
-
-/// Feature identifiers handled here.
-pub(crate) mod fid {
-    /// Volatile Write Cache.
-    pub const VOLATILE_WRITE_CACHE: u8 = 0x06;
-    /// Number of Queues.
-    pub const NUMBER_OF_QUEUES: u8 = 0x07;
-    /// Asynchronous Event Configuration.
-    pub const ASYNC_EVENT_CONFIG: u8 = 0x0b;
-    /// Keep Alive Timer.
-    pub const KEEP_ALIVE_TIMER: u8 = 0x0f;
-}
 
 /// Get Features SEL = 3: report capabilities (bit 2: changeable).
 const SEL_SUPPORTED_CAPABILITIES: u32 = 3;
@@ -62,7 +51,7 @@ pub(crate) fn fabrics(ctrl: &mut Controller, qid: u16, cmd: &Command) -> (Outcom
             }
         },
         fctype::PROPERTY_SET => {
-            if offset != super::controller::prop::CC || size8 {
+            if offset != property::CC || size8 {
                 tracing::debug!(
                     cntlid = ctrl.cntlid,
                     offset,

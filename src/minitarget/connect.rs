@@ -1,15 +1,11 @@
 //! Fabrics Connect: decoding the command and its 1024-byte data, and the
 //! "Connect Invalid Parameters" responses that point at the bad field.
 
+use crate::engine::codec::admin::CONNECT_DATA_SIZE;
 use crate::engine::codec::nvme::{Command, Status};
 
 use super::data::DataBuffer;
 
-/// Size of the Connect command data.
-pub(crate) const CONNECT_DATA_LEN: usize = 1024;
-/// Controller id a host sends on an admin Connect to ask for any controller
-/// (dynamic controller model).
-pub(crate) const CNTLID_DYNAMIC: u16 = 0xffff;
 /// NQN field size in the Connect data.
 const NQN_FIELD: usize = 256;
 
@@ -84,8 +80,8 @@ impl ConnectRequest {
     /// Decodes the command and its data. SUBNQN must be NUL-terminated
     /// UTF-8 inside its 256-byte field.
     pub fn parse(cmd: &Command, data: &DataBuffer<'_>) -> Result<ConnectRequest, Refusal> {
-        let mut raw = [0u8; CONNECT_DATA_LEN];
-        if data.len() < CONNECT_DATA_LEN || data.read_at(0, &mut raw) != CONNECT_DATA_LEN {
+        let mut raw = [0u8; CONNECT_DATA_SIZE];
+        if data.len() < CONNECT_DATA_SIZE || data.read_at(0, &mut raw) != CONNECT_DATA_SIZE {
             return Err(Refusal::status(Status::INVALID_FIELD));
         }
         let subnqn = nqn_field(&raw, data_field::SUBNQN)
@@ -106,7 +102,7 @@ impl ConnectRequest {
     }
 }
 
-fn nqn_field(raw: &[u8; CONNECT_DATA_LEN], at: u16) -> Option<String> {
+fn nqn_field(raw: &[u8; CONNECT_DATA_SIZE], at: u16) -> Option<String> {
     let field = &raw[usize::from(at)..usize::from(at) + NQN_FIELD];
     let end = field.iter().position(|&b| b == 0)?;
     std::str::from_utf8(&field[..end]).ok().map(str::to_string)
@@ -114,7 +110,7 @@ fn nqn_field(raw: &[u8; CONNECT_DATA_LEN], at: u16) -> Option<String> {
 
 /// Encodes Connect data (for tests and initiators).
 pub fn connect_data(hostid: [u8; 16], cntlid: u16, subnqn: &str, hostnqn: &str) -> [u8; 1024] {
-    let mut raw = [0u8; CONNECT_DATA_LEN];
+    let mut raw = [0u8; CONNECT_DATA_SIZE];
     raw[..16].copy_from_slice(&hostid);
     raw[16..18].copy_from_slice(&cntlid.to_le_bytes());
     let sub = subnqn.as_bytes();

@@ -4,38 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use crate::engine::codec::admin::{cc, csts, property};
 use crate::engine::codec::nvme::Status;
 
 use super::config::TargetConfig;
 use super::QpairId;
-
-/// CC.EN.
-pub(crate) const CC_EN: u32 = 1;
-const CC_CSS_SHIFT: u32 = 4;
-const CC_MPS_SHIFT: u32 = 7;
-const CC_AMS_SHIFT: u32 = 11;
-const CC_SHN_SHIFT: u32 = 14;
-const CC_IOSQES_SHIFT: u32 = 16;
-const CC_IOCQES_SHIFT: u32 = 20;
-/// CSTS.RDY.
-pub(crate) const CSTS_RDY: u32 = 1;
-/// CSTS.CFS (controller fatal status).
-pub(crate) const CSTS_CFS: u32 = 1 << 1;
-const CSTS_SHST_SHIFT: u32 = 2;
-/// CSTS.SHST value: shutdown processing complete.
-pub(crate) const SHST_COMPLETE: u32 = 2;
-
-/// Property offsets (NVMe-oF Property Get/Set `OFST`).
-pub(crate) mod prop {
-    /// Controller Capabilities (8 bytes).
-    pub const CAP: u32 = 0x00;
-    /// Version (4 bytes).
-    pub const VS: u32 = 0x08;
-    /// Controller Configuration (4 bytes).
-    pub const CC: u32 = 0x14;
-    /// Controller Status (4 bytes).
-    pub const CSTS: u32 = 0x1c;
-}
 
 /// Version reported in VS and Identify VER: NVMe 1.3.0.
 pub(crate) const NVME_VERSION: u32 = 0x0001_0300;
@@ -173,29 +146,29 @@ impl Controller {
 
     /// CC.EN is set and the controller is ready.
     pub(crate) fn enabled(&self) -> bool {
-        self.cc & CC_EN != 0 && self.csts & CSTS_RDY != 0
+        self.cc & cc::EN != 0 && self.csts & csts::RDY != 0
     }
 
     /// A shutdown was requested (CC.SHN != 0).
     pub(crate) fn shutting_down(&self) -> bool {
-        (self.cc >> CC_SHN_SHIFT) & 0x3 != 0
+        (self.cc >> cc::SHN_SHIFT) & 0x3 != 0
     }
 
     /// CC.IOSQES / CC.IOCQES as set by the host.
     pub(crate) fn io_entry_sizes(&self) -> (u32, u32) {
         (
-            (self.cc >> CC_IOSQES_SHIFT) & 0xf,
-            (self.cc >> CC_IOCQES_SHIFT) & 0xf,
+            (self.cc >> cc::IOSQES_SHIFT) & 0xf,
+            (self.cc >> cc::IOCQES_SHIFT) & 0xf,
         )
     }
 
     /// Property Get: the value, or `None` for an unknown offset or wrong size.
     pub(crate) fn property_get(&self, offset: u32, size8: bool) -> Option<u64> {
         match (offset, size8) {
-            (prop::CAP, true) => Some(self.cap),
-            (prop::VS, false) => Some(u64::from(NVME_VERSION)),
-            (prop::CC, false) => Some(u64::from(self.cc)),
-            (prop::CSTS, false) => Some(u64::from(self.csts)),
+            (property::CAP, true) => Some(self.cap),
+            (property::VS, false) => Some(u64::from(NVME_VERSION)),
+            (property::CC, false) => Some(u64::from(self.cc)),
+            (property::CSTS, false) => Some(u64::from(self.csts)),
             _ => None,
         }
     }
@@ -204,16 +177,16 @@ impl Controller {
     /// controller does not support (other arbitration, page size or command
     /// set, a reserved shutdown value); nothing changes then.
     pub(crate) fn set_cc(&mut self, new: u32) -> Result<CcChange, ()> {
-        let css = (new >> CC_CSS_SHIFT) & 0x7;
-        let mps = (new >> CC_MPS_SHIFT) & 0xf;
-        let ams = (new >> CC_AMS_SHIFT) & 0x7;
-        let shn = (new >> CC_SHN_SHIFT) & 0x3;
+        let css = (new >> cc::CSS_SHIFT) & 0x7;
+        let mps = (new >> cc::MPS_SHIFT) & 0xf;
+        let ams = (new >> cc::AMS_SHIFT) & 0x7;
+        let shn = (new >> cc::SHN_SHIFT) & 0x3;
         if css != 0 || mps != 0 || ams != 0 || shn == 3 {
             return Err(());
         }
-        let was_enabled = self.cc & CC_EN != 0;
+        let was_enabled = self.cc & cc::EN != 0;
         let was_shn = self.shutting_down();
-        if was_enabled && new & CC_EN == 0 {
+        if was_enabled && new & cc::EN == 0 {
             // Reset: only a subset of registers survive (upstream clears CC and CSTS).
             self.cc = 0;
             self.csts = 0;
@@ -222,12 +195,11 @@ impl Controller {
         }
         self.cc = new;
         if shn != 0 && !was_shn {
-            self.csts =
-                (self.csts & !(0x3 << CSTS_SHST_SHIFT)) | (SHST_COMPLETE << CSTS_SHST_SHIFT);
+            self.csts = (self.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;
             return Ok(CcChange::Shutdown);
         }
-        if !was_enabled && new & CC_EN != 0 {
-            self.csts = (self.csts & !(0x3 << CSTS_SHST_SHIFT)) | CSTS_RDY;
+        if !was_enabled && new & cc::EN != 0 {
+            self.csts = (self.csts & !csts::SHST_MASK) | csts::RDY;
             return Ok(CcChange::Enabled);
         }
         Ok(CcChange::None)

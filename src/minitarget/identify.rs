@@ -8,18 +8,6 @@ use super::subsystem::Subsystem;
 /// Size of every Identify data structure.
 pub(crate) const IDENTIFY_LEN: usize = 4096;
 
-/// CNS values.
-pub(crate) mod cns {
-    /// Identify Namespace.
-    pub const NAMESPACE: u8 = 0x00;
-    /// Identify Controller.
-    pub const CONTROLLER: u8 = 0x01;
-    /// Active Namespace ID list.
-    pub const ACTIVE_NS_LIST: u8 = 0x02;
-    /// Namespace Identification Descriptor list.
-    pub const NS_DESCRIPTORS: u8 = 0x03;
-}
-
 /// ONCS bit 3: Write Zeroes supported.
 const ONCS_WRITE_ZEROES: u16 = 1 << 3;
 /// OAES bit 8: namespace attribute notices supported.

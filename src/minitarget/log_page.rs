@@ -1,22 +1,12 @@
 //! Log pages: error information (01h), SMART / health (02h), changed
 //! namespace list (04h) and the discovery log (70h).
 
+use crate::engine::codec::admin::CNTLID_DYNAMIC;
+
 use super::config::TRTYPE_RDMA;
 use super::controller::{Controller, ERROR_LOG_ENTRIES};
 use super::identify::{put_str, put_u16, put_u32, put_u64};
 use super::subsystem::Subsystem;
-
-/// Log page identifiers.
-pub(crate) mod lid {
-    /// Error Information.
-    pub const ERROR: u8 = 0x01;
-    /// SMART / Health Information.
-    pub const SMART: u8 = 0x02;
-    /// Changed Namespace List.
-    pub const CHANGED_NS_LIST: u8 = 0x04;
-    /// Discovery log (discovery controllers only).
-    pub const DISCOVERY: u8 = 0x70;
-}
 
 const ERROR_ENTRY_LEN: usize = 64;
 const SMART_LEN: usize = 512;
@@ -28,8 +18,6 @@ const DISCOVERY_ENTRY_LEN: usize = 1024;
 const SUBTYPE_NVM: u8 = 2;
 /// TREQ: secure channel not required.
 const TREQ_SECURE_CHANNEL_NOT_REQUIRED: u8 = 2;
-/// Controller id in a discovery entry: dynamic controller model.
-const CNTLID_DYNAMIC: u16 = 0xffff;
 
 /// Error Information (01h): the newest errors first, ELPE + 1 entries.
 pub(crate) fn error_log(ctrl: &Controller) -> Vec<u8> {

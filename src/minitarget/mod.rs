@@ -90,8 +90,9 @@ pub use data::DataBuffer;
 pub use namespace::RamNamespace;
 pub use subsystem::IoStats;
 
-use connect::{ConnectRequest, Refusal, CNTLID_DYNAMIC};
-use controller::{CcChange, Controller, CSTS_CFS};
+use crate::engine::codec::admin::{csts, CNTLID_DYNAMIC};
+use connect::{ConnectRequest, Refusal};
+use controller::{CcChange, Controller};
 use subsystem::Subsystem;
 
 /// The transport's name for one queue pair (one RDMA QP / connection).
@@ -350,7 +351,7 @@ impl Target {
             };
             tracing::warn!(cntlid, kato_ms = ctrl.kato_ms, hostnqn = %ctrl.hostnqn, "keep-alive timeout: tearing the controller down");
             ctrl.expired = true;
-            ctrl.csts |= CSTS_CFS;
+            ctrl.csts |= csts::CFS;
             let admin = ctrl.admin_qpair;
             let io: Vec<QpairId> = std::mem::take(&mut ctrl.io_qpairs).into_values().collect();
             self.request_disconnect(admin, DisconnectReason::KeepAliveTimeout);

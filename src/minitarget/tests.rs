@@ -2,9 +2,8 @@
 //! with constructed commands.
 
 use super::*;
+use crate::engine::codec::admin::{cc, feature as fid, property as prop};
 use crate::engine::codec::nvme::{admin_opcode, io_opcode, sct, Command, Fuse};
-use admin::fid;
-use controller::prop;
 
 const NQN: &str = "nqn.2026-01.io.example:minitarget";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:0f0e0d0c-0b0a-0908-0706-050403020100";
@@ -13,7 +12,7 @@ const ADMIN: QpairId = QpairId(1);
 const IO1: QpairId = QpairId(2);
 const SEC: u64 = 1_000_000_000;
 /// CC with EN = 1, IOSQES = 6, IOCQES = 4.
-const CC_ENABLE: u32 = 1 | 6 << 16 | 4 << 20;
+const CC_ENABLE: u32 = cc::EN | cc::QUEUE_ENTRY_SIZES;
 
 fn config() -> TargetConfig {
     TargetConfig {

@@ -26,8 +26,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::transport::{
-    AcceptorEvent, Host, PendingQpair, PollGroup, PollGroupStats, QpairMsg, ResourceCounters,
-    Transport, TransportCdata, TransportError, TransportOptions, DEFAULT_DRAIN_TIMEOUT,
+    AcceptorEvent, DeviceMsg, Host, PendingQpair, PollGroup, PollGroupStats, QpairMsg,
+    ResourceCounters, Transport, TransportCdata, TransportError, TransportOptions,
+    DEFAULT_DRAIN_TIMEOUT,
 };
 use crate::verbs::{wait_readable_any, EventFd};
 
@@ -109,6 +110,7 @@ pub enum DriverError {
 enum GroupMsg {
     NewQpair(PendingQpair),
     Event(QpairMsg),
+    Device(DeviceMsg),
 }
 
 /// The acceptor's way to a group thread: the channel and the eventfd that
@@ -410,6 +412,7 @@ fn handle_msg<H: Host>(pg: &mut PollGroup<H>, msg: GroupMsg, now: u64) {
             }
         }
         GroupMsg::Event(m) => pg.deliver(m, now),
+        GroupMsg::Device(m) => pg.deliver_device(m, now),
     }
 }
 
@@ -419,6 +422,13 @@ fn acceptor_thread(transport: &Transport, shared: &DriverShared, senders: &[Opti
         Duration::from_micros(u64::from(transport.options().acceptor_poll_rate).clamp(100, 10_000));
     let mut route = |ev: AcceptorEvent| {
         let (group, msg) = match ev {
+            AcceptorEvent::Device(m) => {
+                for s in senders.iter().flatten() {
+                    let _ = s.tx.send(GroupMsg::Device(m));
+                    s.wake.signal();
+                }
+                return;
+            }
             AcceptorEvent::NewQpair(q) => match transport.optimal_group(q.qid()) {
                 Some(g) => (g, GroupMsg::NewQpair(q)),
                 None => return q.reject(),

@@ -17,6 +17,7 @@
 //! - A buffer returned twice, or a held command left at
 //!   [`HostGroup::qpair_gone`], is an internal error: logged with the request
 //!   and counted ([`MiniHost::internal_errors`]).
+#![forbid(unsafe_code)]
 
 pub mod driver;
 

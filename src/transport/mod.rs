@@ -17,7 +17,6 @@
 //! (the standalone target's `crate::standalone::driver`, or SPDK).
 //!
 //! See `docs/transport.md`.
-
 #![forbid(unsafe_code)]
 
 mod device;
@@ -38,7 +37,8 @@ pub use host::{
 };
 pub use options::{DecodeError, OptionsError, OptionsNotice, TransportCdata, TransportOptions};
 pub use pending::{
-    AcceptorEvent, AddQpairError, AddQpairFailure, PendingQpair, QpairEvent, QpairMsg,
+    AcceptorEvent, AddQpairError, AddQpairFailure, DeviceEvent, DeviceMsg, PendingQpair,
+    QpairEvent, QpairMsg,
 };
 pub use poll_group::{PollGroup, DEFAULT_DRAIN_TIMEOUT};
 pub use stats::{PollGroupStats, PollerStats, ResourceCounters};

@@ -101,6 +101,9 @@ pub enum AddQpairFailure {
     /// The group has no poller for the qpair's device.
     #[error("no poller for device {0} in this group")]
     NoPoller(usize),
+    /// The qpair's device had a fatal error and is not back.
+    #[error("device {0} had a fatal error")]
+    DeviceDead(usize),
     /// Without SRQ the CQ would exceed the device's `max_cqe`.
     #[error("CQ cannot hold another qpair: {required} entries needed, device max_cqe {max_cqe}")]
     CqFull {
@@ -163,6 +166,26 @@ pub struct QpairMsg {
     pub event: QpairEvent,
 }
 
+/// A device-wide event every poll group must hear of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceEvent {
+    /// `IBV_EVENT_DEVICE_FATAL`: tear down the device's qpairs, take no new
+    /// ones on it.
+    Fatal,
+    /// The device is listed again after a fatal error: take qpairs on it.
+    Back,
+}
+
+/// A [`DeviceEvent`] for transport device index `device`: deliver it to
+/// every poll group with [`super::PollGroup::deliver_device`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMsg {
+    /// Transport device index.
+    pub device: usize,
+    /// What happened.
+    pub event: DeviceEvent,
+}
+
 /// What [`super::Transport::accept_poll`] hands to its driver.
 #[derive(Debug)]
 pub enum AcceptorEvent {
@@ -173,4 +196,6 @@ pub enum AcceptorEvent {
     /// An event for a qpair: deliver it to group `msg.qpair.group` with
     /// [`super::PollGroup::deliver`] on the group's thread.
     Qpair(QpairMsg),
+    /// A device event: deliver it to every group.
+    Device(DeviceMsg),
 }

@@ -32,7 +32,9 @@ use super::host::{
     MAX_BUFFERS_PER_REQUEST,
 };
 use super::options::TransportOptions;
-use super::pending::{AddQpairError, AddQpairFailure, PendingQpair, QpairEvent, QpairMsg};
+use super::pending::{
+    AddQpairError, AddQpairFailure, DeviceEvent, DeviceMsg, PendingQpair, QpairEvent, QpairMsg,
+};
 use super::shared::Shared;
 use super::stats::{PollGroupStats, PollerStats};
 use super::target::Core;
@@ -94,6 +96,10 @@ struct Poller {
     device: usize,
     /// Completion channel of `cq` (interrupt mode; unused while polling).
     channel: CompChannel,
+    /// The device had `IBV_EVENT_DEVICE_FATAL` and is not back yet: new
+    /// qpairs are refused. The CQ is still polled so that flushes end the
+    /// drain early; the drain deadline bounds it when the NIC returns nothing.
+    device_dead: bool,
     cq: Cq,
     required_wr: u32,
     max_cqe: u32,
@@ -258,6 +264,7 @@ impl<H: Host> PollGroup<H> {
             pollers.push(Poller {
                 device: i,
                 channel,
+                device_dead: false,
                 cq,
                 required_wr: 0,
                 max_cqe: d.attr.max_cqe,
@@ -393,6 +400,27 @@ impl<H: Host> PollGroup<H> {
         });
     }
 
+    /// Handles a device event the acceptor sent to every group: on
+    /// `IBV_EVENT_DEVICE_FATAL` every qpair on the device is torn down
+    /// (bounded by the drain deadline) and new ones are refused until the
+    /// device is back.
+    pub fn deliver_device(&mut self, msg: DeviceMsg, now: u64) {
+        let DeviceMsg { device, event } = msg;
+        for p in self.pollers.iter_mut().filter(|p| p.device == device) {
+            p.device_dead = event == DeviceEvent::Fatal;
+        }
+        if event == DeviceEvent::Fatal {
+            for slot in 0..self.conns.len() {
+                let on_device = self.conns[slot]
+                    .as_ref()
+                    .is_some_and(|c| c.device == device && !c.finished);
+                if on_device {
+                    self.with_conn(slot, now, |c| c.engine.handle_qp_fatal());
+                }
+            }
+        }
+    }
+
     /// The slot of `qpair` if it is a live, unfinished qpair of this group.
     fn live_slot(&self, qpair: QpairHandle) -> Option<usize> {
         let slot = qpair.slot as usize;
@@ -469,6 +497,9 @@ impl<H: Host> PollGroup<H> {
         let Some(poller_idx) = self.pollers.iter().position(|p| p.device == device) else {
             return Err(AddQpairFailure::NoPoller(device));
         };
+        if self.pollers[poller_idx].device_dead {
+            return Err(AddQpairFailure::DeviceDead(device));
+        }
         let Some(cm_id) = pending.cm_id.as_mut() else {
             return Err(AddQpairFailure::Config(
                 "the qpair was already finished".into(),
@@ -660,6 +691,7 @@ impl<H: Host> PollGroup<H> {
         };
         self.shared.qpairs_created.fetch_add(1, Ordering::Relaxed);
         self.shared.live_qpairs.fetch_add(1, Ordering::Relaxed);
+        self.shared.count_device_qpair(device, 1);
         match conn.cm_id.accept(&param) {
             Ok(()) => tracing::info!(
                 qpair = %handle, qp_num, qid = pending.0.negotiated.qid, queue_depth = qd,
@@ -1147,6 +1179,7 @@ impl<H: Host> PollGroup<H> {
             .unreserve(calls_per_qpair(conn.engine.config().max_queue_depth));
         add_engine_waits(&mut self.pollers[conn.poller].stats, &conn.engine.stats());
         self.shared.live_qpairs.fetch_sub(1, Ordering::Relaxed);
+        self.shared.count_device_qpair(conn.device, -1);
         self.shared.qpairs_destroyed.fetch_add(1, Ordering::Relaxed);
     }
 }

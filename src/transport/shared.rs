@@ -49,9 +49,27 @@ pub(crate) struct Shared {
     /// Releases of resources that were not held (see [`Shared::take`]).
     pub internal_errors: AtomicU64,
     routes: Mutex<Routes>,
+    /// Live qpairs per device index, over all groups (the acceptor takes a
+    /// device that had `IBV_EVENT_DEVICE_FATAL` up again only at 0).
+    pub device_qpairs: Mutex<Vec<u64>>,
 }
 
 impl Shared {
+    /// Adds `delta` to the live-qpair count of `device`.
+    pub(crate) fn count_device_qpair(&self, device: usize, delta: i64) {
+        let mut v = self.device_qpairs.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() <= device {
+            v.resize(device + 1, 0);
+        }
+        v[device] = v[device].saturating_add_signed(delta);
+    }
+
+    /// Live qpairs on `device`.
+    pub(crate) fn device_qpairs(&self, device: usize) -> u64 {
+        let v = self.device_qpairs.lock().unwrap_or_else(|e| e.into_inner());
+        v.get(device).copied().unwrap_or(0)
+    }
+
     /// A snapshot of the counters.
     pub(crate) fn counters(&self) -> ResourceCounters {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::engine::codec::private_data::{
     negotiate, CmReject, CmRequest, ConnectLimits, RejectStatus,
@@ -17,7 +18,9 @@ use crate::verbs::{
 use super::device::Device;
 use super::host::Host;
 use super::options::{OptionsError, TransportCdata, TransportOptions};
-use super::pending::{AcceptorEvent, PendingInner, PendingQpair, QpairEvent, QpairMsg};
+use super::pending::{
+    AcceptorEvent, DeviceEvent, DeviceMsg, PendingInner, PendingQpair, QpairEvent, QpairMsg,
+};
 use super::placement::GroupRegistry;
 use super::poll_group::PollGroup;
 use super::shared::Shared;
@@ -108,9 +111,16 @@ impl Transport {
         let devices = Arc::new(devices);
         let ev = EventChannel::new().map_err(verbs("rdma_create_event_channel"))?;
         let shared = Arc::new(Shared::default());
+        *shared
+            .device_qpairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = vec![0; devices.len()];
         let acceptor = Acceptor {
             ev,
             listeners: Vec::new(),
+            retry_listen: Vec::new(),
+            dead: vec![false; devices.len()],
+            last_rescan: Instant::now(),
             devices: devices.clone(),
             shared: shared.clone(),
             opts: opts.clone(),
@@ -135,27 +145,17 @@ impl Transport {
     /// bound address. Callable at any time (upstream `listen`).
     pub fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, TransportError> {
         let mut acc = self.acceptor();
-        if acc.listeners.iter().any(|(_, a)| *a == addr) {
+        if acc.listeners.iter().any(|l| l.addr == addr) {
             return Err(TransportError::AlreadyListening(addr));
         }
-        let id = CmId::new(&acc.ev).map_err(verbs("rdma_create_id"))?;
-        id.bind_addr(addr)
-            .map_err(verbs(format!("rdma_bind_addr {addr}")))?;
-        let Some(ctx) = id.context() else {
-            return Err(TransportError::NotRdmaAddress(addr));
-        };
-        if !self.core.devices.iter().any(|d| d.ctx == ctx) {
-            return Err(TransportError::NotRdmaAddress(addr));
-        }
-        id.listen(self.core.opts.acceptor_backlog)
-            .map_err(verbs(format!("rdma_listen {addr}")))?;
-        let actual = id.local_addr().unwrap_or(addr);
-        tracing::info!(
-            "*** NVMe/RDMA Target Listening on {} port {} ***",
-            actual.ip(),
-            actual.port()
-        );
-        acc.listeners.push((id, actual));
+        let l = Listener::open(
+            &acc.ev,
+            addr,
+            &self.core.devices,
+            self.core.opts.acceptor_backlog,
+        )?;
+        let actual = l.addr;
+        acc.listeners.push(l);
         Ok(actual)
     }
 
@@ -164,9 +164,10 @@ impl Transport {
     /// whether a listener was removed.
     pub fn stop_listen(&self, addr: SocketAddr) -> bool {
         let mut acc = self.acceptor();
-        let before = acc.listeners.len();
-        acc.listeners.retain(|(_, a)| *a != addr);
-        let removed = acc.listeners.len() != before;
+        let before = acc.listeners.len() + acc.retry_listen.len();
+        acc.listeners.retain(|l| l.addr != addr);
+        acc.retry_listen.retain(|(a, _)| *a != addr);
+        let removed = acc.listeners.len() + acc.retry_listen.len() != before;
         if removed {
             tracing::info!(%addr, "stopped listening");
         }
@@ -175,7 +176,7 @@ impl Transport {
 
     /// The addresses listened on.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
-        self.acceptor().listeners.iter().map(|(_, a)| *a).collect()
+        self.acceptor().listeners.iter().map(|l| l.addr).collect()
     }
 
     /// The fds the acceptor waits on: the CM event channel, then each
@@ -198,6 +199,7 @@ impl Transport {
             let mut acc = self.acceptor();
             acc.process_cm_events();
             acc.process_ib_events();
+            acc.retry_dead_devices();
             std::mem::take(&mut acc.out)
         };
         let n = out.len();
@@ -257,9 +259,62 @@ impl Transport {
     }
 }
 
+/// A listening CM id (upstream `spdk_nvmf_rdma_port`).
+struct Listener {
+    id: CmId,
+    /// The address actually bound (port 0 resolved).
+    addr: SocketAddr,
+    /// Transport device index the address belongs to.
+    device: usize,
+}
+
+impl Listener {
+    /// `rdma_create_id` + `rdma_bind_addr` + `rdma_listen` on `addr`, which
+    /// must belong to one of `devices`.
+    fn open(
+        ev: &EventChannel,
+        addr: SocketAddr,
+        devices: &[Device],
+        backlog: i32,
+    ) -> Result<Listener, TransportError> {
+        let id = CmId::new(ev).map_err(verbs("rdma_create_id"))?;
+        id.bind_addr(addr)
+            .map_err(verbs(format!("rdma_bind_addr {addr}")))?;
+        let Some(ctx) = id.context() else {
+            return Err(TransportError::NotRdmaAddress(addr));
+        };
+        let Some(device) = devices.iter().position(|d| d.ctx == ctx) else {
+            return Err(TransportError::NotRdmaAddress(addr));
+        };
+        id.listen(backlog)
+            .map_err(verbs(format!("rdma_listen {addr}")))?;
+        let actual = id.local_addr().unwrap_or(addr);
+        tracing::info!(
+            "*** NVMe/RDMA Target Listening on {} port {} ***",
+            actual.ip(),
+            actual.port()
+        );
+        Ok(Listener {
+            id,
+            addr: actual,
+            device,
+        })
+    }
+}
+
+/// How often the acceptor looks for a device that had a fatal error to be
+/// listed again (upstream rescans on every acceptor run with retry ports).
+const RESCAN_PERIOD: Duration = Duration::from_millis(100);
+
 struct Acceptor {
     ev: EventChannel,
-    listeners: Vec<(CmId, SocketAddr)>,
+    listeners: Vec<Listener>,
+    /// Listen addresses stopped by a device's fatal error, with the device
+    /// index: listened on again when the device is back.
+    retry_listen: Vec<(SocketAddr, usize)>,
+    /// Per device index: `IBV_EVENT_DEVICE_FATAL` seen, not back yet.
+    dead: Vec<bool>,
+    last_rescan: Instant,
     devices: Arc<Vec<Device>>,
     shared: Arc<Shared>,
     opts: TransportOptions,
@@ -307,8 +362,8 @@ impl Acceptor {
                     let listen = self
                         .listeners
                         .iter()
-                        .find(|(l, _)| Some(l.key()) == ev.listen_key)
-                        .map(|(_, a)| *a);
+                        .find(|l| Some(l.id.key()) == ev.listen_key)
+                        .map(|l| l.addr);
                     if let (Some(id), Some(listen)) = (id, listen) {
                         self.connect(
                             id,
@@ -324,11 +379,22 @@ impl Acceptor {
                 CmEventKind::Disconnected => {
                     self.route_cm(ev.id_key, QpairEvent::CmDisconnected);
                 }
+                // The host died or vanished between CONNECT_REQUEST and
+                // ESTABLISHED: its qpair (already accepted, receives posted)
+                // would otherwise never hear from it again (issue 7).
+                CmEventKind::ConnectError | CmEventKind::Unreachable | CmEventKind::Rejected => {
+                    let id_key = ev.id_key;
+                    tracing::warn!(
+                        kind = ?ev.kind, status = ev.status, id_key = format_args!("{id_key:#x}"),
+                        "connection failed before it was established: tearing the qpair down"
+                    );
+                    self.route_cm(id_key, QpairEvent::CmDisconnected);
+                }
                 CmEventKind::DeviceRemoval => {
                     let id_key = ev.id_key;
-                    if self.listeners.iter().any(|(l, _)| l.key() == id_key) {
+                    if self.listeners.iter().any(|l| l.id.key() == id_key) {
                         tracing::error!("device removal on a listener: the listener stops");
-                        self.listeners.retain(|(l, _)| l.key() != id_key);
+                        self.listeners.retain(|l| l.id.key() != id_key);
                     } else {
                         self.route_cm(id_key, QpairEvent::CmDisconnected);
                     }
@@ -343,9 +409,6 @@ impl Acceptor {
                 | CmEventKind::RouteResolved
                 | CmEventKind::RouteError
                 | CmEventKind::ConnectResponse
-                | CmEventKind::ConnectError
-                | CmEventKind::Unreachable
-                | CmEventKind::Rejected
                 | CmEventKind::MulticastJoin
                 | CmEventKind::MulticastError => {}
                 CmEventKind::Other(v) => tracing::error!(event = v, "unexpected CM event"),
@@ -386,6 +449,10 @@ impl Acceptor {
         else {
             return self.reject(id, RejectStatus::NoResources, "unknown device");
         };
+        if self.dead[device] {
+            let why = format!("device {} had a fatal error", self.devices[device].name);
+            return self.reject(id, RejectStatus::NoResources, &why);
+        }
         let attr = self.devices[device].attr;
         let limits = ConnectLimits {
             max_queue_depth: self.opts.max_queue_depth,
@@ -416,8 +483,92 @@ impl Acceptor {
         ))));
     }
 
+    /// `IBV_EVENT_DEVICE_FATAL` (upstream `need_destroy` + device removal):
+    /// every qpair on the device is torn down (bounded by the drain
+    /// deadline), its listeners stop, and connections to it are refused until
+    /// [`Acceptor::retry_dead_devices`] takes it up again.
+    fn device_fatal(&mut self, device: usize) {
+        let name = self.devices[device].name.clone();
+        if self.dead[device] {
+            tracing::warn!(device = %name, "IBV_EVENT_DEVICE_FATAL again (already torn down)");
+            return;
+        }
+        self.dead[device] = true;
+        tracing::error!(
+            device = %name,
+            qpairs = self.shared.device_qpairs(device),
+            "IBV_EVENT_DEVICE_FATAL: tearing down the device's qpairs and listeners"
+        );
+        self.out.push(AcceptorEvent::Device(DeviceMsg {
+            device,
+            event: DeviceEvent::Fatal,
+        }));
+        let (stopped, kept): (Vec<Listener>, Vec<Listener>) = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .partition(|l| l.device == device);
+        self.listeners = kept;
+        for l in stopped {
+            tracing::warn!(device = %name, addr = %l.addr, "listener stopped until the device is back");
+            self.retry_listen.push((l.addr, device));
+        }
+        self.last_rescan = Instant::now();
+    }
+
+    /// A dead device whose qpairs are all gone is taken up again once
+    /// `rdma_get_devices` lists its context again (upstream
+    /// `nvmf_rdma_rescan_devices` + `retry_listen_port`), and its listen
+    /// addresses are listened on again; a failed listen is retried later.
+    fn retry_dead_devices(&mut self) {
+        if !self.dead.iter().any(|&d| d) || self.last_rescan.elapsed() < RESCAN_PERIOD {
+            return;
+        }
+        self.last_rescan = Instant::now();
+        let listed = match rdma_devices() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("rescanning devices: rdma_get_devices failed: {e}");
+                return;
+            }
+        };
+        for device in 0..self.devices.len() {
+            if !self.dead[device] || self.shared.device_qpairs(device) != 0 {
+                continue;
+            }
+            let d = &self.devices[device];
+            if !listed.contains(&d.ctx) {
+                continue;
+            }
+            if let Err(e) = d.ctx.query_device() {
+                tracing::warn!(device = %d.name, "device listed again but not usable yet: {e}");
+                continue;
+            }
+            tracing::warn!(device = %d.name, "device is back: taking it up again");
+            self.dead[device] = false;
+            self.out.push(AcceptorEvent::Device(DeviceMsg {
+                device,
+                event: DeviceEvent::Back,
+            }));
+        }
+        let mut retry = Vec::new();
+        for (addr, device) in std::mem::take(&mut self.retry_listen) {
+            if self.dead[device] {
+                retry.push((addr, device));
+                continue;
+            }
+            match Listener::open(&self.ev, addr, &self.devices, self.opts.acceptor_backlog) {
+                Ok(l) => self.listeners.push(l),
+                Err(e) => {
+                    tracing::warn!(%addr, "listening again failed (retried): {e}");
+                    retry.push((addr, device));
+                }
+            }
+        }
+        self.retry_listen = retry;
+    }
+
     /// IB async events (upstream `nvmf_process_ib_event`).
     fn process_ib_events(&mut self) {
+        let mut fatal = Vec::new();
         let devices = self.devices.clone();
         for (device, d) in devices.iter().enumerate() {
             for _ in 0..MAX_EVENTS_PER_POLL {
@@ -441,14 +592,15 @@ impl Acceptor {
                     (AsyncEventKind::QpLastWqeReached, Some(qp_num)) => {
                         self.route_qp(device, qp_num, QpairEvent::LastWqeReached);
                     }
-                    (AsyncEventKind::DeviceFatal, _) => {
-                        tracing::error!(device = %d.name, "IBV_EVENT_DEVICE_FATAL");
-                    }
+                    (AsyncEventKind::DeviceFatal, _) => fatal.push(device),
                     (kind, _) => {
                         tracing::info!(device = %d.name, ?kind, ?qp_num, "async event")
                     }
                 }
             }
+        }
+        for device in fatal {
+            self.device_fatal(device);
         }
     }
 }

@@ -1,36 +1,70 @@
 //! Mapping between the engine's typed WR ids and the verbs layer's typed WR
-//! ids (both are 64-bit values; the engine's payload fits the verbs layer's
-//! 56 payload bits, so the mapping is a bijection).
+//! ids, through both layers' public APIs ([`engine::WrKind`] and
+//! [`verbs::WrId`]'s kind / owner / index): neither raw layout is known here.
+//!
+//! | engine kind                       | verbs kind | owner (24 bits)             | index (32 bits) |
+//! |-----------------------------------|------------|-----------------------------|-----------------|
+//! | `Recv { recv }`                   | `Recv`     | 0                           | `recv`          |
+//! | `Data { req, index, generation }` | `Data`     | `req` \| `index` << 16      | `generation`    |
+//! | `Send { req, generation }`        | `Send`     | `req`                       | `generation`    |
+//!
+//! A data WR index is below [`engine::MAX_DATA_WRS`] (16), so the data owner
+//! stays below 2^20. Decoding rejects every verbs id this table cannot
+//! produce, so a stray `wr_id` never reaches the engine as a valid one.
 
 use crate::engine;
 use crate::verbs;
 
-const PAYLOAD_MASK: u64 = 0x00ff_ffff_ffff_ffff;
-const ENGINE_KIND_SHIFT: u32 = 62;
+/// Bits of the verbs owner holding the request slot ([`engine::ReqId`] is a `u16`).
+const REQ_BITS: u32 = u16::BITS;
 
 /// The verbs WR id to post for an engine WR id.
+///
+/// Every id the engine issues decodes; an id that does not (impossible by the
+/// engine's construction) maps to a RECV id with a non-zero owner, which
+/// [`from_completion`] rejects, so its completion is reported as unknown.
 pub fn to_verbs(id: engine::WrId) -> verbs::WrId {
-    let raw = id.to_raw();
-    let kind = match raw >> ENGINE_KIND_SHIFT {
-        1 => verbs::WrKind::Recv,
-        2 => verbs::WrKind::Data,
-        _ => verbs::WrKind::Send,
-    };
-    let payload = raw & PAYLOAD_MASK;
-    verbs::WrId::new(kind, (payload >> 32) as u32, payload as u32)
+    match id.kind() {
+        Ok(engine::WrKind::Recv { recv }) => verbs::WrId::recv(0, recv.0),
+        Ok(engine::WrKind::Data {
+            req,
+            index,
+            generation,
+        }) => verbs::WrId::data(
+            u32::from(req.0) | (u32::from(index) << REQ_BITS),
+            generation,
+        ),
+        Ok(engine::WrKind::Send { req, generation }) => {
+            verbs::WrId::send(u32::from(req.0), generation)
+        }
+        Err(_) => verbs::WrId::recv(verbs::MAX_WR_OWNER, 0),
+    }
 }
 
 /// The engine's raw WR id for a completion's raw `wr_id`, or `None` when the
 /// value was not posted by this transport.
 pub fn from_completion(raw: u64) -> Option<u64> {
     let id = verbs::WrId::from_raw(raw).ok()?;
-    let kind: u64 = match id.kind() {
-        verbs::WrKind::Recv => 1,
-        verbs::WrKind::Data => 2,
-        verbs::WrKind::Send => 3,
+    let owner = id.owner();
+    let req = engine::ReqId((owner & u32::from(u16::MAX)) as u16);
+    let kind = match id.kind() {
+        verbs::WrKind::Recv if owner == 0 => engine::WrKind::Recv {
+            recv: engine::RecvId(id.index()),
+        },
+        verbs::WrKind::Data if (owner >> REQ_BITS) < engine::MAX_DATA_WRS as u32 => {
+            engine::WrKind::Data {
+                req,
+                index: (owner >> REQ_BITS) as u8,
+                generation: id.index(),
+            }
+        }
+        verbs::WrKind::Send if owner >> REQ_BITS == 0 => engine::WrKind::Send {
+            req,
+            generation: id.index(),
+        },
+        _ => return None,
     };
-    let payload = (u64::from(id.owner()) << 32) | u64::from(id.index());
-    Some((kind << ENGINE_KIND_SHIFT) | payload)
+    Some(engine::WrId::new(kind).to_raw())
 }
 
 /// Engine status from a verbs status (same numbering: `ibv_wc_status`).
@@ -54,15 +88,32 @@ mod tests {
                 index: 15,
                 generation: u32::MAX,
             },
+            WrKind::Data {
+                req: ReqId(0),
+                index: 0,
+                generation: 0,
+            },
             WrKind::Send {
-                req: ReqId(3),
+                req: ReqId(u16::MAX),
                 generation: 7,
             },
         ] {
             let id = engine::WrId::new(k);
             let back = from_completion(to_verbs(id).to_raw()).unwrap();
-            assert_eq!(back, id.to_raw());
+            assert_eq!(back, id.to_raw(), "{k:?}");
         }
+    }
+
+    #[test]
+    fn ids_the_table_cannot_produce_are_rejected() {
         assert_eq!(from_completion(0), None);
+        for bad in [
+            verbs::WrId::recv(1, 0),
+            verbs::WrId::data(16 << REQ_BITS, 0),
+            verbs::WrId::send(1 << REQ_BITS, 0),
+            verbs::WrId::recv(verbs::MAX_WR_OWNER, 0),
+        ] {
+            assert_eq!(from_completion(bad.to_raw()), None, "{bad:?}");
+        }
     }
 }

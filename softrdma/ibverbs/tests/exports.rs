@@ -1,5 +1,6 @@
-//! The built libraries export exactly the rdma-core 44 ABI: every symbol of the golden lists in
-//! `../shared/docs/abi/` (relative to the repository root) at its exact version, default or not,
+//! The built libraries export exactly the rdma-core 44 ABI: every symbol of the golden lists
+//! committed in `softrdma/{ibverbs,rdmacm}/abi/` (see `docs/softrdma.md`) at its exact version,
+//! default or not,
 //! and nothing else except softrdma's private node. Checks `target/softrdma/libibverbs.so.1` and,
 //! when built, `target/softrdma/librdmacm.so.1`, with `objdump -T`.
 
@@ -46,8 +47,8 @@ fn exports(lib: &Path) -> BTreeSet<String> {
     set
 }
 
-/// The golden list: `../shared/docs/abi/<file>` next to the repository (as in CI), else the copy
-/// committed in the repository (`softrdma/{ibverbs,rdmacm}/abi/<file>`).
+/// The golden list committed in the repository (`softrdma/{ibverbs,rdmacm}/abi/<file>`,
+/// `docs/softrdma.md`); a reference copy next to the repository, when present, is preferred.
 fn golden(file: &str) -> Option<BTreeSet<String>> {
     let root = repo_root();
     let candidates = [

@@ -41,8 +41,11 @@ pub enum Event {
     },
     /// The connection is over (DREQ/DREP, or the peer vanished after establishment).
     Disconnected,
-    /// The peer vanished while the connection was being set up.
+    /// Active side: the peer vanished while the connection was being set up.
     ConnectError,
+    /// Passive side: the peer vanished without a word before ESTABLISHED (RDMA_CM_EVENT_UNREACHABLE,
+    /// status -ETIMEDOUT, as after the IB CM's REP retries ran out).
+    Unreachable,
 }
 
 /// What the I/O layer must do, in order.
@@ -158,25 +161,56 @@ impl Conn {
         Ok(out)
     }
 
-    /// The connection socket hit EOF or an error: the peer process is gone, or the
-    /// connection was dropped by fault injection.
+    /// The connection socket hit EOF or an error: the peer process is gone (its kernel
+    /// closed the socket), or the peer dropped the connection by fault injection.
+    ///
+    /// A passive side still setting up gets what the kernel CM of a dead process sends
+    /// (`cm_destroy_id`): REJECTED with `IB_CM_REJ_TIMEOUT` while the REQ waits for
+    /// `rdma_accept`, REJECTED with consumer reason 28 once the REP was sent.
     pub fn on_eof(&mut self) -> Vec<Output> {
         use State::*;
         let prev = self.state;
         self.state = Closed;
+        let rejected = |reason| {
+            vec![
+                Output::QpToError,
+                Output::Event(Event::Rejected {
+                    reason,
+                    private_data: Vec::new(),
+                }),
+                Output::Close,
+            ]
+        };
         match prev {
             Established | DreqSent => vec![
                 Output::QpToError,
                 Output::Event(Event::Disconnected),
                 Output::Close,
             ],
-            ReqSent | RepRcvd | ReqRcvd | RepSent => vec![
+            ReqRcvd => rejected(crate::proto::REJ_PEER_GONE_IN_REQ),
+            RepSent => rejected(crate::proto::REJ_CONSUMER),
+            ReqSent | RepRcvd => vec![
                 Output::QpToError,
                 Output::Event(Event::ConnectError),
                 Output::Close,
             ],
             Closed => vec![Output::Close],
         }
+    }
+
+    /// This side drops the connection (fault kind f): the peer vanished without a word.
+    /// A passive side still setting up gets UNREACHABLE (the REP would never be answered);
+    /// every other state behaves as [`Conn::on_eof`].
+    pub fn on_vanish(&mut self) -> Vec<Output> {
+        if matches!(self.state, State::ReqRcvd | State::RepSent) {
+            self.state = State::Closed;
+            return vec![
+                Output::QpToError,
+                Output::Event(Event::Unreachable),
+                Output::Close,
+            ];
+        }
+        self.on_eof()
     }
 
     /// `rdma_accept` on the passive side (after the QP moved to RTS).
@@ -345,6 +379,32 @@ mod tests {
     }
 
     #[test]
+    fn passive_side_of_a_peer_gone_before_established_is_rejected_or_unreachable() {
+        let rejected = |reason| {
+            Output::Event(Event::Rejected {
+                reason,
+                private_data: Vec::new(),
+            })
+        };
+        let mut p = Conn::passive();
+        let out = p.on_eof();
+        assert_eq!(out[0], Output::QpToError);
+        assert_eq!(out[1], rejected(crate::proto::REJ_PEER_GONE_IN_REQ));
+        assert!(p.accept(rep()).is_err(), "accept after the peer died");
+        let mut p = Conn::passive();
+        p.accept(rep()).unwrap();
+        assert_eq!(p.on_eof()[1], rejected(crate::proto::REJ_CONSUMER));
+        let mut p = Conn::passive();
+        p.accept(rep()).unwrap();
+        assert_eq!(p.on_vanish()[1], Output::Event(Event::Unreachable));
+        assert_eq!(p.state(), State::Closed);
+        let mut e = Conn {
+            state: State::Established,
+        };
+        assert_eq!(e.on_vanish()[1], Output::Event(Event::Disconnected));
+    }
+
+    #[test]
     fn illegal_local_calls_are_errors() {
         let mut a = Conn::active();
         assert!(a.disconnect().is_err());
@@ -364,6 +424,7 @@ mod props {
     enum Input {
         Msg(u8),
         Eof,
+        Vanish,
         Accept,
         Reject,
         Establish,
@@ -375,6 +436,7 @@ mod props {
         prop_oneof![
             (0u8..6).prop_map(Input::Msg),
             Just(Input::Eof),
+            Just(Input::Vanish),
             Just(Input::Accept),
             Just(Input::Reject),
             Just(Input::Establish),
@@ -420,6 +482,7 @@ mod props {
                 let outs = match i {
                     Input::Msg(m) => c.on_msg(msg(m)).unwrap_or_default(),
                     Input::Eof => c.on_eof(),
+                    Input::Vanish => c.on_vanish(),
                     Input::Accept => c.accept(match msg(0) { Msg::Rep(r) => r, _ => unreachable!() }).unwrap_or_default(),
                     Input::Reject => c.reject(28, vec![]).unwrap_or_default(),
                     Input::Establish => c.establish().unwrap_or_default(),
@@ -433,7 +496,7 @@ mod props {
                     }
                 }
                 terminal += outs.iter().filter(|o| matches!(o,
-                    Output::Event(Event::Disconnected | Event::Rejected { .. } | Event::ConnectError))).count();
+                    Output::Event(Event::Disconnected | Event::Rejected { .. } | Event::ConnectError | Event::Unreachable))).count();
                 prop_assert!(terminal <= 1, "{terminal} terminal events");
             }
         }

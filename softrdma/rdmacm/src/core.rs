@@ -693,6 +693,7 @@ impl IdBox {
             Event::ConnectError => {
                 EventBox::new(self, RDMA_CM_EVENT_CONNECT_ERROR, -libc::ECONNRESET)
             }
+            Event::Unreachable => EventBox::new(self, RDMA_CM_EVENT_UNREACHABLE, -libc::ETIMEDOUT),
         }
     }
 }
@@ -1419,7 +1420,7 @@ pub fn drop_connection(id: &Arc<IdBox>, why: &str) {
         id.c_ptr(),
         c.machine.state()
     ));
-    let outs = c.machine.on_eof();
+    let outs = c.machine.on_vanish();
     id.run(&mut st, outs);
 }
 

@@ -23,6 +23,9 @@ pub const REJ_CONSUMER: u8 = 28;
 pub const REJ_INVALID_SERVICE_ID: u8 = 8;
 /// IB CM reject reason: timeout (used when a listener's backlog is full).
 pub const REJ_TIMEOUT: u8 = 1;
+/// IB CM reject reason `IB_CM_REJ_TIMEOUT` (4): what the kernel CM of a host whose process
+/// died sends for a REQ still waiting for its REP (`cm_destroy_id` in state REQ_SENT).
+pub const REJ_PEER_GONE_IN_REQ: u8 = 4;
 
 /// Connection parameters the active side sends in its REQ.
 #[derive(Clone, Debug, PartialEq, Eq)]

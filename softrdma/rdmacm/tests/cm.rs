@@ -227,6 +227,62 @@ fn injected_cm_drop_disconnects_both_sides() {
     );
 }
 
+/// A host process that dies between CONNECT_REQUEST and ESTABLISHED: the passive side gets
+/// what the dead host's kernel CM sends (REJECTED on the new id, IB_CM_REJ_TIMEOUT = 4 while
+/// the REQ waits for `rdma_accept`, consumer reason 28 once the REP was sent), its QP goes to
+/// ERR, and a late `rdma_accept` fails.
+fn peer_dies_while_connecting(server_mode: &str) -> Vec<String> {
+    let mut server = Proc::spawn(
+        "server",
+        "server",
+        &[
+            ("CM_ADDR", "127.0.0.1".into()),
+            ("CM_MODE", server_mode.into()),
+        ],
+    );
+    let port = server.expect("PORT ");
+    let mut client = Proc::spawn(
+        "client",
+        "client",
+        &[
+            ("CM_ADDR", "127.0.0.1".into()),
+            ("CM_PORT", port),
+            ("CM_THEN", "hang_connecting".into()),
+        ],
+    );
+    client.expect("CONNECTING");
+    server.expect("REQ ");
+    if server_mode == "peer_dies_after_accept" {
+        server.expect("ACCEPTED");
+    }
+    client.child.kill().expect("kill -9 client");
+    let _ = client.child.wait();
+    let mut got = vec![server.expect("GONE ")];
+    if server_mode == "peer_dies_after_accept" {
+        got.push(server.expect("QPSTATE "));
+    } else {
+        got.push(server.expect("ACCEPT "));
+    }
+    server.finish();
+    got
+}
+
+#[test]
+fn peer_death_before_accept_gives_rejected_timeout() {
+    let got = peer_dies_while_connecting("peer_dies_before_accept");
+    let rejected = rdma_cm_event_type::RDMA_CM_EVENT_REJECTED;
+    assert_eq!(got[0], format!("event={rejected} status=4 same_id=true"));
+    assert_eq!(got[1], "failed", "rdma_accept after the host died");
+}
+
+#[test]
+fn peer_death_after_accept_gives_rejected_and_qp_error() {
+    let got = peer_dies_while_connecting("peer_dies_after_accept");
+    let rejected = rdma_cm_event_type::RDMA_CM_EVENT_REJECTED;
+    assert_eq!(got[0], format!("event={rejected} status=28 same_id=true"));
+    assert_eq!(got[1], "6", "the passive QP must be in ERR");
+}
+
 /// The application frees the QP with plain `ibv_destroy_qp` (not `rdma_destroy_qp`) and the
 /// peer then dies: DISCONNECTED arrives and nothing touches the freed QP.
 #[test]
@@ -569,7 +625,46 @@ fn server() -> Result<(), String> {
             rdma_destroy_event_channel(ch);
             return Ok(());
         }
+        if mode == "peer_dies_before_accept" {
+            // The parent kills the client now; the dead host's CM rejects the pending REQ.
+            let ev = wait_any(ch)?;
+            println!(
+                "GONE event={} status={} same_id={}",
+                ev.kind,
+                ev.status,
+                ev.id == id
+            );
+            create_qp(id)?;
+            let mut p = param(b"rep-data", 1, 3);
+            let r = rdma_accept(id, &mut p);
+            println!("ACCEPT {}", if r == 0 { "ok" } else { "failed" });
+            rdma_destroy_qp(id);
+            rdma_destroy_id(id);
+            rdma_destroy_id(listen);
+            rdma_destroy_event_channel(ch);
+            return Ok(());
+        }
         create_qp(id)?;
+        if mode == "peer_dies_after_accept" {
+            let mut p = param(b"rep-data", 1, 3);
+            if rdma_accept(id, &mut p) != 0 {
+                return Err(format!("rdma_accept: {}", std::io::Error::last_os_error()));
+            }
+            println!("ACCEPTED");
+            let ev = wait_any(ch)?;
+            println!(
+                "GONE event={} status={} same_id={}",
+                ev.kind,
+                ev.status,
+                ev.id == id
+            );
+            println!("QPSTATE {}", qp_state(id)?);
+            rdma_destroy_qp(id);
+            rdma_destroy_id(id);
+            rdma_destroy_id(listen);
+            rdma_destroy_event_channel(ch);
+            return Ok(());
+        }
         // One receive that the peer never fills: it must come back flushed at the end.
         let mut rbuf = vec![0u8; 64];
         let mr = rdma_reg_msgs(id, rbuf.as_mut_ptr().cast(), rbuf.len());
@@ -699,6 +794,13 @@ fn client() -> Result<(), String> {
         let mut p = param(b"req-data", 4, 2);
         if rdma_connect(id, &mut p) != 0 {
             return Err(format!("rdma_connect: {}", std::io::Error::last_os_error()));
+        }
+        if then == "hang_connecting" {
+            // Never take the REP: the connection stays short of ESTABLISHED until the
+            // parent kills this process.
+            println!("CONNECTING");
+            std::thread::sleep(Duration::from_secs(60));
+            return Err("was not killed".into());
         }
         let ev = wait_any(ch)?;
         if ev.kind == RDMA_CM_EVENT_REJECTED {

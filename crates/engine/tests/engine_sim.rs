@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use nvmf_rdma_rs::engine::sim::{run_seed, SimOptions, SimReport};
+use nvmf_rdma_engine::sim::{run_seed, SimOptions, SimReport};
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;

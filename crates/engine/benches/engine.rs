@@ -16,7 +16,7 @@
 //! - `codec/*`: the codecs alone (SGL classification of one keyed
 //!   descriptor and of a 16-descriptor list, CM request parse + negotiate).
 //!
-//! Run: `cargo bench --bench engine` (criterion prints time per iteration).
+//! Run: `cargo bench -p nvmf-rdma-engine --bench engine` (criterion prints time per iteration).
 
 // `criterion_group!` generates an undocumented public function.
 #![allow(missing_docs)]
@@ -24,12 +24,12 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use nvmf_rdma_rs::engine::codec::nvme::{io_opcode, Command, Completion, Status};
-use nvmf_rdma_rs::engine::codec::private_data::{negotiate, CmRequest, ConnectLimits};
-use nvmf_rdma_rs::engine::codec::sgl::{
+use nvmf_rdma_engine::codec::nvme::{io_opcode, Command, Completion, Status};
+use nvmf_rdma_engine::codec::private_data::{negotiate, CmRequest, ConnectLimits};
+use nvmf_rdma_engine::codec::sgl::{
     encode_in_capsule, encode_keyed, encode_last_segment, parse_data_layout, SglLimits,
 };
-use nvmf_rdma_rs::engine::{Action, LocalSge, Qpair, QpairConfig, RecvId, ReqId, WcStatus, WrId};
+use nvmf_rdma_engine::{Action, LocalSge, Qpair, QpairConfig, RecvId, ReqId, WcStatus, WrId};
 
 const IO: u32 = 4096;
 const QD: u16 = 128;

@@ -3,11 +3,11 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::{Entropy, SimFailure, SimOptions};
-use crate::engine::codec::nvme::{io_opcode, sgl_type, Command, Completion, Fuse, Status};
-use crate::engine::codec::sgl::{
+use crate::codec::nvme::{io_opcode, sgl_type, Command, Completion, Fuse, Status};
+use crate::codec::sgl::{
     encode_in_capsule, encode_keyed, encode_last_segment, SglLimits, MAX_SGL_DESCRIPTORS,
 };
-use crate::engine::{
+use crate::{
     AbortOutcome, Action, DataOpcode, DataRef, LocalSge, Notice, Qpair, QpairConfig, QpairState,
     RecvId, ReqId, ReqState, Timestamp, WcStatus, WrId, MIN_SEND_DEPTH,
 };
@@ -584,7 +584,7 @@ impl<'a> World<'a> {
         ini.next_cid = cid.wrapping_add(1);
         let mut cmd = if opcode == 0x7f {
             // CONNECT carries 1024 bytes of data (host to controller).
-            Command::new_fabrics(crate::engine::codec::nvme::fctype::CONNECT, cid)
+            Command::new_fabrics(crate::codec::nvme::fctype::CONNECT, cid)
         } else {
             Command::new(opcode, cid)
         };
@@ -933,7 +933,7 @@ impl<'a> World<'a> {
         self.after(qp, r)
     }
 
-    fn after(&mut self, qp: usize, r: Result<(), crate::engine::EngineError>) -> Res {
+    fn after(&mut self, qp: usize, r: Result<(), crate::EngineError>) -> Res {
         self.report.events += 1;
         if let Err(e) = r {
             return Err(self.fail(format!("qpair {qp}: engine refused an event: {e}")));
@@ -1306,8 +1306,8 @@ impl<'a> World<'a> {
 
     fn generation_of(&self, id: WrId) -> u32 {
         match id.kind() {
-            Ok(crate::engine::WrKind::Data { generation, .. })
-            | Ok(crate::engine::WrKind::Send { generation, .. }) => generation,
+            Ok(crate::WrKind::Data { generation, .. })
+            | Ok(crate::WrKind::Send { generation, .. }) => generation,
             _ => 0,
         }
     }

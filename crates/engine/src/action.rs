@@ -7,7 +7,7 @@ use super::wr::{WcStatus, WrId};
 
 /// One thing for the transport to do, in order. Actions are small `Copy`
 /// values; details (SGEs, response bytes, command) are read from the
-/// [`crate::engine::Qpair`] accessors while handling the action, before the
+/// [`crate::Qpair`] accessors while handling the action, before the
 /// next event is fed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -18,7 +18,7 @@ pub enum Action {
         recv: RecvId,
     },
     /// Post `count` RDMA READs of `req`, data WRs `first..first + count`,
-    /// all signaled, as one chain ([`crate::engine::Qpair::data_wr`]).
+    /// all signaled, as one chain ([`crate::Qpair::data_wr`]).
     PostReads {
         /// The request.
         req: ReqId,
@@ -29,7 +29,7 @@ pub enum Action {
     },
     /// Post `writes` RDMA WRITEs of `req` (data WRs `0..writes`, unsignaled)
     /// followed by its response SEND (signaled) as one chain
-    /// ([`crate::engine::Qpair::data_wr`], [`crate::engine::Qpair::send_wr`]).
+    /// ([`crate::Qpair::data_wr`], [`crate::Qpair::send_wr`]).
     PostResponse {
         /// The request.
         req: ReqId,
@@ -50,8 +50,8 @@ pub enum Action {
         /// The request.
         req: ReqId,
     },
-    /// Hand the command of `req` to the host ([`crate::engine::Qpair::command`],
-    /// [`crate::engine::Qpair::data`]); answer with `handle_command_executed`.
+    /// Hand the command of `req` to the host ([`crate::Qpair::command`],
+    /// [`crate::Qpair::data`]); answer with `handle_command_executed`.
     Execute {
         /// The request.
         req: ReqId,
@@ -98,6 +98,9 @@ pub enum DisconnectReason {
     },
     /// A fatal QP event (IBV_EVENT_QP_FATAL).
     QpFatal,
+    /// The QP entered the error state without a fatal event or an error
+    /// completion (SRQ: IBV_EVENT_QP_LAST_WQE_REACHED on an active qpair).
+    QpInError,
     /// The host sent a capsule while `max_queue_depth` commands were
     /// outstanding.
     HostOverrun {
@@ -110,7 +113,7 @@ pub enum DisconnectReason {
     PostFailed,
 }
 
-/// A log-worthy event. Each names the qpair by [`crate::engine::QpairConfig::label`].
+/// A log-worthy event. Each names the qpair by [`crate::QpairConfig::label`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {
     /// A completion with an error status (`Flushed` ones are routine during
@@ -172,7 +175,7 @@ pub enum Notice {
     },
 }
 
-/// Kinds of unexpected input (see [`crate::engine::EngineError`]).
+/// Kinds of unexpected input (see [`crate::EngineError`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unexpected {
     /// Last-WQE-reached arrived twice (upstream reports -EALREADY).

@@ -160,7 +160,7 @@ pub enum DataRef<'a> {
 }
 
 /// The engine of one qpair. See the module documentation of
-/// [`crate::engine`] for how a transport drives it.
+/// [`crate`] for how a transport drives it.
 #[derive(Debug)]
 pub struct Qpair {
     cfg: QpairConfig,
@@ -499,17 +499,6 @@ impl Qpair {
         Ok(())
     }
 
-    /// The transport failed to post WRs: the qpair goes to error. Prefer
-    /// [`Qpair::handle_wr_not_posted`] for each unposted WR, which does this
-    /// too. Do not report unposted WRs as flushed completions: a flushed SEND
-    /// tells the engine that the WRITEs posted before it are done.
-    pub fn handle_post_failed(&mut self) -> Result<(), EngineError> {
-        self.check_open()?;
-        self.enter_error(DisconnectReason::PostFailed);
-        self.after_event();
-        Ok(())
-    }
-
     /// `ibv_post_send` / `ibv_post_recv` failed: call this for `bad_wr` and
     /// for every WR after it in the same post (they never reached the NIC).
     /// WRs before `bad_wr` were posted and still belong to the NIC. The qpair
@@ -575,7 +564,11 @@ impl Qpair {
     }
 
     /// IBV_EVENT_QP_LAST_WQE_REACHED (SRQ): the QP will consume no more
-    /// receives.
+    /// receives. The NIC raises it when an SRQ-attached QP enters the error
+    /// state, so on a qpair that is not yet going away it also means the QP
+    /// failed: the qpair goes to error ([`Action::HostDisconnect`]). Without
+    /// this an SRQ qpair with no WR outstanding (one whose host died right
+    /// after connecting) would never learn that its QP is dead.
     pub fn handle_last_wqe_reached(&mut self) -> Result<(), EngineError> {
         self.check_open()?;
         if self.last_wqe {
@@ -585,6 +578,7 @@ impl Qpair {
             });
         }
         self.last_wqe = true;
+        self.enter_error(DisconnectReason::QpInError);
         self.after_event();
         Ok(())
     }

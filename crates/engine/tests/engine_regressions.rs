@@ -3,11 +3,11 @@
 //! fixes of §2.5 whose trigger lives in the engine. Each test scripts the
 //! events by hand and checks the engine's invariants after every event.
 
-use nvmf_rdma_rs::engine::codec::nvme::{
+use nvmf_rdma_engine::codec::nvme::{
     fctype, io_opcode, sgl_type, Command, Completion, Fuse, Status,
 };
-use nvmf_rdma_rs::engine::codec::sgl::{encode_in_capsule, encode_keyed, encode_last_segment};
-use nvmf_rdma_rs::engine::{
+use nvmf_rdma_engine::codec::sgl::{encode_in_capsule, encode_keyed, encode_last_segment};
+use nvmf_rdma_engine::{
     AbortOutcome, Action, DisconnectReason, EngineError, LocalSge, Notice, Qpair, QpairConfig,
     QpairState, RecvId, ReqId, ReqState, Timestamp, Unexpected, WcStatus, WrId,
 };
@@ -515,6 +515,32 @@ fn duplicate_last_wqe_reached_is_harmless() {
             ..
         })]
     ));
+}
+
+/// Issue 7 defect 3: an SRQ qpair whose host died right after connecting has
+/// no WR outstanding, so the only sign that its QP went to error is
+/// LAST_WQE_REACHED. The qpair must go to error (host told to disconnect),
+/// and teardown must then finish without waiting for another event.
+#[test]
+fn last_wqe_reached_on_an_active_srq_qpair_disconnects_it() {
+    let (mut d, _) = D::new(srq_cfg(4));
+    d.q.handle_last_wqe_reached().unwrap();
+    assert_eq!(
+        d.take(),
+        vec![Action::HostDisconnect {
+            reason: DisconnectReason::QpInError
+        }]
+    );
+    assert_eq!(d.q.state(), QpairState::Error);
+    d.q.handle_fini(Timestamp(100)).unwrap();
+    assert_eq!(
+        d.take(),
+        vec![
+            Action::DisconnectQp,
+            Action::DestroyQp { forced: false },
+            Action::Finished
+        ]
+    );
 }
 
 /// f6149e6f69 + §6.9: aborting a queued request answers it with

@@ -3,7 +3,7 @@
 //! pending-read queue and pushed onto the free queue over the same link), the
 //! simulation must catch it within 1,000 seeds.
 
-use nvmf_rdma_rs::engine::sim::{run_seed, SimOptions};
+use nvmf_rdma_engine::sim::{run_seed, SimOptions};
 
 #[test]
 fn simulation_catches_reintroduced_bug_3463_within_1000_seeds() {

@@ -20,7 +20,7 @@
 //!   and disconnects at random points.
 //!
 //! After **every** event it checks the engine's invariants
-//! ([`crate::engine::Qpair::check_invariants`]) and compares the engine's
+//! ([`crate::Qpair::check_invariants`]) and compares the engine's
 //! counters with what the simulated NIC actually holds; at the end it checks
 //! that every request, receive, buffer and WR came back and that each qpair
 //! was destroyed and finished exactly once. A failure carries the seed and the

@@ -3,7 +3,7 @@
 //! The 15 states keep the meaning (and order) of upstream SPDK's
 //! `enum spdk_nvmf_rdma_request_state` (v26.01); `docs/engine.md` maps them
 //! one to one. The queue a request is linked into is a pure function of its
-//! state ([`ReqState::queue`]); [`crate::engine::Qpair`] changes both in one
+//! state ([`ReqState::queue`]); [`crate::Qpair`] changes both in one
 //! method, so the two cannot disagree.
 
 /// The lifecycle state of one request.

@@ -10,9 +10,9 @@
 use std::alloc::System;
 use std::collections::VecDeque;
 
-use nvmf_rdma_rs::engine::codec::nvme::{io_opcode, Command, Completion, Status};
-use nvmf_rdma_rs::engine::codec::sgl::{encode_in_capsule, encode_keyed};
-use nvmf_rdma_rs::engine::{Action, LocalSge, Qpair, QpairConfig, RecvId, ReqId, WcStatus, WrId};
+use nvmf_rdma_engine::codec::nvme::{io_opcode, Command, Completion, Status};
+use nvmf_rdma_engine::codec::sgl::{encode_in_capsule, encode_keyed};
+use nvmf_rdma_engine::{Action, LocalSge, Qpair, QpairConfig, RecvId, ReqId, WcStatus, WrId};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]

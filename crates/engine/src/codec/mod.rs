@@ -5,11 +5,14 @@
 //! - [`sgl`]: classification and validation of a command's data SGL
 //!   (in-capsule data, keyed data block, last-segment lists), each invalid
 //!   input mapped to the NVMe status upstream SPDK returns;
+//! - [`admin`]: property offsets, CC / CSTS bits, Identify CNS, feature and
+//!   log page ids, Connect constants (shared by initiator and controller);
 //! - [`private_data`]: RDMA CM private data (connect request, accept,
 //!   reject) and the queue-depth negotiation of a connect request.
 //!
 //! Parsers take bytes from the network and never panic, whatever the bytes.
 
+pub mod admin;
 pub mod nvme;
 pub mod private_data;
 pub mod sgl;

@@ -2,12 +2,10 @@
 //! NVMe status or reject reason upstream SPDK returns), round trips and
 //! "never panics on arbitrary bytes" properties.
 
-use nvmf_rdma_rs::engine::codec::nvme::{
-    fctype, io_opcode, sct, sgl_subtype, sgl_type, OPC_FABRICS,
-};
-use nvmf_rdma_rs::engine::codec::private_data::{CM_ACCEPT_SIZE, CM_REQUEST_SIZE};
-use nvmf_rdma_rs::engine::codec::sgl::effective_data_transfer;
-use nvmf_rdma_rs::engine::codec::*;
+use nvmf_rdma_engine::codec::nvme::{fctype, io_opcode, sct, sgl_subtype, sgl_type, OPC_FABRICS};
+use nvmf_rdma_engine::codec::private_data::{CM_ACCEPT_SIZE, CM_REQUEST_SIZE};
+use nvmf_rdma_engine::codec::sgl::effective_data_transfer;
+use nvmf_rdma_engine::codec::*;
 use proptest::prelude::*;
 
 const ICD: u32 = 4096;
