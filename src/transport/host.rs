@@ -459,3 +459,54 @@ pub enum HostError {
         reason: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(slot: u16) -> RequestHandle {
+        RequestHandle {
+            qpair: QpairHandle {
+                group: 0,
+                slot: 1,
+                generation: 1,
+            },
+            slot,
+            generation: 0,
+        }
+    }
+
+    #[test]
+    fn group_calls_keep_order_and_refuse_beyond_capacity() {
+        let mut c = GroupCalls::new();
+        let ok = Completion::new(0, crate::engine::codec::nvme::Status::SUCCESS);
+        assert_eq!(c.complete(req(0), ok), Err(CallQueueFull { capacity: 0 }));
+        c.reserve(3);
+        // Sges can only be made from registered memory; empty sets still
+        // travel in order with their calls.
+        let (one, two) = (RequestBuffers::default(), RequestBuffers::default());
+        c.buffers_ready(req(1), &one).unwrap();
+        c.free(req(2)).unwrap();
+        c.buffers_ready(req(3), &two).unwrap();
+        assert_eq!(
+            c.free(req(4)),
+            Err(CallQueueFull { capacity: 3 }),
+            "a 4th call does not fit in 3"
+        );
+        assert!(matches!(c.pop(), Some(Call::BuffersReady { req: r }) if r == req(1)));
+        assert!(c.take_ready().is_some());
+        assert!(matches!(c.pop(), Some(Call::Free { req: r }) if r == req(2)));
+        assert!(matches!(c.pop(), Some(Call::BuffersReady { req: r }) if r == req(3)));
+        assert!(c.take_ready().is_some());
+        assert!(c.pop().is_none() && c.take_ready().is_none());
+        c.unreserve(3);
+        assert!(c.free(req(5)).is_err());
+    }
+
+    #[test]
+    fn request_buffers_hold_at_most_33() {
+        let b = RequestBuffers::default();
+        assert_eq!((b.len(), b.total_len()), (0, 0));
+        assert_eq!(b.covering(0x1000, 16), None);
+    }
+}
