@@ -4,7 +4,8 @@
 //! project's initiator runs in another thread.
 //!
 //! Checks: placement from inside the acceptor's sink (which may call back
-//! into the transport), admin and I/O qpairs round-robin separately,
+//! into the transport), admin and I/O qpairs round-robin separately, abort
+//! with a synchronous outcome,
 //! `listen` on IPv6 at run time, `stop_listen` with a host connected leaves
 //! its qpairs working and refuses new connections, and destroying a poll
 //! group with live qpairs force-finishes them and returns every buffer
@@ -20,7 +21,9 @@ use std::time::{Duration, Instant};
 use e2e_common::{port, under_softrdma};
 use nvmf_rdma_rs::initiator::{Controller, ControllerConfig, SglMode};
 use nvmf_rdma_rs::standalone::MiniHost;
-use nvmf_rdma_rs::transport::{AcceptorEvent, PollGroup, Transport, TransportOptions};
+use nvmf_rdma_rs::transport::{
+    AbortResult, AcceptorEvent, PollGroup, QpairHandle, Transport, TransportOptions,
+};
 
 const NQN: &str = "nqn.2016-06.io.nvmf-rdma-rs:core";
 const WAIT: Duration = Duration::from_secs(60);
@@ -30,6 +33,8 @@ struct Reactors {
     groups: Vec<Option<PollGroup<MiniHost>>>,
     /// (group the qpair joined, its qid hint), in arrival order.
     placed: Vec<(u16, u16)>,
+    /// The handles, in the same order.
+    handles: Vec<QpairHandle>,
     start: Instant,
 }
 
@@ -64,7 +69,10 @@ impl Reactors {
                 continue;
             };
             match pg.add_qpair(q, now) {
-                Ok(h) => self.placed.push((h.group, qid)),
+                Ok(h) => {
+                    self.placed.push((h.group, qid));
+                    self.handles.push(h);
+                }
                 Err(e) => e.qpair.reject(),
             }
         }
@@ -153,6 +161,7 @@ fn core_driven_by_hand_listen_place_stop_listen_destroy() {
         transport: transport.clone(),
         groups,
         placed: Vec::new(),
+        handles: Vec::new(),
         start: Instant::now(),
     };
 
@@ -163,6 +172,36 @@ fn core_driven_by_hand_listen_place_stop_listen_destroy() {
     let io: Vec<u16> = r.placed.iter().filter(|p| p.1 != 0).map(|p| p.0).collect();
     assert_eq!(admin, [0], "admin placement: {:?}", r.placed);
     assert_eq!(io, [0, 1, 0], "I/O placement: {:?}", r.placed);
+
+    // Abort with a synchronous outcome (SPDK qpair_abort_request): an AER
+    // the host holds is executing; an unknown command id, or a stale
+    // handle, is not found.
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let cids = c1.post_async_event_requests(2);
+        let _ = tx.send((c1, cids));
+    });
+    let (c1, cids) = r.until(&rx, "posting AERs");
+    let cids = cids.expect("AERs posted");
+    let deadline = Instant::now() + WAIT;
+    while transport.counters().commands_in_host < 2 {
+        assert!(Instant::now() < deadline, "the host never held the AERs");
+        r.step();
+    }
+    let admin = r.handles[0];
+    let now = r.start.elapsed().as_nanos() as u64;
+    let pg0 = r.groups[0].as_mut().expect("group 0");
+    assert!(
+        matches!(pg0.abort(admin, cids[0], now), AbortResult::Executing(req) if req.qpair == admin),
+        "an AER held by the host is executing"
+    );
+    assert_eq!(pg0.abort(admin, 0xfff0, now), AbortResult::NotFound);
+    let stale = QpairHandle {
+        generation: admin.generation.wrapping_add(1),
+        ..admin
+    };
+    assert_eq!(pg0.abort(stale, cids[0], now), AbortResult::NotFound);
+    let mut c1 = c1;
 
     // Listening on IPv6 at run time, with groups and qpairs live.
     let v6 = transport
