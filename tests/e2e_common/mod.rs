@@ -47,6 +47,18 @@ pub fn under_softrdma(name: &str, timeout: Duration) -> bool {
     reexec::under_softrdma(CHILD, name, timeout)
 }
 
+/// Extra `target` flags for every target of the suite, from
+/// `NVMF_E2E_TARGET_ARGS` (whitespace-separated; e.g. `--reentrant-host` or
+/// `--interrupt-mode`): how `scripts/test.d/50-e2e-driver-modes.sh` runs the
+/// same suites under each way of driving the transport.
+pub fn driver_args() -> Vec<String> {
+    std::env::var("NVMF_E2E_TARGET_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// A port unlikely to collide with other test processes.
@@ -78,6 +90,7 @@ impl TargetProc {
             .arg("--ready-file")
             .arg(&ready)
             .args(extra)
+            .args(driver_args())
             .env(
                 "NVMF_RDMA_RS_LOG",
                 std::env::var("NVMF_RDMA_RS_LOG").unwrap_or_else(|_| "warn".into()),
