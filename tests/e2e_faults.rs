@@ -125,9 +125,13 @@ fn e2e_qp_error_lost_flushes_and_cm_drop() {
         8,
     );
     let after = t.wait_idle(Duration::from_secs(10));
-    println!(
-        "forced destroys: {} -> {}",
-        before["counters"]["qpairs_forced"], after["counters"]["qpairs_forced"]
+    let forced = |c: &serde_json::Value| c["counters"]["qpairs_forced"].as_u64().unwrap_or(0);
+    println!("forced destroys: {} -> {}", forced(&before), forced(&after));
+    assert!(
+        forced(&after) > forced(&before),
+        "lost flushes must end in a forced destroy at the drain deadline: {} -> {}",
+        forced(&before),
+        forced(&after)
     );
     // The connection manager drops a connection.
     fault_round(&mut t, "cmdrop:qp=*", 4, 2, 8);

@@ -191,20 +191,17 @@ impl TargetProc {
         false
     }
 
-    /// Adds a softrdma fault rule in the target process.
-    /// Rules are `;`-separated; the control socket is asynchronous, so this
-    /// waits a little for the target's softrdma to install them.
+    /// Adds softrdma fault rules (`;`-separated) in the target process;
+    /// `softrdma-ctl send` returns once the process acknowledged each rule.
     pub fn fault(&self, rule: &str) {
         for r in rule.split(';') {
             ctl(self.pid(), &["fault", r]);
         }
-        std::thread::sleep(Duration::from_millis(150));
     }
 
-    /// Removes every softrdma fault rule of the target process.
+    /// Removes every softrdma fault rule of the target process (acknowledged).
     pub fn clear_faults(&self) {
         ctl(self.pid(), &["clear"]);
-        std::thread::sleep(Duration::from_millis(100));
     }
 
     /// softrdma's counters line for the target process.

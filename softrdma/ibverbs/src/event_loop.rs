@@ -42,8 +42,12 @@ pub(crate) fn run(rt: &'static Runtime) {
         while let Ok((n, from)) = rt.sock.recv_from(&mut buf) {
             let msg = String::from_utf8_lossy(&buf[..n]).to_string();
             let reply = handle(rt, msg.trim());
-            if let (Some(r), Some(path)) = (reply, from.as_pathname()) {
-                let _ = rt.sock.send_to(r.as_bytes(), path);
+            // Acknowledge to a bound sender (softrdma-ctl binds an abstract name and waits for
+            // this reply, so a rule is in force when `softrdma-ctl send` returns).
+            if let Some(r) = reply {
+                if !from.is_unnamed() {
+                    let _ = rt.sock.send_to_addr(r.as_bytes(), &from);
+                }
             }
         }
         retry_stalled(rt);
@@ -177,7 +181,9 @@ fn handle(rt: &Runtime, msg: &str) -> Option<String> {
             Some("ok".into())
         }
         "qperr" => {
-            let f = parse_filter(rest)?;
+            let Some(f) = parse_filter(rest) else {
+                return Some(format!("error bad qp filter '{rest}'"));
+            };
             for qpn in matching_qps(rt, f) {
                 with_qp(rt, qpn, |w| {
                     let mut sq = w.sq.lock().unwrap_or_else(|e| e.into_inner());
@@ -199,7 +205,9 @@ fn handle(rt: &Runtime, msg: &str) -> Option<String> {
             }
         },
         "cmdrop" => {
-            let f = parse_filter(rest)?;
+            let Some(f) = parse_filter(rest) else {
+                return Some(format!("error bad qp filter '{rest}'"));
+            };
             let qpns = if f == crate::faults::QpFilter::Any {
                 vec![0]
             } else {

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! softrdma-ctl stats [PID]        counters of every process in the fabric (or one pid)
-//! softrdma-ctl send PID COMMAND…  send a control command to process PID (see docs/softrdma.md)
+//! softrdma-ctl send PID COMMAND…  send a control command to process PID and wait until it is
+//!                                 acknowledged (in force); exit 1 if refused (see docs/softrdma.md)
 //! softrdma-ctl pids               pids of the live softrdma processes
 //! ```
 
@@ -49,6 +50,14 @@ fn stats(f: &Fabric, only: Option<u32>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Commands the fabric uses between its own processes: they carry no reply.
+const INTERNAL_COMMANDS: [&str; 4] = ["cq", "srqlimit", "kick", "rerr"];
+
+/// How long `send` waits for the target process to acknowledge a command.
+const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends `cmd` to process `pid` and, for user commands, waits for its
+/// acknowledgement: when this returns success the rule is in force.
 fn send(pid: u32, cmd: &str) -> ExitCode {
     use std::os::linux::net::SocketAddrExt;
     let name = fabric::node_socket_name(pid);
@@ -59,17 +68,50 @@ fn send(pid: u32, cmd: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let sock = match UnixDatagram::unbound() {
+    let internal = INTERNAL_COMMANDS.contains(&cmd.split(' ').next().unwrap_or(""));
+    let sock = if internal {
+        UnixDatagram::unbound()
+    } else {
+        // A bound name of our own, so the process can answer.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let own = format!("softrdma-ctl-{}-{nanos}", std::process::id());
+        SocketAddr::from_abstract_name(own.as_bytes()).and_then(|a| UnixDatagram::bind_addr(&a))
+    };
+    let sock = match sock {
         Ok(s) => s,
         Err(e) => {
             eprintln!("softrdma-ctl: socket: {e}");
             return ExitCode::from(1);
         }
     };
-    match sock.send_to_addr(cmd.as_bytes(), &addr) {
-        Ok(_) => ExitCode::SUCCESS,
+    if let Err(e) = sock.send_to_addr(cmd.as_bytes(), &addr) {
+        eprintln!("softrdma-ctl: cannot reach softrdma process {pid} (@{name}): {e}");
+        return ExitCode::from(1);
+    }
+    if internal {
+        return ExitCode::SUCCESS;
+    }
+    let _ = sock.set_read_timeout(Some(ACK_TIMEOUT));
+    let mut buf = [0u8; 2048];
+    match sock.recv(&mut buf) {
+        Ok(n) => {
+            let reply = String::from_utf8_lossy(&buf[..n]);
+            if let Some(err) = reply.strip_prefix("error") {
+                eprintln!("softrdma-ctl: process {pid} refused '{cmd}':{err}");
+                ExitCode::from(1)
+            } else {
+                if reply != "ok" {
+                    println!("{reply}");
+                }
+                ExitCode::SUCCESS
+            }
+        }
         Err(e) => {
-            eprintln!("softrdma-ctl: cannot reach softrdma process {pid} (@{name}): {e}");
+            eprintln!(
+                "softrdma-ctl: process {pid} did not acknowledge '{cmd}' within {ACK_TIMEOUT:?}: {e}"
+            );
             ExitCode::from(1)
         }
     }
