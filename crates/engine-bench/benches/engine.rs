@@ -16,7 +16,9 @@
 //! - `codec/*`: the codecs alone (SGL classification of one keyed
 //!   descriptor and of a 16-descriptor list, CM request parse + negotiate).
 //!
-//! Run: `cargo bench -p nvmf-rdma-engine --bench engine` (criterion prints time per iteration).
+//! Run: `cargo bench -p nvmf-rdma-engine-bench --bench engine` (criterion
+//! prints time per iteration). The engine is built as the transport links
+//! it, without its test-only `sim` feature (a warning says when it is not).
 //!
 //! Instruction counts (repeatable on a loaded machine): with
 //! `ENGINE_BENCH_COUNT=<scenario>:<ios>` the binary skips criterion and runs
@@ -349,10 +351,23 @@ fn run_count(spec: &str) {
         done,
         "every I/O of {name} answered"
     );
-    println!("{name}: {done} I/Os");
+    let sim = if nvmf_rdma_engine::SIM_BUILD {
+        "yes"
+    } else {
+        "no"
+    };
+    println!("{name}: {done} I/Os (sim build: {sim})");
 }
 
 fn main() {
+    if nvmf_rdma_engine::SIM_BUILD {
+        // Cargo unifies features: building this together with the engine's
+        // own tests (`--workspace --all-targets`) turns `sim` on here too.
+        eprintln!(
+            "warning: measuring the engine's simulation build; run \
+             `cargo bench -p nvmf-rdma-engine-bench` on its own"
+        );
+    }
     if let Ok(spec) = std::env::var("ENGINE_BENCH_COUNT") {
         run_count(&spec);
         return;
