@@ -21,7 +21,8 @@ use nvmf_rdma_rs::initiator::{
     run_perf, ControllerConfig, PerfConfig, PerfReport, SglMode, Workload,
 };
 use nvmf_rdma_rs::standalone::MiniHost;
-use nvmf_rdma_rs::transport::{ResourceCounters, RunConfig, Transport, TransportOptions};
+use nvmf_rdma_rs::standalone::{Driver, RunConfig};
+use nvmf_rdma_rs::transport::{ResourceCounters, TransportOptions};
 
 const CHILD_ENV: &str = "NVMF_RDMA_RS_DEMO_CHILD";
 const FAULT_RULE: &str = "fail:op=read,nth=3,status=retry_exc_err";
@@ -116,7 +117,7 @@ fn perf_config(addr: std::net::SocketAddr, nqn: &str, seconds: u64, verify: bool
     cfg
 }
 
-fn wait_idle(t: &Transport, stop: &AtomicBool) -> ResourceCounters {
+fn wait_idle(t: &Driver, stop: &AtomicBool) -> ResourceCounters {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let c = t.counters();
@@ -172,7 +173,7 @@ fn demo(args: &DemoArgs, dir: &Path) -> Result<(), String> {
     let opts = TransportOptions::default();
     let host =
         Arc::new(MiniHost::new(nqn, vec![64 << 20], &opts, &[addr], 1).map_err(|e| e.to_string())?);
-    let transport = Transport::start(host.clone(), opts, &[addr], RunConfig::default())
+    let transport = Driver::start(host.clone(), opts, &[addr], RunConfig::default())
         .map_err(|e| format!("starting the target: {e}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();

@@ -18,7 +18,8 @@ use clap::{Args, Parser, Subcommand};
 use nvmf_rdma_rs::initiator::{run_perf as run_initiator_perf, PerfArgs};
 use nvmf_rdma_rs::size::{parse_size, parse_size_u32};
 use nvmf_rdma_rs::standalone::MiniHost;
-use nvmf_rdma_rs::transport::{RunConfig, Transport, TransportOptions};
+use nvmf_rdma_rs::standalone::{Driver, RunConfig};
+use nvmf_rdma_rs::transport::TransportOptions;
 
 /// NVMe-oF RDMA target transport in Rust: standalone target, demo and perf.
 #[derive(Parser, Debug)]
@@ -62,6 +63,16 @@ struct TargetArgs {
     /// thread); by default an idle group naps 200 µs after ~2000 empty polls.
     #[arg(long)]
     busy_poll: bool,
+    /// Test mode of the host: complete commands inside the transport's
+    /// execute call and free held commands / finish the qpair inside its
+    /// disconnect request, as SPDK's generic layer does.
+    #[arg(long)]
+    reentrant_host: bool,
+    /// Poll groups never poll: each sleeps until a completion channel fd or
+    /// a message wakes it (SPDK's interrupt mode); at most 10 ms between
+    /// runs for the controller's timers.
+    #[arg(long, conflicts_with = "busy_poll")]
+    interrupt_mode: bool,
     /// Seconds a qpair's teardown waits for the NIC to return its WRs before
     /// it is destroyed anyway.
     #[arg(long, default_value_t = 2)]
@@ -233,15 +244,17 @@ fn run_target(args: &TargetArgs) -> Result<(), String> {
     let threads = args.threads.max(1);
     let host = Arc::new(
         MiniHost::new(&args.nqn, ns.clone(), &opts, &args.listen, threads)
-            .map_err(|e| format!("target configuration: {e}"))?,
+            .map_err(|e| format!("target configuration: {e}"))?
+            .reentrant(args.reentrant_host),
     );
     let run = RunConfig {
         poll_groups: threads,
         busy_poll: args.busy_poll,
+        interrupt_mode: args.interrupt_mode,
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_sec.max(1)),
         ..RunConfig::default()
     };
-    let transport = Transport::start(host.clone(), opts, &args.listen, run)
+    let transport = Driver::start(host.clone(), opts, &args.listen, run)
         .map_err(|e| format!("starting the transport: {e}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
@@ -294,7 +307,7 @@ fn counters_json(
     m
 }
 
-fn print_stats(t: &Transport, host: &MiniHost) {
+fn print_stats(t: &Driver, host: &MiniHost) {
     let groups: Vec<serde_json::Value> = t
         .stats()
         .iter()

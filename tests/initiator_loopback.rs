@@ -13,7 +13,6 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,56 +25,22 @@ use nvmf_rdma_rs::initiator::*;
 use nvmf_rdma_rs::minitarget::{DataBuffer, Execution, QpairId, Target, TargetConfig};
 use nvmf_rdma_rs::verbs::*;
 
+/// The longest one re-executed test may run.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(300);
+
 const CHILD_ENV: &str = "NVMF_INITIATOR_LOOPBACK_CHILD";
 const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
 const ICD: usize = 4096;
 const MAX_IO: usize = 131072;
 
-fn softrdma_dir() -> PathBuf {
-    std::env::var_os("SOFTRDMA_LIB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/softrdma"))
-}
+#[path = "support/reexec.rs"]
+mod reexec;
 
+/// Runs `name` in a child process over softrdma (the shared re-exec helper:
+/// private fabric directory, the child must report one test passed).
 fn run_in_child(name: &str, body: fn()) {
-    if std::env::var_os(CHILD_ENV).is_some() {
+    if reexec::under_softrdma(CHILD_ENV, name, CHILD_TIMEOUT) {
         body();
-        return;
-    }
-    let dir = softrdma_dir();
-    for lib in ["libibverbs.so.1", "librdmacm.so.1"] {
-        assert!(
-            dir.join(lib).exists(),
-            "{} missing: run `bash scripts/build-softrdma.sh` first (or set SOFTRDMA_LIB_DIR)",
-            dir.join(lib).display()
-        );
-    }
-    let mut ld = dir.into_os_string();
-    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
-        ld.push(":");
-        ld.push(old);
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
-        .env(CHILD_ENV, "1")
-        .env("LD_LIBRARY_PATH", ld)
-        .output()
-        .expect("spawn child test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child test {name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-    // Show the child's report lines (perf numbers) in the parent's output.
-    for line in stdout.lines().filter(|l| {
-        l.starts_with("perf")
-            || l.starts_with("latency")
-            || l.starts_with("ios ")
-            || l.starts_with("verified")
-    }) {
-        println!("{line}");
     }
 }
 

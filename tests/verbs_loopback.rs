@@ -7,53 +7,24 @@
 //! Override the library directory with `SOFTRDMA_LIB_DIR`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nvmf_rdma_rs::verbs::*;
 
+/// The longest one re-executed test may run.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(300);
+
 const CHILD_ENV: &str = "NVMF_VERBS_LOOPBACK_CHILD";
 
-fn softrdma_dir() -> PathBuf {
-    std::env::var_os("SOFTRDMA_LIB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/softrdma"))
-}
+#[path = "support/reexec.rs"]
+mod reexec;
 
-/// Run `name` in a child process over softrdma; fail clearly if the
-/// libraries are missing or the child fails.
+/// Runs `name` in a child process over softrdma (the shared re-exec helper:
+/// private fabric directory, the child must report one test passed).
 fn run_in_child(name: &str, body: fn()) {
-    if std::env::var_os(CHILD_ENV).is_some() {
+    if reexec::under_softrdma(CHILD_ENV, name, CHILD_TIMEOUT) {
         body();
-        return;
     }
-    let dir = softrdma_dir();
-    for lib in ["libibverbs.so.1", "librdmacm.so.1"] {
-        assert!(
-            dir.join(lib).exists(),
-            "{} missing: run `bash scripts/build-softrdma.sh` first (or set SOFTRDMA_LIB_DIR)",
-            dir.join(lib).display()
-        );
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let mut ld = dir.into_os_string();
-    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
-        ld.push(":");
-        ld.push(old);
-    }
-    let out = std::process::Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
-        .env(CHILD_ENV, "1")
-        .env("LD_LIBRARY_PATH", ld)
-        .output()
-        .expect("spawn child test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child test {name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
 }
 
 macro_rules! softrdma_test {

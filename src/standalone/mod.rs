@@ -6,15 +6,22 @@
 //! - Per poll group and device, one registered region of `pool_buffers`
 //!   buffers of `io_unit_size` bytes. Buffers are handed out with the
 //!   region's lkey; when the pool is exhausted the request waits (FIFO) and
-//!   is granted when buffers come back ([`HostEvent::BuffersGranted`]).
-//! - Commands complete through [`HostGroup::poll`], never inside
-//!   [`HostGroup::execute`]. Held commands (AERs) complete when the target
-//!   produces their completion, or are freed without a response
-//!   ([`HostEvent::Freed`], SPDK `req_free`) when their qpair goes away.
+//!   is granted when buffers come back ([`GroupCalls::buffers_ready`]).
+//! - By default commands complete from [`HostGroup::poll`]; with
+//!   [`MiniHost::reentrant`] (`target --reentrant-host`) they complete
+//!   inside [`HostGroup::execute`] and a disconnect request frees the held
+//!   commands and finishes the qpair inside
+//!   [`HostGroup::disconnect_requested`] (what SPDK's generic layer does).
+//!   Held commands (AERs) complete when the target produces their
+//!   completion, or are freed without a response when their qpair goes away.
 //! - A buffer returned twice, or a held command left at
 //!   [`HostGroup::qpair_gone`], is an internal error: logged with the request
 //!   and counted ([`MiniHost::internal_errors`]).
 #![forbid(unsafe_code)]
+
+pub mod driver;
+
+pub use driver::{Driver, DriverError, RunConfig};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -22,13 +29,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::engine::codec::nvme::Command;
+use crate::engine::codec::nvme::{Command, Completion};
 use crate::minitarget::{
     DataBuffer as TargetData, Execution, Listener, QpairId, Target, TargetConfig,
 };
 use crate::transport::{
-    BufferGrant, CommandData, DataBuffer, Direction, Host, HostError, HostEvent, HostGroup,
-    QpairHandle, QpairInfo, RequestHandle, TransportOptions,
+    BufferGrant, CommandData, Direction, FiniDone, GroupCalls, Host, HostError, HostGroup,
+    QpairHandle, QpairInfo, RequestBuffers, RequestHandle, TransportOptions,
 };
 use crate::verbs::{Access, DmaBuf, Pd, Sge};
 
@@ -38,8 +45,29 @@ struct Inner {
     handles: HashMap<QpairId, QpairHandle>,
     /// Held commands: (qpair, cid) → request.
     held: HashMap<(QpairId, u16), RequestHandle>,
-    /// Events for each group produced while another group held the lock.
-    outbox: Vec<Vec<HostEvent>>,
+    /// Answers for each group produced while another group held the lock.
+    outbox: Vec<Vec<Answer>>,
+}
+
+/// A host answer waiting for its group's next [`HostGroup::poll`].
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Complete(RequestHandle, Completion),
+    Free(RequestHandle),
+    Fini(QpairHandle),
+}
+
+impl Answer {
+    fn push(self, calls: &mut GroupCalls) {
+        let pushed = match self {
+            Answer::Complete(req, cpl) => calls.complete(req, cpl),
+            Answer::Free(req) => calls.free(req),
+            Answer::Fini(qpair) => calls.fini(qpair, None),
+        };
+        if let Err(e) = pushed {
+            tracing::error!(answer = ?self, "{e}");
+        }
+    }
 }
 
 /// The standalone host (see the module docs).
@@ -49,6 +77,7 @@ pub struct MiniHost {
     io_unit_size: u32,
     pool_buffers: u32,
     start: Instant,
+    reentrant: bool,
 }
 
 fn qpair_id(h: QpairHandle) -> QpairId {
@@ -93,7 +122,17 @@ impl MiniHost {
             io_unit_size: opts.io_unit_size,
             pool_buffers: (opts.num_shared_buffers / groups).max(2 * 33),
             start: Instant::now(),
+            reentrant: false,
         })
+    }
+
+    /// Test mode: answer inside the transport's calls — complete commands
+    /// inside `execute`, free held commands and finish the qpair (with a
+    /// `qpair_fini` callback) inside `disconnect_requested` — as SPDK's
+    /// generic layer does.
+    pub fn reentrant(mut self, on: bool) -> MiniHost {
+        self.reentrant = on;
+        self
     }
 
     /// Read/write statistics of the target.
@@ -127,10 +166,10 @@ impl Pool {
         self.buf.addr(0)
     }
 
-    fn offset_of(&self, b: &DataBuffer) -> Option<usize> {
-        let off = b.addr.checked_sub(self.base())?;
-        let end = off.checked_add(u64::from(b.len))?;
-        (b.lkey == self.buf.lkey() && end <= self.buf.len() as u64).then_some(off as usize)
+    fn offset_of(&self, b: &Sge) -> Option<usize> {
+        let off = b.addr().checked_sub(self.base())?;
+        let end = off.checked_add(u64::from(b.length()))?;
+        (b.lkey() == self.buf.lkey() && end <= self.buf.len() as u64).then_some(off as usize)
     }
 }
 
@@ -142,10 +181,15 @@ pub struct MiniGroup {
     io_unit_size: u32,
     pool_buffers: u32,
     start: Instant,
+    reentrant: bool,
     pools: Vec<Option<Pool>>,
     waiting: VecDeque<(RequestHandle, u32, usize)>,
-    events: Vec<HostEvent>,
+    /// Answers for the next poll (non-reentrant mode), with room for every
+    /// request of the group's qpairs so that it never grows on the I/O path.
+    answers: Vec<Answer>,
+    answer_room: usize,
     scratch: Vec<u8>,
+    held_scratch: Vec<(QpairId, u16)>,
 }
 
 impl Host for MiniHost {
@@ -159,10 +203,13 @@ impl Host for MiniHost {
             io_unit_size: self.io_unit_size,
             pool_buffers: self.pool_buffers,
             start: self.start,
+            reentrant: self.reentrant,
             pools: Vec::new(),
             waiting: VecDeque::new(),
-            events: Vec::new(),
+            answers: Vec::new(),
+            answer_room: 0,
             scratch: Vec::new(),
+            held_scratch: Vec::new(),
         }
     }
 }
@@ -172,67 +219,83 @@ impl MiniGroup {
         self.start.elapsed().as_nanos() as u64
     }
 
-    fn take(&mut self, len: u32, device: usize) -> Option<Vec<DataBuffer>> {
-        let pool = self.pools.get_mut(device)?.as_mut()?;
+    /// Answers now (reentrant mode) or at the next poll.
+    fn answer(&mut self, a: Answer, calls: &mut GroupCalls) {
+        if self.reentrant {
+            a.push(calls);
+        } else {
+            self.answers.push(a);
+        }
+    }
+
+    /// Fills `out` with buffers for `len` bytes, or returns `false`.
+    fn take(&mut self, len: u32, device: usize, out: &mut RequestBuffers) -> bool {
+        let Some(pool) = self.pools.get_mut(device).and_then(Option::as_mut) else {
+            return false;
+        };
         let n = len.div_ceil(pool.unit).max(1) as usize;
         if pool.free.len() < n {
-            return None;
+            return false;
         }
-        let mut out = Vec::with_capacity(n);
+        out.clear();
         let mut left = len;
         for _ in 0..n {
-            let i = pool.free.pop()?;
+            let Some(i) = pool.free.pop() else {
+                return false;
+            };
             pool.in_use[i as usize] = true;
             let l = left.min(pool.unit);
             left -= l;
-            out.push(DataBuffer {
-                addr: pool.buf.addr(i as usize * pool.unit as usize),
-                len: l,
-                lkey: pool.buf.lkey(),
-            });
-        }
-        Some(out)
-    }
-
-    fn grant_waiting(&mut self) {
-        while let Some(&(req, len, device)) = self.waiting.front() {
-            match self.take(len, device) {
-                Some(buffers) => {
-                    self.waiting.pop_front();
-                    self.events.push(HostEvent::BuffersGranted { req, buffers });
+            let sge = pool.buf.sge(i as usize * pool.unit as usize, l);
+            match sge.map(|s| out.push(s)) {
+                Ok(Ok(())) => {}
+                _ => {
+                    pool.in_use[i as usize] = false;
+                    pool.free.push(i);
+                    tracing::error!(group = self.index, len, "cannot describe a pool buffer");
+                    return false;
                 }
-                None => break,
+            }
+        }
+        true
+    }
+
+    fn grant_waiting(&mut self, calls: &mut GroupCalls) {
+        while let Some(&(req, len, device)) = self.waiting.front() {
+            let mut bufs = RequestBuffers::default();
+            if !self.take(len, device, &mut bufs) {
+                break;
+            }
+            self.waiting.pop_front();
+            if let Err(e) = calls.buffers_ready(req, &bufs) {
+                tracing::error!(%req, "{e}");
             }
         }
     }
 
-    /// Frees every held command of `qpair` without a response (SPDK
-    /// `req_free`: the qpair is going away).
-    fn free_held(inner: &mut Inner, qpair: QpairHandle, events: &mut Vec<HostEvent>) {
+    /// Frees every held command of `qpair` without a response.
+    fn free_held(&mut self, inner: &mut Inner, qpair: QpairHandle, out: &mut Vec<Answer>) {
         let id = qpair_id(qpair);
-        let keys: Vec<(QpairId, u16)> = inner
-            .held
-            .keys()
-            .filter(|(q, _)| *q == id)
-            .copied()
-            .collect();
-        for k in keys {
+        self.held_scratch.clear();
+        self.held_scratch
+            .extend(inner.held.keys().filter(|(q, _)| *q == id).copied());
+        for k in self.held_scratch.drain(..) {
             if let Some(req) = inner.held.remove(&k) {
-                events.push(HostEvent::Freed { req });
+                out.push(Answer::Free(req));
             }
         }
     }
 
-    fn copy_in(&mut self, bufs: &[DataBuffer], device: usize) -> usize {
-        let total: usize = bufs.iter().map(|b| b.len as usize).sum();
+    fn copy_in(&mut self, bufs: &RequestBuffers, device: usize) -> usize {
+        let total = bufs.total_len() as usize;
         if self.scratch.len() < total {
             self.scratch.resize(total, 0);
         }
         let mut at = 0;
         if let Some(Some(pool)) = self.pools.get(device) {
-            for b in bufs {
-                let len = b.len as usize;
-                if let Some(off) = pool.offset_of(b) {
+            for b in bufs.iter() {
+                let len = b.length() as usize;
+                if let Some(off) = pool.offset_of(&b) {
                     if let Err(e) = pool.buf.read(off, &mut self.scratch[at..at + len]) {
                         tracing::error!("reading data buffer: {e}");
                     }
@@ -243,12 +306,12 @@ impl MiniGroup {
         total
     }
 
-    fn copy_out(&mut self, bufs: &[DataBuffer], device: usize) {
+    fn copy_out(&mut self, bufs: &RequestBuffers, device: usize) {
         let mut at = 0;
         if let Some(Some(pool)) = self.pools.get_mut(device) {
-            for b in bufs {
-                let len = b.len as usize;
-                if let Some(off) = pool.offset_of(b) {
+            for b in bufs.iter() {
+                let len = b.length() as usize;
+                if let Some(off) = pool.offset_of(&b) {
                     if let Err(e) = pool.buf.write(off, &self.scratch[at..at + len]) {
                         tracing::error!("writing data buffer: {e}");
                     }
@@ -258,11 +321,13 @@ impl MiniGroup {
         }
     }
 
-    fn device_of(&self, bufs: &[DataBuffer]) -> usize {
-        let Some(b) = bufs.first() else { return 0 };
+    fn device_of(&self, bufs: &RequestBuffers) -> usize {
+        let Some(b) = bufs.iter().next() else {
+            return 0;
+        };
         self.pools
             .iter()
-            .position(|p| p.as_ref().is_some_and(|p| p.offset_of(b).is_some()))
+            .position(|p| p.as_ref().is_some_and(|p| p.offset_of(&b).is_some()))
             .unwrap_or(0)
     }
 }
@@ -296,13 +361,10 @@ impl HostGroup for MiniGroup {
         Ok(())
     }
 
-    fn translate(&self, device: usize, buf: DataBuffer) -> Option<Sge> {
-        let pool = self.pools.get(device)?.as_ref()?;
-        let off = pool.offset_of(&buf)?;
-        pool.buf.sge(off, buf.len).ok()
-    }
-
     fn qpair_added(&mut self, info: &QpairInfo) -> bool {
+        self.answer_room += 2 * usize::from(info.queue_depth);
+        self.answers
+            .reserve(self.answer_room.saturating_sub(self.answers.len()));
         let mut inner = lock(&self.inner);
         inner.handles.insert(qpair_id(info.handle), info.handle);
         true
@@ -314,15 +376,16 @@ impl HostGroup for MiniGroup {
         cmd: &Command,
         data: CommandData<'_>,
         direction: Direction,
+        calls: &mut GroupCalls,
     ) {
         let now = self.now_ns();
         let id = qpair_id(req.qpair);
-        let (exec, device, bufs) = match data {
+        let (exec, out) = match data {
             CommandData::None => {
                 let e = lock(&self.inner)
                     .target
                     .execute(id, cmd, TargetData::none(), now);
-                (e, 0, None)
+                (e, None)
             }
             CommandData::InCapsule(bytes) => {
                 let len = bytes.len();
@@ -337,14 +400,14 @@ impl HostGroup for MiniGroup {
                     TargetData::single(&mut self.scratch[..len]),
                     now,
                 );
-                (e, 0, None)
+                (e, None)
             }
             CommandData::Buffers(bufs) => {
                 let device = self.device_of(bufs);
                 let total = if direction == Direction::HostToController {
                     self.copy_in(bufs, device)
                 } else {
-                    let t: usize = bufs.iter().map(|b| b.len as usize).sum();
+                    let t = bufs.total_len() as usize;
                     if self.scratch.len() < t {
                         self.scratch.resize(t, 0);
                     }
@@ -358,17 +421,17 @@ impl HostGroup for MiniGroup {
                     TargetData::single(&mut self.scratch[..total]),
                     now,
                 );
-                (e, device, Some(bufs.to_vec()))
+                (e, Some((bufs, device)))
             }
         };
         match exec {
             Execution::Complete(completion) => {
                 if direction == Direction::ControllerToHost {
-                    if let Some(b) = bufs {
-                        self.copy_out(&b, device);
+                    if let Some((b, device)) = out {
+                        self.copy_out(b, device);
                     }
                 }
-                self.events.push(HostEvent::Completed { req, completion });
+                self.answer(Answer::Complete(req, completion), calls);
             }
             Execution::Held => {
                 lock(&self.inner).held.insert((id, cmd.cid()), req);
@@ -376,43 +439,41 @@ impl HostGroup for MiniGroup {
         }
     }
 
-    fn get_buffers(&mut self, req: RequestHandle, len: u32, device: usize) -> BufferGrant {
-        if self.waiting.is_empty() {
-            if let Some(b) = self.take(len, device) {
-                return BufferGrant::Granted(b);
-            }
+    fn get_buffers(
+        &mut self,
+        req: RequestHandle,
+        len: u32,
+        device: usize,
+        out: &mut RequestBuffers,
+    ) -> BufferGrant {
+        if self.waiting.is_empty() && self.take(len, device, out) {
+            return BufferGrant::Granted;
         }
         self.waiting.push_back((req, len, device));
         BufferGrant::Later
     }
 
     fn cancel_buffers(&mut self, req: RequestHandle) {
+        // A grant already pushed (GroupCalls::buffers_ready) is refused by
+        // the transport and comes back through release_buffers.
         self.waiting.retain(|(r, _, _)| *r != req);
-        // A grant made after the wait but not yet reported is withdrawn too:
-        // its buffers go back to the pool here, not through the transport.
-        let mut withdrawn = Vec::new();
-        self.events.retain(|e| match e {
-            HostEvent::BuffersGranted { req: r, buffers } if *r == req => {
-                withdrawn.extend_from_slice(buffers);
-                false
-            }
-            _ => true,
-        });
-        if !withdrawn.is_empty() {
-            self.release_buffers(req, &withdrawn);
-        }
     }
 
-    fn release_buffers(&mut self, req: RequestHandle, buffers: &[DataBuffer]) {
-        for b in buffers {
+    fn release_buffers(
+        &mut self,
+        req: RequestHandle,
+        buffers: &RequestBuffers,
+        calls: &mut GroupCalls,
+    ) {
+        for b in buffers.iter() {
             let Some((pool, off)) = self
                 .pools
                 .iter_mut()
                 .flatten()
-                .find_map(|p| p.offset_of(b).map(|off| (p, off)))
+                .find_map(|p| p.offset_of(&b).map(|off| (p, off)))
             else {
                 self.internal_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%req, addr = b.addr, lkey = b.lkey, "internal error: released buffer is not from any pool");
+                tracing::error!(%req, addr = b.addr(), lkey = b.lkey(), "internal error: released buffer is not from any pool");
                 continue;
             };
             let i = off / pool.unit as usize;
@@ -421,16 +482,34 @@ impl HostGroup for MiniGroup {
                 pool.free.push(i as u32);
             } else {
                 self.internal_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%req, buffer = i, addr = b.addr, "internal error: buffer returned twice (or never handed out); ignored");
+                tracing::error!(%req, buffer = i, addr = b.addr(), "internal error: buffer returned twice (or never handed out); ignored");
             }
         }
-        self.grant_waiting();
+        self.grant_waiting(calls);
     }
 
-    fn disconnect_requested(&mut self, qpair: QpairHandle) {
-        let mut inner = lock(&self.inner);
-        Self::free_held(&mut inner, qpair, &mut self.events);
-        self.events.push(HostEvent::Disconnect { qpair });
+    fn disconnect_requested(&mut self, qpair: QpairHandle, calls: &mut GroupCalls) {
+        let inner = self.inner.clone();
+        let mut guard = lock(&inner);
+        let mut out = std::mem::take(&mut self.answers);
+        self.free_held(&mut guard, qpair, &mut out);
+        drop(guard);
+        if self.reentrant {
+            for a in out.drain(..) {
+                a.push(calls);
+            }
+            // The queue id is reusable at once (upstream calls qpair_fini's
+            // callback at once); the transport's qpair drains on its own.
+            let inner = self.inner.clone();
+            let done: FiniDone =
+                Box::new(move |q| lock(&inner).target.qpair_disconnected(qpair_id(q)));
+            if let Err(e) = calls.fini(qpair, Some(done)) {
+                tracing::error!(%qpair, "{e}");
+            }
+        } else {
+            out.push(Answer::Fini(qpair));
+        }
+        self.answers = out;
     }
 
     fn qpair_gone(&mut self, qpair: QpairHandle) {
@@ -450,41 +529,40 @@ impl HostGroup for MiniGroup {
         inner.target.qpair_disconnected(id);
     }
 
-    fn poll(&mut self, now: u64, events: &mut Vec<HostEvent>) {
+    fn poll(&mut self, now: u64, calls: &mut GroupCalls) {
         let _ = now;
         let now = self.now_ns();
-        {
-            let mut guard = lock(&self.inner);
-            let inner = &mut *guard;
-            for d in inner.target.take_completions() {
-                if let Some(req) = inner.held.remove(&(d.qpair, d.completion.cid)) {
-                    let g = usize::from(req.qpair.group);
-                    if let Some(o) = inner.outbox.get_mut(g) {
-                        o.push(HostEvent::Completed {
-                            req,
-                            completion: d.completion,
-                        });
-                    }
+        let inner = self.inner.clone();
+        let mut guard = lock(&inner);
+        let inner = &mut *guard;
+        for d in inner.target.take_completions() {
+            if let Some(req) = inner.held.remove(&(d.qpair, d.completion.cid)) {
+                let g = usize::from(req.qpair.group);
+                if let Some(o) = inner.outbox.get_mut(g) {
+                    o.push(Answer::Complete(req, d.completion));
                 }
-            }
-            let due = inner.target.next_timeout().is_some_and(|t| t <= now);
-            if due || !inner.handles.is_empty() {
-                for d in inner.target.poll(now) {
-                    if let Some(&h) = inner.handles.get(&d.qpair) {
-                        tracing::info!(qpair = %h, cntlid = d.cntlid, qid = d.qid, reason = ?d.reason, "controller asks for disconnect");
-                        let mut evs = Vec::new();
-                        Self::free_held(inner, h, &mut evs);
-                        evs.push(HostEvent::Disconnect { qpair: h });
-                        if let Some(o) = inner.outbox.get_mut(usize::from(h.group)) {
-                            o.extend(evs);
-                        }
-                    }
-                }
-            }
-            if let Some(o) = inner.outbox.get_mut(usize::from(self.index)) {
-                self.events.append(o);
             }
         }
-        events.append(&mut self.events);
+        let due = inner.target.next_timeout().is_some_and(|t| t <= now);
+        if due || !inner.handles.is_empty() {
+            for d in inner.target.poll(now) {
+                if let Some(&h) = inner.handles.get(&d.qpair) {
+                    tracing::info!(qpair = %h, cntlid = d.cntlid, qid = d.qid, reason = ?d.reason, "controller asks for disconnect");
+                    let mut evs = Vec::new();
+                    self.free_held(inner, h, &mut evs);
+                    evs.push(Answer::Fini(h));
+                    if let Some(o) = inner.outbox.get_mut(usize::from(h.group)) {
+                        o.extend(evs);
+                    }
+                }
+            }
+        }
+        if let Some(o) = inner.outbox.get_mut(usize::from(self.index)) {
+            self.answers.append(o);
+        }
+        drop(guard);
+        for a in self.answers.drain(..) {
+            a.push(calls);
+        }
     }
 }

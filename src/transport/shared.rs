@@ -1,11 +1,40 @@
-//! Counters shared between the acceptor and the poll group threads.
+//! State shared by the acceptor and every poll group of one transport:
+//! resource counters and the routes from CM ids / QP numbers to qpair
+//! handles (so that CM and IB async events reach a qpair's group as a
+//! message naming a checked handle, never a pointer).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
-use super::stats::{PollGroupStats, ResourceCounters};
+use super::host::QpairHandle;
+use super::stats::ResourceCounters;
 
-/// Atomic resource counters plus the latest per-group statistics.
+/// Where the acceptor finds the qpair an event is for. Written by a poll
+/// group when a qpair joins and when it is reaped; read by the acceptor.
+/// Connection setup and teardown only, never the I/O path.
+#[derive(Default)]
+pub(crate) struct Routes {
+    /// [`crate::verbs::CmId::key`] → qpair.
+    pub by_cm: HashMap<usize, QpairHandle>,
+    /// (device index, QP number) → qpair.
+    pub by_qpn: HashMap<(usize, u32), QpairHandle>,
+}
+
+impl Routes {
+    /// Forgets the routes of `qpair` (only if they still name it: a newer
+    /// qpair may have reused the CM id address or the QP number).
+    pub(crate) fn remove(&mut self, cm_key: usize, qpn: (usize, u32), qpair: QpairHandle) {
+        if self.by_cm.get(&cm_key) == Some(&qpair) {
+            self.by_cm.remove(&cm_key);
+        }
+        if self.by_qpn.get(&qpn) == Some(&qpair) {
+            self.by_qpn.remove(&qpn);
+        }
+    }
+}
+
+/// Atomic resource counters plus the event routes.
 #[derive(Default)]
 pub(crate) struct Shared {
     pub live_qpairs: AtomicU64,
@@ -19,11 +48,7 @@ pub(crate) struct Shared {
     pub wc_flushed: AtomicU64,
     /// Releases of resources that were not held (see [`Shared::take`]).
     pub internal_errors: AtomicU64,
-    pub shutdown: AtomicBool,
-    /// Live qpairs per group (connection scheduling).
-    pub group_load: Mutex<Vec<u64>>,
-    /// Latest statistics per group.
-    pub group_stats: Mutex<Vec<PollGroupStats>>,
+    routes: Mutex<Routes>,
     /// Live qpairs per device index, over all groups (the acceptor takes a
     /// device that had `IBV_EVENT_DEVICE_FATAL` up again only at 0).
     pub device_qpairs: Mutex<Vec<u64>>,
@@ -60,6 +85,12 @@ impl Shared {
             wc_flushed: l(&self.wc_flushed),
             internal_errors: l(&self.internal_errors),
         }
+    }
+
+    /// The event routes (poisoning is ignored: the maps stay consistent
+    /// because every update is a single insert or remove).
+    pub(crate) fn routes(&self) -> MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes `n` from `counter`, a count of things held (`buffers_held`,

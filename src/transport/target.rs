@@ -1,33 +1,35 @@
-//! The running transport: devices, listeners, the acceptor thread and one
-//! thread per poll group (upstream `nvmf_rdma_create`, `listen`, the
-//! acceptor poller, `poll_group_create` + the generic group poller).
+//! The transport core (upstream `nvmf_rdma_create`, `listen`/`stop_listen`,
+//! the acceptor poller, `get_optimal_poll_group`, `poll_group_create`): no
+//! thread, no sleep, no blocking call. A driver owns the threads: the
+//! standalone target (`crate::standalone::driver`) or SPDK's reactors.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::engine::codec::private_data::{
     negotiate, CmReject, CmRequest, ConnectLimits, RejectStatus,
 };
 use crate::verbs::{
-    rdma_devices, wait_readable_any, AsyncElement, AsyncEventKind, CmEventKind, CmId, EventChannel,
-    VerbsError,
+    rdma_devices, AsyncElement, AsyncEventKind, CmEventKind, CmId, EventChannel, VerbsError,
 };
 
 use super::device::Device;
 use super::host::Host;
 use super::options::{OptionsError, TransportCdata, TransportOptions};
-use super::poll_group::{GroupMsg, NewQpair, PollGroup, QpEventKind};
+use super::pending::{
+    AcceptorEvent, DeviceEvent, DeviceMsg, PendingInner, PendingQpair, QpairEvent, QpairMsg,
+};
+use super::placement::GroupRegistry;
+use super::poll_group::PollGroup;
 use super::shared::Shared;
-use super::stats::{PollGroupStats, ResourceCounters};
+use super::stats::ResourceCounters;
 
 /// Max CM events and IB async events handled per acceptor run (upstream 32).
 const MAX_EVENTS_PER_POLL: usize = 32;
 
-/// Why the transport could not start.
+/// Why a transport call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// An option was refused.
@@ -47,67 +49,49 @@ pub enum TransportError {
     /// The listen address is not on an RDMA device (upstream: "ibv_context is null").
     #[error("listen address {0} does not belong to an RDMA device")]
     NotRdmaAddress(SocketAddr),
-    /// A thread could not be spawned.
-    #[error("spawning thread: {0}")]
-    Thread(std::io::Error),
-    /// There must be at least one poll group.
-    #[error("--threads must be at least 1")]
-    NoPollGroups,
+    /// `listen` on an address already listened on.
+    #[error("already listening on {0}")]
+    AlreadyListening(SocketAddr),
+    /// The core count given by the driver is 0.
+    #[error("core count must be at least 1")]
+    NoCores,
+    /// 65536 poll groups are live.
+    #[error("too many poll groups")]
+    TooManyPollGroups,
 }
 
-fn verbs(what: impl Into<String>) -> impl FnOnce(VerbsError) -> TransportError {
+pub(crate) fn verbs(what: impl Into<String>) -> impl FnOnce(VerbsError) -> TransportError {
     let what = what.into();
     move |source| TransportError::Verbs { what, source }
 }
 
-/// Transport-level settings that are not upstream options.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    /// Poll group threads.
-    pub poll_groups: u16,
-    /// How long teardown waits for the NIC to return every WR of a qpair
-    /// before destroying it anyway.
-    pub drain_timeout: Duration,
-    /// How long shutdown waits for all qpairs to finish.
-    pub shutdown_timeout: Duration,
-    /// Never sleep when idle (like SPDK's reactors); otherwise a poll group
-    /// that found nothing to do for a while yields, then naps 200 µs.
-    pub busy_poll: bool,
+/// What every poll group and the acceptor share.
+pub(crate) struct Core {
+    pub opts: TransportOptions,
+    pub devices: Arc<Vec<Device>>,
+    pub shared: Arc<Shared>,
+    pub groups: GroupRegistry,
+    acceptor: Mutex<Acceptor>,
 }
 
-impl Default for RunConfig {
-    fn default() -> Self {
-        RunConfig {
-            poll_groups: 1,
-            drain_timeout: Duration::from_secs(2),
-            shutdown_timeout: Duration::from_secs(5),
-            busy_poll: false,
-        }
-    }
-}
-
-/// A running NVMe/RDMA target transport (see the module docs of
-/// [`crate::transport`]). Dropping it shuts it down.
+/// The NVMe/RDMA target transport with no threads (see the module docs of
+/// [`crate::transport`]). Cheap to clone (one shared core); every method
+/// takes `&self` and may be called from any thread.
+#[derive(Clone)]
 pub struct Transport {
-    opts: TransportOptions,
-    shared: Arc<Shared>,
-    listen: Vec<SocketAddr>,
-    threads: Vec<JoinHandle<()>>,
+    core: Arc<Core>,
 }
 
 impl Transport {
-    /// Validates the options, opens every RDMA device, listens on `listen`
-    /// and starts the acceptor and `run.poll_groups` poll-group threads.
-    pub fn start<H: Host>(
-        host: Arc<H>,
-        mut opts: TransportOptions,
-        listen: &[SocketAddr],
-        run: RunConfig,
-    ) -> Result<Transport, TransportError> {
-        if run.poll_groups == 0 {
-            return Err(TransportError::NoPollGroups);
+    /// Validates the options against `cores` (the driver's core count;
+    /// upstream `spdk_env_get_core_count`), opens every RDMA device and
+    /// adjusts the options to them (upstream `nvmf_rdma_create`). Listens
+    /// nowhere yet.
+    pub fn create(mut opts: TransportOptions, cores: u32) -> Result<Transport, TransportError> {
+        if cores == 0 {
+            return Err(TransportError::NoCores);
         }
-        for n in opts.validate(u32::from(run.poll_groups))? {
+        for n in opts.validate(cores)? {
             tracing::warn!("{n}");
         }
         let contexts = rdma_devices().map_err(verbs("rdma_get_devices"))?;
@@ -126,212 +110,152 @@ impl Transport {
         tracing::info!(opts = %opts.dump_opts_json(), "transport options");
         let devices = Arc::new(devices);
         let ev = EventChannel::new().map_err(verbs("rdma_create_event_channel"))?;
-        let mut listeners = Vec::new();
-        let mut bound = Vec::new();
-        for &addr in listen {
-            let l = Listener::open(&ev, addr, &devices, opts.acceptor_backlog)?;
-            bound.push(l.addr);
-            listeners.push(l);
-        }
         let shared = Arc::new(Shared::default());
-        *shared.group_load.lock().unwrap_or_else(|e| e.into_inner()) =
-            vec![0; usize::from(run.poll_groups)];
-        *shared.group_stats.lock().unwrap_or_else(|e| e.into_inner()) =
-            vec![PollGroupStats::default(); usize::from(run.poll_groups)];
-        let mut threads = Vec::new();
-        let mut senders = Vec::new();
-        for g in 0..run.poll_groups {
-            let (tx, rx) = channel();
-            senders.push(tx);
-            let host = host.clone();
-            let devices = devices.clone();
-            let shared = shared.clone();
-            let opts = opts.clone();
-            let run = run.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("nvmf_rdma_pg{g}"))
-                .spawn(move || group_thread(g, host, opts, devices, shared, rx, run))
-                .map_err(TransportError::Thread)?;
-            threads.push(t);
-        }
         *shared
             .device_qpairs
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = vec![0; devices.len()];
-        let acc = Acceptor {
+        let acceptor = Acceptor {
             ev,
-            listeners,
+            listeners: Vec::new(),
             retry_listen: Vec::new(),
             dead: vec![false; devices.len()],
             last_rescan: Instant::now(),
-            devices,
-            senders,
+            devices: devices.clone(),
             shared: shared.clone(),
             opts: opts.clone(),
-            next_admin: 0,
-            next_io: 0,
+            out: Vec::new(),
         };
-        let t = std::thread::Builder::new()
-            .name("nvmf_rdma_acceptor".into())
-            .spawn(move || acc.run())
-            .map_err(TransportError::Thread)?;
-        threads.push(t);
         Ok(Transport {
-            opts,
-            shared,
-            listen: bound,
-            threads,
+            core: Arc::new(Core {
+                opts,
+                devices,
+                shared,
+                groups: GroupRegistry::default(),
+                acceptor: Mutex::new(acceptor),
+            }),
         })
+    }
+
+    fn acceptor(&self) -> MutexGuard<'_, Acceptor> {
+        self.core.acceptor.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Listens on `addr` (IPv4 or IPv6; port 0 picks one) and returns the
+    /// bound address. Callable at any time (upstream `listen`).
+    pub fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, TransportError> {
+        let mut acc = self.acceptor();
+        if acc.listeners.iter().any(|l| l.addr == addr) {
+            return Err(TransportError::AlreadyListening(addr));
+        }
+        let l = Listener::open(
+            &acc.ev,
+            addr,
+            &self.core.devices,
+            self.core.opts.acceptor_backlog,
+        )?;
+        let actual = l.addr;
+        acc.listeners.push(l);
+        Ok(actual)
+    }
+
+    /// Stops listening on `addr` (the bound address [`Transport::listen`]
+    /// returned). Connected qpairs are left alone, as upstream. Returns
+    /// whether a listener was removed.
+    pub fn stop_listen(&self, addr: SocketAddr) -> bool {
+        let mut acc = self.acceptor();
+        let before = acc.listeners.len() + acc.retry_listen.len();
+        acc.listeners.retain(|l| l.addr != addr);
+        acc.retry_listen.retain(|(a, _)| *a != addr);
+        let removed = acc.listeners.len() + acc.retry_listen.len() != before;
+        if removed {
+            tracing::info!(%addr, "stopped listening");
+        }
+        removed
+    }
+
+    /// The addresses listened on.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.acceptor().listeners.iter().map(|l| l.addr).collect()
+    }
+
+    /// The fds the acceptor waits on: the CM event channel, then each
+    /// device's async event fd. All non-blocking; when any is readable,
+    /// call [`Transport::accept_poll`].
+    pub fn acceptor_fds(&self) -> Vec<RawFd> {
+        let acc = self.acceptor();
+        let mut fds = vec![acc.ev.fd()];
+        fds.extend(self.core.devices.iter().map(|d| d.ctx.async_fd()));
+        fds
+    }
+
+    /// One acceptor run (upstream's acceptor poller): handles up to 32 CM
+    /// events and 32 async events per device, never blocks, and hands the
+    /// results to `sink` after releasing the acceptor (so `sink` may call
+    /// [`Transport::optimal_group`], `listen` or anything else). Returns the
+    /// number of events handed over.
+    pub fn accept_poll(&self, sink: &mut dyn FnMut(AcceptorEvent)) -> usize {
+        let mut out = {
+            let mut acc = self.acceptor();
+            acc.process_cm_events();
+            acc.process_ib_events();
+            acc.retry_dead_devices();
+            std::mem::take(&mut acc.out)
+        };
+        let n = out.len();
+        for ev in out.drain(..) {
+            sink(ev);
+        }
+        let mut acc = self.acceptor();
+        if acc.out.is_empty() {
+            acc.out = out;
+        }
+        n
+    }
+
+    /// Registers a new poll group for `host` (upstream `poll_group_create`,
+    /// on the group's own thread): one poller (CQ, SRQ) per device.
+    pub fn create_poll_group<H: Host>(&self, host: &H) -> Result<PollGroup<H>, TransportError> {
+        let index = self
+            .core
+            .groups
+            .register()
+            .ok_or(TransportError::TooManyPollGroups)?;
+        PollGroup::new(index, host, self.core.clone()).map_err(|e| {
+            self.core.groups.unregister(index);
+            TransportError::Verbs {
+                what: format!("creating poll group {index}"),
+                source: e,
+            }
+        })
+    }
+
+    /// The group a new qpair with queue id `qid` should join (upstream
+    /// `get_optimal_poll_group`: admin and I/O round-robin separately), or
+    /// `None` if no group exists. Takes only the registry's lock: safe to call
+    /// from inside [`Transport::accept_poll`]'s sink.
+    pub fn optimal_group(&self, qid: u16) -> Option<u16> {
+        self.core.groups.place(qid)
+    }
+
+    /// Poll groups currently registered.
+    pub fn poll_groups(&self) -> usize {
+        self.core.groups.count()
     }
 
     /// The options in effect (after validation and device adjustment).
     pub fn options(&self) -> &TransportOptions {
-        &self.opts
-    }
-
-    /// The addresses listened on.
-    pub fn listen_addrs(&self) -> &[SocketAddr] {
-        &self.listen
+        &self.core.opts
     }
 
     /// The `cdata_init` values.
     pub fn cdata(&self) -> TransportCdata {
-        self.opts.cdata()
+        self.core.opts.cdata()
     }
 
     /// Live-resource counters.
     pub fn counters(&self) -> ResourceCounters {
-        self.shared.counters()
-    }
-
-    /// Latest per-group statistics (refreshed by each group about every 100 ms).
-    pub fn stats(&self) -> Vec<PollGroupStats> {
-        self.shared
-            .group_stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Disconnects every qpair, waits (bounded) for teardown, stops all
-    /// threads and returns the final counters.
-    pub fn shutdown(mut self) -> ResourceCounters {
-        self.stop();
-        self.shared.counters()
-    }
-
-    fn stop(&mut self) {
-        self.shared.shutdown.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                tracing::error!("a transport thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for Transport {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn group_thread<H: Host>(
-    index: u16,
-    host: Arc<H>,
-    opts: TransportOptions,
-    devices: Arc<Vec<super::device::Device>>,
-    shared: Arc<Shared>,
-    rx: Receiver<GroupMsg>,
-    run: RunConfig,
-) {
-    let start = Instant::now();
-    let now_ns = || start.elapsed().as_nanos() as u64;
-    let mut pg = match PollGroup::new(
-        index,
-        &*host,
-        opts,
-        devices,
-        shared.clone(),
-        run.drain_timeout.as_nanos() as u64,
-    ) {
-        Ok(pg) => pg,
-        Err(e) => {
-            tracing::error!(group = index, "creating poll group failed: {e}");
-            return;
-        }
-    };
-    let mut idle: u32 = 0;
-    let mut last_stats = Instant::now();
-    let mut shutdown_at: Option<Instant> = None;
-    loop {
-        let now = now_ns();
-        let mut work = 0;
-        while let Ok(msg) = rx.try_recv() {
-            pg.handle_msg(msg, now);
-            work += 1;
-        }
-        work += pg.poll(now);
-        if last_stats.elapsed() >= Duration::from_millis(100) {
-            last_stats = Instant::now();
-            publish(&shared, index, &pg);
-        }
-        if shared.shutdown.load(Ordering::Relaxed) {
-            match shutdown_at {
-                None => {
-                    shutdown_at = Some(Instant::now());
-                    pg.disconnect_all(now);
-                }
-                Some(t) => {
-                    if pg.live_qpairs() == 0 {
-                        break;
-                    }
-                    if t.elapsed() > run.shutdown_timeout {
-                        tracing::warn!(
-                            group = index,
-                            live = pg.live_qpairs(),
-                            "shutdown timeout: dropping remaining qpairs"
-                        );
-                        break;
-                    }
-                }
-            }
-        }
-        if work == 0 {
-            idle = idle.saturating_add(1);
-            if run.busy_poll {
-                std::hint::spin_loop();
-            } else if idle > 2000 {
-                std::thread::sleep(Duration::from_micros(200));
-            } else if idle > 200 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        } else {
-            idle = 0;
-        }
-    }
-    publish(&shared, index, &pg);
-}
-
-fn publish<H: Host>(shared: &Shared, index: u16, pg: &PollGroup<H>) {
-    let i = usize::from(index);
-    if let Some(s) = shared
-        .group_stats
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_mut(i)
-    {
-        *s = pg.stats();
-    }
-    if let Some(l) = shared
-        .group_load
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_mut(i)
-    {
-        *l = pg.live_qpairs() as u64;
+        self.core.shared.counters()
     }
 }
 
@@ -392,49 +316,32 @@ struct Acceptor {
     dead: Vec<bool>,
     last_rescan: Instant,
     devices: Arc<Vec<Device>>,
-    senders: Vec<Sender<GroupMsg>>,
     shared: Arc<Shared>,
     opts: TransportOptions,
-    next_admin: usize,
-    next_io: usize,
+    /// Events for the driver, handed over by `accept_poll`.
+    out: Vec<AcceptorEvent>,
 }
 
 impl Acceptor {
-    fn run(mut self) {
-        let mut fds = vec![self.ev.fd()];
-        fds.extend(self.devices.iter().map(|d| d.ctx.async_fd()));
-        let period =
-            Duration::from_micros(u64::from(self.opts.acceptor_poll_rate).clamp(100, 10_000));
-        while !self.shared.shutdown.load(Ordering::Relaxed) {
-            match wait_readable_any(&fds, period) {
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!("acceptor poll failed: {e}");
-                    std::thread::sleep(period);
-                }
-            }
-            self.process_cm_events();
-            self.process_ib_events();
-            self.retry_dead_devices();
-        }
-        // Keep acking CM events until the groups are gone so that ids can be
-        // destroyed; the groups exit on their own deadline.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline
-            && self
-                .senders
-                .iter()
-                .any(|s| s.send(GroupMsg::CmDisconnected { id_key: 0 }).is_ok())
-        {
-            let _ = wait_readable_any(&fds, Duration::from_millis(10));
-            self.process_cm_events();
-            self.process_ib_events();
+    /// Sends `event` to the qpair `cm_key` names, if any.
+    fn route_cm(&mut self, cm_key: usize, event: QpairEvent) {
+        let qpair = self.shared.routes().by_cm.get(&cm_key).copied();
+        match qpair {
+            Some(qpair) => self
+                .out
+                .push(AcceptorEvent::Qpair(QpairMsg { qpair, event })),
+            None => tracing::debug!(cm_key, ?event, "CM event for no qpair ignored"),
         }
     }
 
-    fn broadcast(&self, mk: impl Fn() -> GroupMsg) {
-        for s in &self.senders {
-            let _ = s.send(mk());
+    /// Sends `event` to the qpair QP `qp_num` of `device` belongs to, if any.
+    fn route_qp(&mut self, device: usize, qp_num: u32, event: QpairEvent) {
+        let qpair = self.shared.routes().by_qpn.get(&(device, qp_num)).copied();
+        match qpair {
+            Some(qpair) => self
+                .out
+                .push(AcceptorEvent::Qpair(QpairMsg { qpair, event })),
+            None => tracing::debug!(device, qp_num, ?event, "async event for no qpair ignored"),
         }
     }
 
@@ -470,8 +377,7 @@ impl Acceptor {
                     }
                 }
                 CmEventKind::Disconnected => {
-                    let id_key = ev.id_key;
-                    self.broadcast(|| GroupMsg::CmDisconnected { id_key });
+                    self.route_cm(ev.id_key, QpairEvent::CmDisconnected);
                 }
                 // The host died or vanished between CONNECT_REQUEST and
                 // ESTABLISHED: its qpair (already accepted, receives posted)
@@ -482,7 +388,7 @@ impl Acceptor {
                         kind = ?ev.kind, status = ev.status, id_key = format_args!("{id_key:#x}"),
                         "connection failed before it was established: tearing the qpair down"
                     );
-                    self.broadcast(|| GroupMsg::CmDisconnected { id_key });
+                    self.route_cm(id_key, QpairEvent::CmDisconnected);
                 }
                 CmEventKind::DeviceRemoval => {
                     let id_key = ev.id_key;
@@ -490,7 +396,7 @@ impl Acceptor {
                         tracing::error!("device removal on a listener: the listener stops");
                         self.listeners.retain(|l| l.id.key() != id_key);
                     } else {
-                        self.broadcast(|| GroupMsg::CmDisconnected { id_key });
+                        self.route_cm(id_key, QpairEvent::CmDisconnected);
                     }
                 }
                 CmEventKind::AddrChange => {
@@ -514,7 +420,7 @@ impl Acceptor {
         tracing::error!(peer = ?id.peer_addr(), ?status, "rejecting connect request: {why}");
         self.shared
             .connects_rejected
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let r = CmReject { recfmt: 0, status };
         if let Err(e) = id.reject(&r.to_bytes()) {
             tracing::warn!("rdma_reject failed: {e}");
@@ -565,48 +471,16 @@ impl Acceptor {
                 return self.reject(id, status, &why);
             }
         };
-        let group = self.pick_group(negotiated.qid);
-        let msg = GroupMsg::NewQpair(Box::new(NewQpair {
-            cm_id: id,
-            device,
-            negotiated,
-            request,
-            listen,
-        }));
-        if let Err(std::sync::mpsc::SendError(GroupMsg::NewQpair(n))) =
-            self.senders[group].send(msg)
-        {
-            self.reject(n.cm_id, RejectStatus::NoResources, "poll group is gone");
-        }
-    }
-
-    /// Upstream `get_optimal_poll_group`: admin round-robin, I/O least loaded.
-    fn pick_group(&mut self, qid: u16) -> usize {
-        let n = self.senders.len();
-        if qid == 0 {
-            let g = self.next_admin % n;
-            self.next_admin = (g + 1) % n;
-            return g;
-        }
-        let load = self
-            .shared
-            .group_load
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut best = self.next_io % n;
-        for k in 0..n {
-            let g = (self.next_io + k) % n;
-            if load.get(g).copied().unwrap_or(0) < load.get(best).copied().unwrap_or(0) {
-                best = g;
-            }
-            if load.get(g).copied().unwrap_or(0) == 0 {
-                best = g;
-                break;
-            }
-        }
-        self.next_io = (best + 1) % n;
-        best
+        self.out.push(AcceptorEvent::NewQpair(PendingQpair(Box::new(
+            PendingInner {
+                cm_id: Some(id),
+                device,
+                negotiated,
+                request,
+                listen,
+                shared: self.shared.clone(),
+            },
+        ))));
     }
 
     /// `IBV_EVENT_DEVICE_FATAL` (upstream `need_destroy` + device removal):
@@ -625,7 +499,10 @@ impl Acceptor {
             qpairs = self.shared.device_qpairs(device),
             "IBV_EVENT_DEVICE_FATAL: tearing down the device's qpairs and listeners"
         );
-        self.broadcast(|| GroupMsg::DeviceFatal { device });
+        self.out.push(AcceptorEvent::Device(DeviceMsg {
+            device,
+            event: DeviceEvent::Fatal,
+        }));
         let (stopped, kept): (Vec<Listener>, Vec<Listener>) = std::mem::take(&mut self.listeners)
             .into_iter()
             .partition(|l| l.device == device);
@@ -667,7 +544,10 @@ impl Acceptor {
             }
             tracing::warn!(device = %d.name, "device is back: taking it up again");
             self.dead[device] = false;
-            self.broadcast(|| GroupMsg::DeviceBack { device });
+            self.out.push(AcceptorEvent::Device(DeviceMsg {
+                device,
+                event: DeviceEvent::Back,
+            }));
         }
         let mut retry = Vec::new();
         for (addr, device) in std::mem::take(&mut self.retry_listen) {
@@ -689,7 +569,8 @@ impl Acceptor {
     /// IB async events (upstream `nvmf_process_ib_event`).
     fn process_ib_events(&mut self) {
         let mut fatal = Vec::new();
-        for (device, d) in self.devices.iter().enumerate() {
+        let devices = self.devices.clone();
+        for (device, d) in devices.iter().enumerate() {
             for _ in 0..MAX_EVENTS_PER_POLL {
                 let ev = match d.ctx.get_async_event() {
                     Ok(Some(ev)) => ev,
@@ -706,18 +587,10 @@ impl Acceptor {
                 match (ev.kind, qp_num) {
                     (AsyncEventKind::QpFatal, Some(qp_num)) => {
                         tracing::error!(device = %d.name, qp_num, "IBV_EVENT_QP_FATAL");
-                        self.broadcast(|| GroupMsg::QpEvent {
-                            device,
-                            qp_num,
-                            kind: QpEventKind::Fatal,
-                        });
+                        self.route_qp(device, qp_num, QpairEvent::QpFatal);
                     }
                     (AsyncEventKind::QpLastWqeReached, Some(qp_num)) => {
-                        self.broadcast(|| GroupMsg::QpEvent {
-                            device,
-                            qp_num,
-                            kind: QpEventKind::LastWqeReached,
-                        });
+                        self.route_qp(device, qp_num, QpairEvent::LastWqeReached);
                     }
                     (AsyncEventKind::DeviceFatal, _) => fatal.push(device),
                     (kind, _) => {

@@ -81,3 +81,51 @@ pub fn wait_readable_any(fds: &[RawFd], timeout: Duration) -> Result<Option<usiz
         return Ok(pfds[..n].iter().position(|p| p.revents != 0));
     }
 }
+
+/// A non-blocking `eventfd`: a pollable wake-up for a thread that sleeps in
+/// [`wait_readable_any`] (e.g. a poll group in interrupt mode woken when a
+/// message was queued for it).
+#[derive(Debug)]
+pub struct EventFd {
+    fd: RawFd,
+}
+
+impl EventFd {
+    /// `eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)`.
+    pub fn new() -> Result<EventFd> {
+        // SAFETY: eventfd takes no pointers; a negative return is an error.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(VerbsError::last("eventfd"));
+        }
+        Ok(EventFd { fd })
+    }
+
+    /// The fd to wait on.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Makes the fd readable (adds 1 to the counter).
+    pub fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our own fd; a failure
+        // (counter saturated: the fd is readable anyway) needs no handling.
+        let _ = unsafe { libc::write(self.fd, (&one as *const u64).cast(), 8) };
+    }
+
+    /// Clears the counter (the fd is no longer readable).
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from our own non-blocking fd;
+        // EAGAIN (nothing signalled) is fine.
+        let _ = unsafe { libc::read(self.fd, (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+impl Drop for EventFd {
+    fn drop(&mut self) {
+        // SAFETY: our fd, closed exactly once.
+        unsafe { libc::close(self.fd) };
+    }
+}

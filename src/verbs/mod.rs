@@ -97,7 +97,7 @@ pub use device::{
     PortAttr, DEVICE_MEM_MGT_EXTENSIONS,
 };
 pub use error::{Errno, Result, VerbsError};
-pub use fd::{wait_readable, wait_readable_any};
+pub use fd::{wait_readable, wait_readable_any, EventFd};
 pub use mr::{Access, DmaBuf, Mr, Pd};
 pub use qp::{Qp, QpCaps, QpInit, QpState};
 pub use srq::Srq;

@@ -346,6 +346,21 @@ impl DmaBuf {
         Ok(())
     }
 
+    /// The `len` bytes at `offset`, borrowed (no copy): for memory the NIC
+    /// wrote and will not write again while the borrow lives (a received
+    /// capsule whose RECV is not re-posted until the request is done).
+    pub fn view(&self, offset: usize, len: usize) -> Result<&[u8]> {
+        check_range(self.len(), offset, len)?;
+        // SAFETY: range checked above, inside our live allocation (freed only
+        // in Drop, which needs the borrow of `self` to end). Rust code writes
+        // only through `&mut self` (`write`), which the shared borrow
+        // excludes. The NIC writes only into ranges named by a posted RECV;
+        // the transport views a receive slot only between that RECV's
+        // completion and its re-post, both of which happen on the thread
+        // holding this borrow, so no DMA targets the range meanwhile.
+        Ok(unsafe { std::slice::from_raw_parts(self.mem.as_ptr().add(offset), len) })
+    }
+
     /// Read a little-endian u16/u32/u64-sized array at `offset`.
     pub fn read_array<const N: usize>(&self, offset: usize) -> Result<[u8; N]> {
         let mut a = [0u8; N];

@@ -26,6 +26,19 @@ impl Sge {
         Sge { addr, length, lkey }
     }
 
+    /// The part `[addr, addr + len)` of this SGE, if it lies inside it: a
+    /// sub-range of registered memory is registered memory, so no second
+    /// translation is needed.
+    pub fn sub_range(&self, addr: u64, len: u32) -> Option<Sge> {
+        let off = addr.checked_sub(self.addr)?;
+        let end = off.checked_add(u64::from(len))?;
+        (end <= u64::from(self.length)).then_some(Sge {
+            addr,
+            length: len,
+            lkey: self.lkey,
+        })
+    }
+
     /// An SGE over arbitrary registered memory (e.g. SPDK buffers covered by
     /// a memory map).
     ///

@@ -20,6 +20,9 @@ use nvmf_rdma_rs::initiator::{
 };
 use serde_json::Value;
 
+#[path = "../support/reexec.rs"]
+mod reexec;
+
 const CHILD: &str = "NVMF_E2E_CHILD";
 
 /// The repository root.
@@ -27,17 +30,9 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `target/softrdma`, or a panic telling how to build it.
+/// `target/softrdma` (or `SOFTRDMA_LIB_DIR`), or a panic telling how to build it.
 pub fn softrdma_dir() -> PathBuf {
-    let d = repo().join("target/softrdma");
-    assert!(
-        d.join("libibverbs.so.1").is_file()
-            && d.join("librdmacm.so.1").is_file()
-            && d.join("softrdma-ctl").is_file(),
-        "softrdma is not built: run `bash scripts/build-softrdma.sh` first (looked in {})",
-        d.display()
-    );
-    d
+    reexec::softrdma_dir()
 }
 
 /// The `nvmf-rdma-rs` binary.
@@ -45,40 +40,23 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_nvmf-rdma-rs"))
 }
 
-/// In the parent: re-runs test `name` under softrdma, waits at most
-/// `timeout`, asserts success and returns `false`. In the child: `true`.
+/// In the parent: re-runs test `name` under softrdma (see
+/// `tests/support/reexec.rs`), waits at most `timeout`, asserts the child ran
+/// and passed exactly that test, and returns `false`. In the child: `true`.
 pub fn under_softrdma(name: &str, timeout: Duration) -> bool {
-    if std::env::var_os(CHILD).is_some() {
-        return true;
-    }
-    let dir = softrdma_dir();
-    let shm = std::env::temp_dir().join(format!("nvmf-e2e-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&shm).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .env("LD_LIBRARY_PATH", &dir)
-        .env("SOFTRDMA_SHM_DIR", &shm)
-        .env("SOFTRDMA_QUIET", "1")
-        .env("SOFTRDMA_FAULT_LOG", shm.join("faults.log"))
-        .spawn()
-        .expect("re-executing the test under softrdma");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_dir_all(&shm);
-            panic!("{name}: timed out after {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = std::fs::remove_dir_all(&shm);
-    assert!(status.success(), "{name} under softrdma failed: {status}");
-    false
+    reexec::under_softrdma(CHILD, name, timeout)
+}
+
+/// Extra `target` flags for every target of the suite, from
+/// `NVMF_E2E_TARGET_ARGS` (whitespace-separated; e.g. `--reentrant-host` or
+/// `--interrupt-mode`): how `scripts/test.d/50-e2e-driver-modes.sh` runs the
+/// same suites under each way of driving the transport.
+pub fn driver_args() -> Vec<String> {
+    std::env::var("NVMF_E2E_TARGET_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
 }
 
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
@@ -112,6 +90,7 @@ impl TargetProc {
             .arg("--ready-file")
             .arg(&ready)
             .args(extra)
+            .args(driver_args())
             .env(
                 "NVMF_RDMA_RS_LOG",
                 std::env::var("NVMF_RDMA_RS_LOG").unwrap_or_else(|_| "warn".into()),

@@ -478,6 +478,20 @@ impl Qpair {
         Ok(())
     }
 
+    /// The host dropped `req` without a response (SPDK's `req_free`: an AER
+    /// or a queued command of a qpair being disconnected). Nothing is sent;
+    /// the request's buffers and RECV are returned and the object is freed.
+    pub fn handle_command_freed(&mut self, req: ReqId) -> Result<(), EngineError> {
+        self.check_open()?;
+        if self.req(req)?.state != ReqState::Executing {
+            return Err(self.wrong_state(req, "command freed"));
+        }
+        self.set_state(req, ReqState::Completed)?;
+        self.complete(req)?;
+        self.after_event();
+        Ok(())
+    }
+
     /// IBV_EVENT_QP_FATAL (or another QP error event): the QP is in error.
     pub fn handle_qp_fatal(&mut self) -> Result<(), EngineError> {
         self.check_open()?;

@@ -875,6 +875,30 @@ fn failed_post_keeps_posted_writes_owned_by_the_nic() {
     assert_eq!(d.q.counters().send_depth, 0);
 }
 
+/// SPDK's `req_free` (spdk-plugin: the generic layer frees AERs and queued
+/// commands of a qpair it disconnects): the request is dropped without a
+/// response — no SEND, its buffers and RECV go back, the object is free.
+#[test]
+fn freed_command_sends_no_response_and_returns_everything() {
+    let (mut d, _) = D::new(cfg(8, 4));
+    let a = d.recv(0, &read_keyed(5, 4096));
+    let r = asked(&a)[0];
+    let a = d.grant(r, 4096);
+    assert_eq!(executes(&a), vec![r]);
+    d.q.handle_command_freed(r).unwrap();
+    let a = d.take();
+    assert!(
+        a.iter().all(|x| !matches!(x, Action::PostResponse { .. })),
+        "{a:?}"
+    );
+    assert!(has(&a, Action::ReleaseBuffers { req: r }), "{a:?}");
+    assert!(has(&a, Action::PostRecv { recv: RecvId(0) }), "{a:?}");
+    assert_eq!(d.state(r), ReqState::Free);
+    assert_eq!(d.q.counters().requests_in_use, 0);
+    // Only an executing command can be freed.
+    assert!(d.q.handle_command_freed(r).is_err());
+}
+
 // ---------------------------------------------------------------------------
 // Issue 7: the engine side of the transport's buffer and req_free handling
 // (the engine was not at fault; these guard what the transport relies on)

@@ -11,7 +11,7 @@ use std::ffi::CString;
 use std::io;
 
 /// Magic + layout version stored in [`FabricHeader::magic`].
-pub const FABRIC_MAGIC: u64 = 0x534f_4654_5244_4d02;
+pub const FABRIC_MAGIC: u64 = 0x534f_4654_5244_4d03;
 /// Node (process) slots.
 pub const MAX_NODES: usize = 4096;
 /// QP records. QPN = `(generation << 16) | slot` with generation in 1..=255.
@@ -23,7 +23,7 @@ pub const MAX_SRQS: usize = 8192;
 /// MR records. Key = `(slot << 8) | generation8`, generation never 0.
 pub const MAX_MRS: usize = 1 << 18;
 /// Counters per node.
-pub const NUM_COUNTERS: usize = 20;
+pub const NUM_COUNTERS: usize = 22;
 
 /// Per-process counters (index into [`NodeRec::counters`]).
 #[repr(u32)]
@@ -69,6 +69,11 @@ pub enum Counter {
     BytesMoved,
     /// RNR stalls observed (total).
     RnrStalls,
+    /// Bytes this process moved by `memcpy` through a shared-file MR mapping, without a system
+    /// call (total; a subset of `BytesMoved` plus receive-side bytes of SENDs it delivered).
+    MappedBytes,
+    /// `process_vm_readv` / `process_vm_writev` calls made by this process (total).
+    CopyCalls,
 }
 
 impl Counter {
@@ -94,6 +99,8 @@ impl Counter {
         Counter::Ahs,
         Counter::BytesMoved,
         Counter::RnrStalls,
+        Counter::MappedBytes,
+        Counter::CopyCalls,
     ];
 
     /// Stable snake_case name used by `softrdma-ctl stats`.
@@ -119,6 +126,8 @@ impl Counter {
             Counter::Ahs => "ahs",
             Counter::BytesMoved => "bytes_moved",
             Counter::RnrStalls => "rnr_stalls",
+            Counter::MappedBytes => "mapped_bytes",
+            Counter::CopyCalls => "copy_calls",
         }
     }
 
@@ -160,14 +169,21 @@ pub struct FabricHeader {
     pub cq_hint: AtomicU32,
     /// Rotating allocation hint for SRQs.
     pub srq_hint: AtomicU32,
+    /// Number of processes whose port is down (injected PORT_ERR); while 0, requesters skip
+    /// looking up the responder's [`NODE_PORT_DOWN`] flag.
+    pub ports_down: AtomicU32,
 }
+
+/// [`NodeRec::flags`] bit: the process's port is down (injected PORT_ERR, until PORT_ACTIVE):
+/// packets to and from its QPs are lost, so requesters retry until their transport timeout.
+pub const NODE_PORT_DOWN: u32 = 1;
 
 /// One process.
 #[repr(C, align(64))]
 pub struct NodeRec {
     /// Owner pid, 0 = free.
     pub owner: AtomicU32,
-    /// Reserved.
+    /// State flags ([`NODE_PORT_DOWN`]).
     pub flags: AtomicU32,
     /// Owner's start time (field 22 of `/proc/<pid>/stat`), against pid reuse.
     pub starttime: AtomicU64,
@@ -180,7 +196,7 @@ pub struct NodeRec {
     pub arena_len: AtomicU64,
 }
 
-const _: () = assert!(size_of::<NodeRec>() == 192, "NodeRec must keep its layout");
+const _: () = assert!(size_of::<NodeRec>() == 256, "NodeRec must keep its layout");
 
 /// Path of the ring arena of process `pid` started at `starttime`.
 pub fn arena_path(pid: u32, starttime: u64) -> String {
@@ -279,6 +295,9 @@ pub struct SrqRec {
     pub limit: AtomicU32,
     /// Set when the limit event must be raised by the owner.
     pub limit_hit: AtomicU32,
+    /// Set by a requester that found the SRQ empty (RNR); the owner's `ibv_post_srq_recv`
+    /// clears it and kicks the stalled requesters of the SRQ's QPs.
+    pub rnr_stalled: AtomicU32,
 }
 
 /// One memory region.
@@ -302,6 +321,12 @@ pub struct MrRec {
     pub len: AtomicU64,
     /// I/O virtual address that `addr` corresponds to.
     pub iova: AtomicU64,
+    /// The owner's fd of the shared file backing the region, plus 1 (0 = anonymous memory or
+    /// not shareable: peers use `process_vm_*`). Peers duplicate it with `pidfd_getfd` and map
+    /// the region once.
+    pub backing_fd: AtomicU32,
+    /// Offset in that file of the region's first byte (`addr`).
+    pub backing_off: AtomicU64,
 }
 
 /// Maximum SGEs in a receive WQE.

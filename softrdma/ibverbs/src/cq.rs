@@ -6,6 +6,7 @@
 //! without the lock. An armed CQ that receives an entry queues one event on its channel:
 //! directly when the producer is local, through the owner's event thread otherwise.
 
+use crate::copy::{self, Ranges};
 use crate::runtime::{self, Runtime};
 use crate::util::{self, errno, set_errno, SharedLock};
 use softrdma_abi::fabric::{Counter, CqRec, MAX_CQS};
@@ -37,24 +38,9 @@ pub(crate) struct Held {
     pub q: VecDeque<(u64, ibv_wc)>,
 }
 
-/// Create a pipe (read end blocking, write end non-blocking; both close-on-exec).
-pub(crate) fn make_pipe() -> Result<(c_int, c_int), i32> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: fds is a valid 2-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(errno());
-    }
-    // SAFETY: fds[1] is the pipe's write end we just created.
-    unsafe {
-        let fl = libc::fcntl(fds[1], libc::F_GETFL);
-        libc::fcntl(fds[1], libc::F_SETFL, fl | libc::O_NONBLOCK);
-    }
-    Ok((fds[0], fds[1]))
-}
-
 /// A completion channel's event socket pair (datagram, so a peer that duplicated the write end
 /// never gets SIGPIPE: sends use MSG_NOSIGNAL). Each 8-byte datagram is one `ibv_cq*` record.
-fn make_event_socket() -> Result<(c_int, c_int), i32> {
+pub(crate) fn make_event_socket() -> Result<(c_int, c_int), i32> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: fds is a valid 2-element array.
     let r = unsafe {
@@ -162,6 +148,10 @@ pub(crate) unsafe extern "C" fn create_cq(
     };
     if ctx.is_null() || cqe < 1 || cqe as u32 > crate::device::MAX_CQE {
         set_errno(libc::EINVAL);
+        return std::ptr::null_mut();
+    }
+    if let Some(e) = rt.faults.on_create(crate::faults::CreateObj::Cq) {
+        set_errno(e);
         return std::ptr::null_mut();
     }
     let f = &rt.fabric;
@@ -309,7 +299,8 @@ pub(crate) enum PushError {
 
 /// Append `wc` to the CQ in record slot `slot` owned by `owner`.
 pub(crate) fn push(rt: &Runtime, slot: u32, owner: u32, wc: &ibv_wc) -> Result<(), PushError> {
-    push_with(rt, slot, owner, wc, &[], &[]).map_err(|e| match e {
+    let none = Ranges::default();
+    push_with(rt, slot, owner, wc, &none, &none).map_err(|e| match e {
         PushOrCopy::Push(p) => p,
         PushOrCopy::Copy(_) => PushError::Gone,
     })
@@ -324,16 +315,17 @@ pub(crate) enum PushOrCopy {
     Copy(util::CopyError),
 }
 
-/// Copy `local` (ours) to `remote` (in `owner`'s memory) and append `wc`, in a single
-/// `process_vm_writev` when the owner is another process. The entry is published (release store
+/// Copy `local` (ours) to `remote` (in `owner`'s memory) and append `wc`: a `memcpy` plus a
+/// store when the payload ranges are mapped here and the ring is in the owner's arena, else a
+/// single `process_vm_writev` carrying payload and entry. The entry is published (release store
 /// of the tail) only after payload and entry landed.
 pub(crate) fn push_with(
     rt: &Runtime,
     slot: u32,
     owner: u32,
     wc: &ibv_wc,
-    local: &[(u64, usize)],
-    remote: &[(u64, usize)],
+    local: &Ranges,
+    remote: &Ranges,
 ) -> Result<(), PushOrCopy> {
     let rec = rt.fabric.cq(slot as usize);
     {
@@ -354,19 +346,19 @@ pub(crate) fn push_with(
         }
         let dst = addr + (tail % cap) * std::mem::size_of::<ibv_wc>() as u64;
         if owner == rt.pid {
-            util::write_to(owner, local, remote).map_err(PushOrCopy::Copy)?;
+            copy::copy(rt, owner, local, remote, true).map_err(PushOrCopy::Copy)?;
             // SAFETY: dst is inside our own live ring (cap/addr read under the producer lock, which
             // resize/destroy also take).
             unsafe { std::ptr::write(dst as *mut ibv_wc, *wc) };
         } else if let Some(p) = rt.peer_ptr(owner, dst, 48) {
             // Fast path: the ring lives in the owner's arena, mapped here.
-            util::write_to(owner, local, remote).map_err(PushOrCopy::Copy)?;
+            copy::copy(rt, owner, local, remote, true).map_err(PushOrCopy::Copy)?;
             // SAFETY: p is our mapping of the 48-byte slot inside the owner's live ring (bounds
             // checked by peer_ptr); the slot is reserved for us by the producer lock.
             unsafe { std::ptr::write_volatile(p as *mut ibv_wc, *wc) };
         } else {
-            let mut l: Vec<(u64, usize)> = local.to_vec();
-            let mut r: Vec<(u64, usize)> = remote.to_vec();
+            let mut l: Vec<(u64, usize)> = local.addrs.to_vec();
+            let mut r: Vec<(u64, usize)> = remote.addrs.to_vec();
             l.push((wc as *const ibv_wc as u64, 48));
             r.push((dst, 48));
             util::write_to(owner, &l, &r).map_err(PushOrCopy::Copy)?;

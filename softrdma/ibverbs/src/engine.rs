@@ -2,12 +2,14 @@
 //! moving payload with `process_vm_readv/writev`, and implements the RC error semantics
 //! (first failing WR with its status, QP → ERR, everything else flushed, LAST_WQE_REACHED).
 
+use crate::copy::{self, Ranges};
 use crate::cq::{PushError, PushOrCopy};
 use crate::faults::Action;
 use crate::mr::{self, MrAccess, MrError};
 use crate::qp::{complete, wait_no_delivery, wc, QpWrap, Sq};
 use crate::runtime::Runtime;
 use crate::util::{self, CopyError, SharedLock};
+use smallvec::SmallVec;
 use softrdma_abi::fabric::{Counter, QpRec, RecvWqe};
 use softrdma_abi::verbs::*;
 use std::sync::atomic::Ordering;
@@ -17,8 +19,8 @@ pub(crate) struct SendWr {
     pub wr_id: u64,
     pub opcode: u32,
     pub signaled: bool,
-    pub sges: Vec<ibv_sge>,
-    pub inline: Option<Vec<u8>>,
+    pub sges: SmallVec<[ibv_sge; 4]>,
+    pub inline: Option<SmallVec<[u8; 64]>>,
     pub len: u64,
     pub remote_addr: u64,
     pub rkey: u32,
@@ -55,7 +57,7 @@ impl SendWr {
         if !supported || r.num_sge < 0 || r.num_sge as u32 > w.cap.max_send_sge {
             return Err(libc::EINVAL);
         }
-        let mut sges = Vec::with_capacity(r.num_sge as usize);
+        let mut sges: SmallVec<[ibv_sge; 4]> = SmallVec::with_capacity(r.num_sge as usize);
         for k in 0..r.num_sge as usize {
             // SAFETY: caller contract.
             sges.push(unsafe { *r.sg_list.add(k) });
@@ -70,7 +72,7 @@ impl SendWr {
             if len > w.cap.max_inline_data as u64 {
                 return Err(libc::EINVAL);
             }
-            let mut v = Vec::with_capacity(len as usize);
+            let mut v = SmallVec::with_capacity(len as usize);
             for s in &sges {
                 // SAFETY: inline payload is read at post time from the caller's buffers.
                 v.extend_from_slice(unsafe {
@@ -163,6 +165,17 @@ pub(crate) fn run(rt: &Runtime, w: &QpWrap, sq: &mut Sq) {
         if state != IBV_QPS_RTS && state != IBV_QPS_SQD {
             return;
         }
+        let batchable = matches!(head.opcode, IBV_WR_RDMA_WRITE | IBV_WR_RDMA_READ);
+        if batchable && !head.fault_checked && !rt.faults.is_active() {
+            match copy_batch(rt, w, sq) {
+                Batch::NotApplicable => {}
+                Batch::Progress => continue,
+                Batch::Failed => return,
+            }
+        }
+        let Some(head) = sq.pending.front() else {
+            return;
+        };
         let action = if head.fault_checked {
             None
         } else {
@@ -190,20 +203,7 @@ pub(crate) fn run(rt: &Runtime, w: &QpWrap, sq: &mut Sq) {
             None => execute(rt, w, head),
         };
         match res {
-            Exec::Done(byte_len) => {
-                let wr = sq.pending.pop_front().expect("head exists");
-                sq.stall = None;
-                rt.count(Counter::OutstandingSends, -1);
-                rt.count(Counter::BytesMoved, wr.len as i64);
-                if wr.signaled {
-                    complete(
-                        rt,
-                        w,
-                        false,
-                        &wc(w, wr.wr_id, IBV_WC_SUCCESS, wc_opcode(wr.opcode), byte_len),
-                    );
-                }
-            }
+            Exec::Done(byte_len) => complete_head(rt, w, sq, byte_len),
             Exec::Stall(kind) => {
                 let attr = *w.attr.lock().unwrap_or_else(|e| e.into_inner());
                 // A busy-polling requester retries a stalled head on every ibv_poll_cq: with
@@ -248,6 +248,136 @@ pub(crate) fn run(rt: &Runtime, w: &QpWrap, sq: &mut Sq) {
                 fail_head(rt, w, sq, status);
                 return;
             }
+        }
+    }
+}
+
+/// The head WR succeeded: pop it and complete it if signaled.
+fn complete_head(rt: &Runtime, w: &QpWrap, sq: &mut Sq, byte_len: u32) {
+    let Some(wr) = sq.pending.pop_front() else {
+        return;
+    };
+    sq.stall = None;
+    rt.count(Counter::OutstandingSends, -1);
+    rt.count(Counter::BytesMoved, wr.len as i64);
+    if wr.signaled {
+        complete(
+            rt,
+            w,
+            false,
+            &wc(w, wr.wr_id, IBV_WC_SUCCESS, wc_opcode(wr.opcode), byte_len),
+        );
+    }
+}
+
+/// Most WRs [`copy_batch`] gathers into one system call.
+const MAX_BATCH: usize = 16;
+
+/// What [`copy_batch`] did.
+enum Batch {
+    /// Fewer than two WRs qualify: run the head alone.
+    NotApplicable,
+    /// The gathered WRs completed.
+    Progress,
+    /// A gathered WR failed; the QP is in ERR (the rest flushed).
+    Failed,
+}
+
+/// Gather the consecutive plain RDMA WRITEs (or READs) at the head of the send queue whose
+/// remote side is not mapped here (anonymous memory) into one `process_vm_writev` (`readv`).
+/// Each WR is validated exactly as alone (keys, PD, access, bounds); the first one that does
+/// not validate ends the batch and runs alone later. If the copy stops early, the WRs whose
+/// bytes all landed complete, the first one that did not fails (REM_ACCESS_ERR, or
+/// RETRY_EXC_ERR if the peer is gone) and the rest are flushed. Only used while no fault rule
+/// is active (faults are drawn per WR).
+fn copy_batch(rt: &Runtime, w: &QpWrap, sq: &mut Sq) -> Batch {
+    let Some(opcode) = sq.pending.front().map(|wr| wr.opcode) else {
+        return Batch::NotApplicable;
+    };
+    let write = opcode == IBV_WR_RDMA_WRITE;
+    let (local_need, remote_need) = if write {
+        (0, IBV_ACCESS_REMOTE_WRITE)
+    } else {
+        (IBV_ACCESS_LOCAL_WRITE, IBV_ACCESS_REMOTE_READ)
+    };
+    let n = sq
+        .pending
+        .iter()
+        .take(MAX_BATCH)
+        .take_while(|wr| wr.opcode == opcode && !wr.fault_checked)
+        .count();
+    if n < 2 {
+        return Batch::NotApplicable;
+    }
+    let Ok(p) = peer(rt, w) else {
+        return Batch::NotApplicable;
+    };
+    let Ok(_d) = enter(&p, w.qpn) else {
+        return Batch::NotApplicable;
+    };
+    if p.rec.access.load(Ordering::Relaxed) & remote_need == 0 {
+        return Batch::NotApplicable;
+    }
+    let pd = p.rec.pd.load(Ordering::Relaxed);
+    let mut guards: SmallVec<[MrAccess; MAX_BATCH]> = SmallVec::new();
+    let mut local_guards: SmallVec<[Guards; MAX_BATCH]> = SmallVec::new();
+    let mut local = copy::Iov::new();
+    let mut remote = copy::Iov::new();
+    // Byte offset (in the gathered lists) at which each WR's payload ends.
+    let mut ends: SmallVec<[usize; MAX_BATCH]> = SmallVec::new();
+    let mut total = 0usize;
+    for wr in sq.pending.iter().take(n) {
+        let Ok((g, l)) = local_sges(rt, w, wr, local_need) else {
+            break;
+        };
+        if wr.len > 0 {
+            let need = remote_need;
+            let Ok(r) = mr::check(wr.rkey, p.pid, pd, wr.remote_addr, wr.len, need) else {
+                break;
+            };
+            if r.mapped.is_some() {
+                break; // the memcpy path is faster than any system call
+            }
+            local.extend_from_slice(&l.addrs);
+            remote.push((r.addr, wr.len as usize));
+            guards.push(r);
+            total += wr.len as usize;
+        }
+        local_guards.push(g);
+        ends.push(total);
+    }
+    if ends.len() < 2 {
+        return Batch::NotApplicable;
+    }
+    let res = util::transfer_counted(p.pid, &local, &remote, write);
+    drop(guards);
+    drop(local_guards);
+    let landed = match res {
+        Ok(()) => total,
+        Err((d, _)) => d,
+    };
+    for &end in &ends {
+        if end > landed {
+            break;
+        }
+        let byte_len = match sq.pending.front() {
+            Some(wr) if !write => wr.len as u32,
+            _ => 0,
+        };
+        complete_head(rt, w, sq, byte_len);
+    }
+    match res {
+        Ok(()) => Batch::Progress,
+        Err((_, e)) => {
+            let status = match e {
+                CopyError::PeerGone => IBV_WC_RETRY_EXC_ERR,
+                CopyError::Fault => {
+                    responder_error(rt, &p, Some(IBV_EVENT_QP_ACCESS_ERR));
+                    IBV_WC_REM_ACCESS_ERR
+                }
+            };
+            fail_head(rt, w, sq, status);
+            Batch::Failed
         }
     }
 }
@@ -347,6 +477,11 @@ fn peer(rt: &Runtime, w: &QpWrap) -> Result<Peer, Exec> {
     if pid == 0 {
         return Err(Exec::Fail(IBV_WC_RETRY_EXC_ERR));
     }
+    // A port that is down (ours or the responder's) loses the packets: retry until the
+    // transport timeout (RETRY_EXC_ERR), or resume if PORT_ACTIVE comes first.
+    if crate::faults::port_down_for(rt, pid) {
+        return Err(Exec::Stall(StallKind::NotReady));
+    }
     Ok(Peer { rec, qpn, pid })
 }
 
@@ -379,24 +514,22 @@ fn responder_error(rt: &Runtime, p: &Peer, event: Option<u32>) {
     rt.send_to(p.pid, &format!("rerr {} {ev}", p.qpn));
 }
 
-fn local_sges(
-    rt: &Runtime,
-    w: &QpWrap,
-    wr: &SendWr,
-    need: u32,
-) -> Result<(Vec<MrAccess>, Vec<(u64, usize)>), Exec> {
+/// MR accesses held while a WR's payload moves (inline: four cover the common WR).
+type Guards = SmallVec<[MrAccess; 4]>;
+
+fn local_sges(rt: &Runtime, w: &QpWrap, wr: &SendWr, need: u32) -> Result<(Guards, Ranges), Exec> {
     if let Some(v) = &wr.inline {
-        return Ok((Vec::new(), vec![(v.as_ptr() as u64, v.len())]));
+        return Ok((Guards::new(), Ranges::own(v.as_ptr() as u64, v.len())));
     }
-    let mut guards = Vec::with_capacity(wr.sges.len());
-    let mut iov = Vec::with_capacity(wr.sges.len());
+    let mut guards = Guards::new();
+    let mut iov = Ranges::default();
     for s in &wr.sges {
         if s.length == 0 {
             continue;
         }
         match mr::check(s.lkey, rt.pid, w.pd, s.addr, s.length as u64, need) {
             Ok(g) => {
-                iov.push((g.addr, s.length as usize));
+                iov.push(g.addr, s.length as usize, g.mapped);
                 guards.push(g);
             }
             Err(_) => return Err(Exec::Fail(IBV_WC_LOC_PROT_ERR)),
@@ -435,6 +568,13 @@ fn pop_wqe(rt: &Runtime, p: &Peer, my_qpn: u32) -> Result<Option<(RecvWqe, u32)>
     if h == tail.load(Ordering::Acquire) || cap == 0 || base == 0 {
         p.rec.rnr_waiter_qpn.store(my_qpn, Ordering::Relaxed);
         p.rec.rnr_waiter.store(rt.pid, Ordering::Release);
+        if srq != 0 {
+            // ibv_post_srq_recv kicks the waiters of the SRQ's QPs when it sees this.
+            rt.fabric
+                .srq((srq - 1) as usize)
+                .rnr_stalled
+                .store(1, Ordering::Release);
+        }
         return Ok(None);
     }
     let src = base + (h % cap as u64) * std::mem::size_of::<RecvWqe>() as u64;
@@ -479,7 +619,7 @@ fn deliver(
     w: &QpWrap,
     p: &Peer,
     wr: &SendWr,
-    local: &[(u64, usize)],
+    local: &Ranges,
     wqe: RecvWqe,
     pd: u32,
 ) -> Exec {
@@ -502,11 +642,11 @@ fn deliver(
         responder_error(rt, p, None);
         Exec::Fail(requester)
     };
-    let mut guards = Vec::new();
-    let mut payload_remote: Vec<(u64, usize)> = Vec::new();
+    let mut guards = Guards::new();
+    let mut payload_remote = Ranges::default();
     if !is_write_imm {
         // Scatter into the WQE's SGEs.
-        let mut remote = Vec::new();
+        let mut remote = Ranges::default();
         let mut left = wr.len;
         let n = (wqe.num_sge as usize).min(wqe.sge.len());
         for s in &wqe.sge[..n] {
@@ -519,7 +659,7 @@ fn deliver(
             }
             match mr::check(s.lkey, p.pid, pd, s.addr, take, IBV_ACCESS_LOCAL_WRITE) {
                 Ok(g) => {
-                    remote.push((g.addr, take as usize));
+                    remote.push(g.addr, take as usize, g.mapped);
                     guards.push(g);
                 }
                 Err(_) => return responder_fail(IBV_WC_LOC_PROT_ERR, IBV_WC_REM_OP_ERR),
@@ -541,22 +681,24 @@ fn deliver(
         IBV_WR_SEND_WITH_INV => {
             rwc.wc_flags = IBV_WC_WITH_INV;
             rwc.__bindgen_anon_1.invalidated_rkey = wr.imm;
+            // The named key dies before the receive completes (later accesses fail).
+            mr::invalidate(wr.imm, p.pid, pd);
         }
         _ => {}
     }
-    let payload_local: &[(u64, usize)] = if payload_remote.is_empty() {
-        &[]
+    let no_payload = Ranges::default();
+    let payload_local = if payload_remote.addrs.is_empty() {
+        &no_payload
     } else {
         local
     };
     // One copy for payload + completion; the completion is published after both landed.
     let r = crate::cq::push_with(rt, recv_cq, p.pid, &rwc, payload_local, &payload_remote);
-    drop(guards);
     match r {
         Ok(()) => Exec::Done(0),
         Err(PushOrCopy::Push(PushError::Overrun)) => {
             // The data still lands; only the completion is lost (and the CQ reports CQ_ERR).
-            let _ = util::write_to(p.pid, payload_local, &payload_remote);
+            let _ = copy::copy(rt, p.pid, payload_local, &payload_remote, true);
             crate::log::warn(&format!(
                 "QP {:#x}: responder CQ overrun; completion dropped",
                 p.qpn
@@ -644,7 +786,9 @@ fn execute(rt: &Runtime, w: &QpWrap, wr: &SendWr) -> Exec {
                 None
             };
             if wr.len > 0 {
-                match util::write_to(p.pid, &local, &[(remote.addr, wr.len as usize)]) {
+                let mut dst = Ranges::default();
+                dst.push(remote.addr, wr.len as usize, remote.mapped);
+                match copy::copy(rt, p.pid, &local, &dst, true) {
                     Ok(()) => {}
                     Err(CopyError::PeerGone) => return Exec::Fail(IBV_WC_RETRY_EXC_ERR),
                     Err(CopyError::Fault) => {
@@ -655,7 +799,7 @@ fn execute(rt: &Runtime, w: &QpWrap, wr: &SendWr) -> Exec {
             }
             drop(remote);
             match wqe {
-                Some((wqe, pd)) => deliver(rt, w, &p, wr, &[], wqe, pd),
+                Some((wqe, pd)) => deliver(rt, w, &p, wr, &Ranges::default(), wqe, pd),
                 None => Exec::Done(0),
             }
         }
@@ -669,7 +813,9 @@ fn execute(rt: &Runtime, w: &QpWrap, wr: &SendWr) -> Exec {
                 Err(e) => return e,
             };
             if wr.len > 0 {
-                match util::read_from(p.pid, &local, &[(remote.addr, wr.len as usize)]) {
+                let mut src = Ranges::default();
+                src.push(remote.addr, wr.len as usize, remote.mapped);
+                match copy::copy(rt, p.pid, &local, &src, false) {
                     Ok(()) => {}
                     Err(CopyError::PeerGone) => return Exec::Fail(IBV_WC_RETRY_EXC_ERR),
                     Err(CopyError::Fault) => {
@@ -719,7 +865,7 @@ fn execute(rt: &Runtime, w: &QpWrap, wr: &SendWr) -> Exec {
             let old_src = [(&old as *const u64 as u64, 8usize)];
             let mut dst = Vec::new();
             let mut left = 8usize;
-            for &(a, l) in &local {
+            for &(a, l) in &local.addrs {
                 if left == 0 {
                     break;
                 }

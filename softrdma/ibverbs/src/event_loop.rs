@@ -10,14 +10,28 @@ use softrdma_abi::verbs::*;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 
+/// Poll timeout while a send queue is stalled (RNR / responder not ready), ms.
+const STALLED_TICK_MS: i32 = 1;
+/// Poll timeout while timed fault rules exist (delayed completions, async after_ms), ms.
+const FAULT_TICK_MS: i32 = 20;
+/// Period of the peer liveness scan, and the poll timeout of an idle process, ms.
+const LIVENESS_MS: u64 = 100;
+
 /// Thread body.
 pub(crate) fn run(rt: &'static Runtime) {
     let fd = rt.sock.as_raw_fd();
     let mut buf = [0u8; 2048];
     let mut last_liveness = 0u64;
     loop {
-        let busy = crate::qp::STALLED_QPS.load(Ordering::Acquire) > 0;
-        let timeout = if busy { 1 } else { 20 };
+        // Idle processes (an application asleep in ibv_get_cq_event) are woken only by
+        // doorbells and the liveness scan, not by a 20 ms tick.
+        let timeout = if crate::qp::STALLED_QPS.load(Ordering::Acquire) > 0 {
+            STALLED_TICK_MS
+        } else if rt.faults.needs_ticks() {
+            FAULT_TICK_MS
+        } else {
+            LIVENESS_MS as i32
+        };
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -47,9 +61,10 @@ pub(crate) fn run(rt: &'static Runtime) {
             cm_drop(rt, q);
         }
         let now = crate::util::now_ms();
-        if now - last_liveness >= 100 {
+        if now - last_liveness >= LIVENESS_MS {
             last_liveness = now;
             liveness(rt);
+            rt.maps.sweep(|slot| rt.fabric.mr(slot as usize));
         }
     }
 }

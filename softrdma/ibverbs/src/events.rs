@@ -1,4 +1,5 @@
-//! Async events (one pipe per context; each record is one `struct ibv_async_event`).
+//! Async events (one datagram socket pair per context; each record is one
+//! `struct ibv_async_event`).
 
 use crate::device::ctx_wrap;
 use crate::runtime;
@@ -7,19 +8,43 @@ use softrdma_abi::fabric::Counter;
 use softrdma_abi::verbs::*;
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
-/// A pipe carrying async event records. Reads consume one event; the read end honours
-/// O_NONBLOCK set by the application.
+/// A datagram socket pair carrying async event records (one `ibv_async_event` per datagram).
+/// Reads consume one event; the read end honours O_NONBLOCK set by the application, while
+/// softrdma itself can always take records without blocking (`MSG_DONTWAIT`), which
+/// [`AsyncQueue::purge_qp`] needs.
 pub(crate) struct AsyncQueue {
     rd: c_int,
     wr: c_int,
+    /// Serialises producers with a purge, so a purge never reorders events.
+    producers: Mutex<()>,
+}
+
+/// True if `ev` is a QP event (its element is a QP).
+fn is_qp_event(ty: ibv_event_type) -> bool {
+    matches!(
+        ty,
+        IBV_EVENT_QP_FATAL
+            | IBV_EVENT_QP_REQ_ERR
+            | IBV_EVENT_QP_ACCESS_ERR
+            | IBV_EVENT_COMM_EST
+            | IBV_EVENT_SQ_DRAINED
+            | IBV_EVENT_PATH_MIG
+            | IBV_EVENT_PATH_MIG_ERR
+            | IBV_EVENT_QP_LAST_WQE_REACHED
+    )
 }
 
 impl AsyncQueue {
     /// A new queue (errno on failure).
     pub(crate) fn new() -> Result<AsyncQueue, i32> {
-        let (rd, wr) = crate::cq::make_pipe()?;
-        Ok(AsyncQueue { rd, wr })
+        let (rd, wr) = crate::cq::make_event_socket()?;
+        Ok(AsyncQueue {
+            rd,
+            wr,
+            producers: Mutex::new(()),
+        })
     }
 
     /// The fd applications poll (`ctx->async_fd`).
@@ -27,12 +52,24 @@ impl AsyncQueue {
         self.rd
     }
 
-    /// Queue one event (dropped with a warning if 4096 events are already unread).
-    pub(crate) fn push(&self, ev: ibv_async_event) {
+    fn send(&self, ev: &ibv_async_event) -> bool {
         let n = std::mem::size_of::<ibv_async_event>();
-        // SAFETY: writing n bytes from a live local struct to our own non-blocking pipe fd.
-        let r = unsafe { libc::write(self.wr, &ev as *const _ as *const libc::c_void, n) };
-        if r != n as isize {
+        // SAFETY: sending n bytes from a live struct on our own socket (never blocks).
+        let r = unsafe {
+            libc::send(
+                self.wr,
+                ev as *const _ as *const libc::c_void,
+                n,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        r == n as isize
+    }
+
+    /// Queue one event (dropped with a warning when the queue is full).
+    pub(crate) fn push(&self, ev: ibv_async_event) {
+        let _p = self.producers.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.send(&ev) {
             crate::log::warn(&format!(
                 "async event {} dropped: event queue full",
                 ev.event_type
@@ -41,6 +78,46 @@ impl AsyncQueue {
         if let Some(rt) = runtime::get() {
             rt.count(Counter::AsyncEvents, 1);
         }
+    }
+
+    /// Drop the unread events of QP `qp` (`ibv_destroy_qp`: the kernel drops them with the
+    /// QP, so no event ever names a destroyed QP). Returns how many were dropped.
+    pub(crate) fn purge_qp(&self, qp: *mut ibv_qp) -> usize {
+        let _p = self.producers.lock().unwrap_or_else(|e| e.into_inner());
+        let n = std::mem::size_of::<ibv_async_event>();
+        let mut keep = Vec::new();
+        let mut dropped = 0;
+        loop {
+            let mut ev: ibv_async_event = Default::default();
+            // SAFETY: receiving at most n bytes into a local struct; never blocks.
+            let r = unsafe {
+                libc::recv(
+                    self.rd,
+                    &mut ev as *mut _ as *mut libc::c_void,
+                    n,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r != n as isize {
+                break;
+            }
+            // SAFETY: element is a plain union of pointers/ints; reading the qp member of a
+            // QP event record we wrote ourselves.
+            if is_qp_event(ev.event_type) && unsafe { ev.element.qp } == qp {
+                dropped += 1;
+            } else {
+                keep.push(ev);
+            }
+        }
+        for ev in &keep {
+            if !self.send(ev) {
+                crate::log::warn(&format!(
+                    "async event {} lost while purging a destroyed QP's events",
+                    ev.event_type
+                ));
+            }
+        }
+        dropped
     }
 }
 
@@ -131,14 +208,7 @@ pub(crate) unsafe extern "C" fn ack_async_event(ev: *mut ibv_async_event) {
                     bump(&mut (*e.element.srq).events_completed);
                 }
             }
-            IBV_EVENT_QP_FATAL
-            | IBV_EVENT_QP_REQ_ERR
-            | IBV_EVENT_QP_ACCESS_ERR
-            | IBV_EVENT_COMM_EST
-            | IBV_EVENT_SQ_DRAINED
-            | IBV_EVENT_PATH_MIG
-            | IBV_EVENT_PATH_MIG_ERR
-            | IBV_EVENT_QP_LAST_WQE_REACHED => {
+            t if is_qp_event(t) => {
                 if !e.element.qp.is_null() {
                     bump(&mut (*e.element.qp).events_completed);
                 }

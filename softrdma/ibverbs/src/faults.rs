@@ -9,10 +9,11 @@
 //! cmdrop:qp=<filter>                   ask librdmacm to drop the connection of that QP
 //! async:event=<port_err|port_active|device_fatal|N>[,after_ms=<N>]
 //! random:seed=<N>,rate=<0..1>[,kinds=fail|qperr|delay|loseflush|cmdrop|async]
+//! createfail:obj=<cq|qp|any>[,nth=<N>][,errno=<N|name>]   the N-th later ibv_create_<obj> fails
 //! filter: * | <qpn, decimal or 0x hex> | #<N> (the N-th QP created by this process)
 //! ```
 
-use softrdma_abi::fabric::Counter;
+use softrdma_abi::fabric::{Counter, MAX_NODES, NODE_PORT_DOWN};
 use softrdma_abi::verbs::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -137,6 +138,48 @@ enum Rule {
         at_ms: u64,
         fired: bool,
     },
+    CreateFail {
+        obj: Option<CreateObj>,
+        nth: u64,
+        seen: u64,
+        errno: i32,
+    },
+}
+
+/// Objects whose creation a `createfail` rule can make fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CreateObj {
+    /// `ibv_create_cq` (also the CQs `rdma_create_qp` creates).
+    Cq,
+    /// `ibv_create_qp` (also through `rdma_create_qp`).
+    Qp,
+}
+
+fn parse_obj(s: &str) -> Result<Option<CreateObj>, String> {
+    match s {
+        "any" | "*" => Ok(None),
+        "cq" => Ok(Some(CreateObj::Cq)),
+        "qp" => Ok(Some(CreateObj::Qp)),
+        _ => Err(format!("unknown object '{s}' (cq, qp or any)")),
+    }
+}
+
+fn parse_errno(s: &str) -> Result<i32, String> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "enomem" => libc::ENOMEM,
+        "einval" => libc::EINVAL,
+        "enodev" => libc::ENODEV,
+        "eagain" => libc::EAGAIN,
+        "eio" => libc::EIO,
+        "eperm" => libc::EPERM,
+        other => {
+            let v = parse_u64(other)?;
+            if v == 0 || v > 4095 {
+                return Err(format!("errno {v} out of range 1..4095"));
+            }
+            v as i32
+        }
+    })
 }
 
 #[derive(Debug, Default)]
@@ -192,6 +235,42 @@ static PORT_DOWN: AtomicBool = AtomicBool::new(false);
 /// True after an injected port_err, until port_active.
 pub(crate) fn port_down() -> bool {
     PORT_DOWN.load(Ordering::Relaxed)
+}
+
+/// Record the port state for this process and in its fabric node, where requesters in other
+/// processes see it (their WRs to our QPs are lost while it is down, as on a real link).
+fn set_port_down(down: bool) {
+    if PORT_DOWN.swap(down, Ordering::AcqRel) == down {
+        return;
+    }
+    let Some(rt) = crate::runtime::existing() else {
+        return;
+    };
+    let node = rt.fabric.node(rt.node);
+    let hdr = rt.fabric.header();
+    if down {
+        node.flags.fetch_or(NODE_PORT_DOWN, Ordering::SeqCst);
+        hdr.ports_down.fetch_add(1, Ordering::SeqCst);
+    } else {
+        node.flags.fetch_and(!NODE_PORT_DOWN, Ordering::SeqCst);
+        hdr.ports_down.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// True if the port of process `pid` (ours or a peer's) is down: its QPs neither send nor
+/// receive. Costs one load unless some process's port is down.
+pub(crate) fn port_down_for(rt: &crate::runtime::Runtime, pid: u32) -> bool {
+    if port_down() {
+        return true;
+    }
+    if rt.fabric.header().ports_down.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    (0..MAX_NODES).any(|i| {
+        let n = rt.fabric.node(i);
+        n.owner.load(Ordering::Acquire) == pid
+            && n.flags.load(Ordering::Acquire) & NODE_PORT_DOWN != 0
+    })
 }
 
 fn note(msg: String) {
@@ -276,6 +355,12 @@ impl Faults {
                     fired: false,
                 });
             }
+            "createfail" => st.rules.push(Rule::CreateFail {
+                obj: parse_obj(kv.get("obj").copied().unwrap_or("any"))?,
+                nth: num("nth", Some(1))?.max(1),
+                seen: 0,
+                errno: parse_errno(kv.get("errno").copied().unwrap_or("enomem"))?,
+            }),
             "random" => {
                 let seed = num("seed", Some(1))?.max(1);
                 let rate: f64 = kv
@@ -313,6 +398,17 @@ impl Faults {
         crate::log::debug(&format!("fault rule added: {rule}"));
         self.active.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// True while any rule exists (WRs must then be checked one by one).
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// True while rules exist whose effects are timed (held completions, delayed async
+    /// events): the event thread then wakes every 20 ms instead of every 100 ms.
+    pub(crate) fn needs_ticks(&self) -> bool {
+        self.active.load(Ordering::Relaxed) || self.any_delay.load(Ordering::Relaxed)
     }
 
     /// Remove every rule.
@@ -452,6 +548,37 @@ impl Faults {
         }
     }
 
+    /// Called at the start of `ibv_create_cq` / `ibv_create_qp`: the errno to fail with when a
+    /// `createfail` rule fires (each rule fires once, on its N-th matching creation).
+    pub(crate) fn on_create(&self, obj: CreateObj) -> Option<i32> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        for r in st.rules.iter_mut() {
+            if let Rule::CreateFail {
+                obj: o,
+                nth,
+                seen,
+                errno,
+            } = r
+            {
+                if o.is_none_or(|o| o == obj) && *seen < *nth {
+                    *seen += 1;
+                    if *seen == *nth {
+                        let (e, n) = (*errno, *nth);
+                        drop(st);
+                        note(format!(
+                            "kind=createfail obj={obj:?} nth={n} errno={e} qp=- wr_id=-"
+                        ));
+                        return Some(e);
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// Completion delay for QP `qpn`, if a delay rule matches.
     pub(crate) fn delay_for(&self, qpn: u32) -> Option<u64> {
         if !self.any_delay.load(Ordering::Relaxed) {
@@ -552,8 +679,8 @@ fn qp_seq(rt: &crate::runtime::Runtime, qpn: u32) -> Option<u32> {
 /// Raise an injected async event on every context (and track port state).
 pub(crate) fn raise_async(event: u32) {
     match event {
-        IBV_EVENT_PORT_ERR => PORT_DOWN.store(true, Ordering::Relaxed),
-        IBV_EVENT_PORT_ACTIVE => PORT_DOWN.store(false, Ordering::Relaxed),
+        IBV_EVENT_PORT_ERR => set_port_down(true),
+        IBV_EVENT_PORT_ACTIVE => set_port_down(false),
         _ => {}
     }
     note(format!("kind=async event={event} qp=- wr_id=-"));
@@ -574,6 +701,26 @@ mod tests {
         assert!(QpFilter::Seq(2).matches(7, 2));
         assert!(!QpFilter::Seq(2).matches(7, 0));
         assert!(!QpFilter::Qpn(5).matches(6, 1));
+    }
+
+    #[test]
+    fn createfail_fires_once_on_the_nth_matching_creation() {
+        let f = Faults {
+            st: Mutex::new(State::default()),
+            active: AtomicBool::new(false),
+            any_delay: AtomicBool::new(false),
+        };
+        assert_eq!(f.on_create(CreateObj::Qp), None, "no rule");
+        f.add("createfail:obj=qp,nth=2,errno=eagain").unwrap();
+        f.add("createfail:obj=cq").unwrap();
+        assert_eq!(f.on_create(CreateObj::Qp), None);
+        assert_eq!(f.on_create(CreateObj::Cq), Some(libc::ENOMEM));
+        assert_eq!(f.on_create(CreateObj::Cq), None, "fired once");
+        assert_eq!(f.on_create(CreateObj::Qp), Some(libc::EAGAIN));
+        assert_eq!(f.on_create(CreateObj::Qp), None);
+        assert!(f.add("createfail:obj=srq").is_err());
+        assert!(f.add("createfail:obj=qp,errno=0").is_err());
+        assert!(f.add("createfail:obj=qp,errno=12").is_ok());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 #![cfg_attr(test, allow(dead_code, unused_imports, unused_macros))]
 
 mod arena;
+mod copy;
 mod cq;
 mod device;
 mod engine;
@@ -25,6 +26,7 @@ mod exports;
 mod faults;
 mod log;
 mod mr;
+mod mrmap;
 mod pd;
 mod private;
 mod qp;

@@ -1,5 +1,6 @@
 //! Memory regions: a record in the fabric MR table per region, keyed by lkey == rkey.
 
+use crate::mrmap::{Backing, Mapping};
 use crate::pd::pd_id;
 use crate::runtime;
 use crate::util::set_errno;
@@ -7,6 +8,7 @@ use softrdma_abi::fabric::{Counter, MrRec, MAX_MRS};
 use softrdma_abi::verbs::*;
 use std::ffi::{c_int, c_uint, c_void};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Private wrapper; `mr` must stay first.
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct MrWrap {
     pub mr: ibv_mr,
     pub slot: u32,
+    /// The shared file behind the region (fast path), kept open until deregistration.
+    pub backing: Option<Backing>,
 }
 
 /// Access bits softrdma interprets; optional bits (20..29) are ignored.
@@ -67,6 +71,23 @@ unsafe fn reg(
     rec.len.store(len as u64, Ordering::Relaxed);
     rec.iova.store(iova, Ordering::Relaxed);
     rec.inflight.store(0, Ordering::Relaxed);
+    let backing = crate::mrmap::detect(addr as u64, len as u64);
+    match &backing {
+        Some(b) => {
+            rt.maps.insert_own(slot as u32, rt.pid, key, b, len as u64);
+            rec.backing_off.store(b.off, Ordering::Relaxed);
+            rec.backing_fd.store(b.fd as u32 + 1, Ordering::Relaxed);
+        }
+        None => rec.backing_fd.store(0, Ordering::Relaxed),
+    }
+    crate::log::debug(&format!(
+        "MR key {key:#x} addr {addr:p} len {len}: {}",
+        if backing.is_some() {
+            "shared-file backed (memcpy path)"
+        } else {
+            "anonymous (process_vm_* path)"
+        }
+    ));
     rec.key.store(key, Ordering::Release);
     let w = Box::new(MrWrap {
         mr: ibv_mr {
@@ -80,6 +101,7 @@ unsafe fn reg(
             rkey: key,
         },
         slot: slot as u32,
+        backing,
     });
     rt.count(Counter::Mrs, 1);
     Box::into_raw(w) as *mut ibv_mr
@@ -133,9 +155,40 @@ pub(crate) unsafe extern "C" fn dereg_mr(mr: *mut ibv_mr) -> c_int {
     while rec.inflight.load(Ordering::SeqCst) != 0 && t0.elapsed() < Duration::from_secs(2) {
         std::thread::yield_now();
     }
+    rt.maps.remove(w.slot);
+    rec.backing_fd.store(0, Ordering::Relaxed);
+    drop(w);
     rec.owner.store(0, Ordering::Release);
     rt.count(Counter::Mrs, -1);
     0
+}
+
+/// Invalidate `key` (SEND_WITH_INV at the responder): if it names a live region of `owner` in
+/// PD `pd`, the key stops working for every later access, local or remote, as after a remote
+/// invalidation on hardware (the application still deregisters the region). False if the key
+/// names no such region (nothing changes).
+pub(crate) fn invalidate(key: u32, owner: u32, pd: u32) -> bool {
+    let Some(rt) = runtime::get() else {
+        return false;
+    };
+    let slot = (key >> 8) as usize;
+    if slot == 0 || slot >= MAX_MRS {
+        return false;
+    }
+    let rec = rt.fabric.mr(slot);
+    if rec.owner.load(Ordering::Acquire) != owner || rec.pd.load(Ordering::Relaxed) != pd {
+        return false;
+    }
+    let done = rec
+        .key
+        .compare_exchange(key, 0, Ordering::SeqCst, Ordering::Relaxed)
+        .is_ok();
+    if done {
+        crate::log::debug(&format!(
+            "MR key {key:#x} of pid {owner} invalidated (SEND_WITH_INV)"
+        ));
+    }
+    done
 }
 
 /// Why an MR check failed.
@@ -154,6 +207,10 @@ pub(crate) struct MrAccess {
     rec: &'static MrRec,
     /// Translated address in the owner's address space.
     pub addr: u64,
+    /// Our pointer to the same bytes when the region is shared-file backed and mapped here.
+    pub mapped: Option<u64>,
+    /// Keeps that mapping alive while the access lasts.
+    _map: Option<Arc<Mapping>>,
 }
 
 impl Drop for MrAccess {
@@ -178,7 +235,12 @@ pub(crate) fn check(
     }
     let rec = rt.fabric.mr(slot);
     rec.inflight.fetch_add(1, Ordering::SeqCst);
-    let mut acc = MrAccess { rec, addr: 0 };
+    let mut acc = MrAccess {
+        rec,
+        addr: 0,
+        mapped: None,
+        _map: None,
+    };
     if rec.key.load(Ordering::SeqCst) != key || rec.owner.load(Ordering::Acquire) != owner {
         return Err(MrError::BadKey);
     }
@@ -194,6 +256,12 @@ pub(crate) fn check(
     if va < iova || end > iova.saturating_add(mlen) {
         return Err(MrError::Range);
     }
-    acc.addr = rec.addr.load(Ordering::Relaxed) + (va - iova);
+    let mr_addr = rec.addr.load(Ordering::Relaxed);
+    acc.addr = mr_addr + (va - iova);
+    // The in-flight count we hold keeps the region (and its backing fd) registered meanwhile.
+    if let Some(m) = rt.maps.get(slot as u32, owner, key, rec) {
+        acc.mapped = m.ptr(mr_addr, acc.addr, len);
+        acc._map = Some(m);
+    }
     Ok(acc)
 }

@@ -113,6 +113,10 @@ pub(crate) unsafe extern "C" fn create_qp(
         set_errno(libc::EINVAL);
         return std::ptr::null_mut();
     }
+    if let Some(e) = rt.faults.on_create(crate::faults::CreateObj::Qp) {
+        set_errno(e);
+        return std::ptr::null_mut();
+    }
     // SAFETY: ia is the caller's init attr.
     let a = unsafe { &mut *ia };
     if a.qp_type != IBV_QPT_RC && a.qp_type != IBV_QPT_UC {
@@ -524,6 +528,16 @@ pub(crate) unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> c_int {
     if purged > 0 {
         crate::log::debug(&format!(
             "QP {:#x}: {purged} unpolled completions purged on destroy",
+            w.qpn
+        ));
+    }
+    // Nor any async event: unread events naming this QP go with it, as in the kernel.
+    // SAFETY: the QP's context outlives its QPs (verbs rule).
+    let ctx = unsafe { crate::device::ctx_wrap(w.qp.context) };
+    let dropped = ctx.async_q.purge_qp(qp);
+    if dropped > 0 {
+        crate::log::debug(&format!(
+            "QP {:#x}: {dropped} unread async events dropped on destroy",
             w.qpn
         ));
     }

@@ -45,6 +45,8 @@ pub(crate) struct Runtime {
     pub arena: Option<crate::arena::Arena>,
     /// Peers' arenas mapped here.
     pub peers: crate::arena::Peers,
+    /// Shared-file MRs (peers' and ours) mapped here: the memcpy data path.
+    pub maps: crate::mrmap::MapCache,
 }
 
 static RT: AtomicPtr<Runtime> = AtomicPtr::new(std::ptr::null_mut());
@@ -124,6 +126,10 @@ impl Runtime {
                     .is_ok()
             {
                 n.starttime.store(start, Ordering::Relaxed);
+                // A dead previous owner may have left its port down.
+                if n.flags.swap(0, Ordering::AcqRel) & fabric::NODE_PORT_DOWN != 0 {
+                    fabric.header().ports_down.fetch_sub(1, Ordering::AcqRel);
+                }
                 for c in &n.counters {
                     c.store(0, Ordering::Relaxed);
                 }
@@ -159,6 +165,7 @@ impl Runtime {
             peer_addrs: Mutex::new(HashMap::new()),
             arena,
             peers: crate::arena::Peers::new(),
+            maps: crate::mrmap::MapCache::new(),
         })
     }
 
@@ -249,28 +256,9 @@ impl Runtime {
                         unsafe { libc::close(fd) };
                     }
                 }
-                // SAFETY: plain syscalls; failures are reported as -1.
-                let fd = unsafe {
-                    let pidfd =
-                        libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long)
-                            as i32;
-                    if pidfd < 0 {
-                        return false;
-                    }
-                    let fd = libc::syscall(
-                        libc::SYS_pidfd_getfd,
-                        pidfd as libc::c_long,
-                        (chan - 1) as libc::c_long,
-                        0 as libc::c_long,
-                    ) as i32;
-                    libc::close(pidfd);
-                    fd
-                };
-                if fd < 0 {
+                let Some(fd) = crate::util::pidfd_getfd(pid, chan - 1) else {
                     return false;
-                }
-                // SAFETY: setting close-on-exec on our new fd.
-                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+                };
                 g.insert(key, fd);
                 fd
             }

@@ -54,6 +54,7 @@ pub(crate) unsafe extern "C" fn create_srq(
     rec.head.store(0, Ordering::Relaxed);
     rec.tail.store(0, Ordering::Relaxed);
     rec.limit.store(a.attr.srq_limit, Ordering::Relaxed);
+    rec.rnr_stalled.store(0, Ordering::Relaxed);
     rec.addr.store(ring as u64, Ordering::Relaxed);
     rec.cap.store(cap, Ordering::Release);
     let mut s: ibv_srq = Default::default();
@@ -191,11 +192,30 @@ pub(crate) unsafe extern "C" fn post_srq_recv(
         cur = r.next;
     }
     rt.count(Counter::PostedRecvs, posted);
+    if posted > 0
+        && w.rec.rnr_stalled.load(Ordering::Acquire) != 0
+        && w.rec.rnr_stalled.swap(0, Ordering::AcqRel) == 1
+    {
+        kick_srq_waiters(rt, w);
+    }
     if err != 0 && !bad.is_null() {
         // SAFETY: caller's out pointer.
         unsafe { *bad = cur };
     }
     err
+}
+
+/// Wake, at once, every requester stalled on RNR against a QP that takes its receives from `w`.
+fn kick_srq_waiters(rt: &crate::runtime::Runtime, w: &SrqWrap) {
+    let me = w as *const SrqWrap as *mut SrqWrap;
+    let g = rt.qps.lock().unwrap_or_else(|e| e.into_inner());
+    for &p in g.values() {
+        // SAFETY: registered QPs are live while the registry lock is held.
+        let q = unsafe { &*(p as *const crate::qp::QpWrap) };
+        if q.srq == me {
+            crate::qp::kick_waiter(rt, q.rec);
+        }
+    }
 }
 
 /// Event-thread hook: raise IBV_EVENT_SRQ_LIMIT_REACHED for local SRQ `slot`.

@@ -14,6 +14,34 @@ pub(crate) fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// Duplicate fd `fd` of process `pid` into this process (close-on-exec) with `pidfd_getfd`
+/// (needs the same permission as `process_vm_*`); None if the process or fd is gone or it is
+/// not allowed.
+pub(crate) fn pidfd_getfd(pid: u32, fd: u32) -> Option<i32> {
+    // SAFETY: plain syscalls; failures are reported as -1.
+    let d = unsafe {
+        let pidfd =
+            libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) as i32;
+        if pidfd < 0 {
+            return None;
+        }
+        let d = libc::syscall(
+            libc::SYS_pidfd_getfd,
+            pidfd as libc::c_long,
+            fd as libc::c_long,
+            0 as libc::c_long,
+        ) as i32;
+        libc::close(pidfd);
+        d
+    };
+    if d < 0 {
+        return None;
+    }
+    // SAFETY: setting close-on-exec on our new fd.
+    unsafe { libc::fcntl(d, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Some(d)
+}
+
 /// Why a cross-process copy failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CopyError {
@@ -56,6 +84,18 @@ fn transfer(
     remote: &[(u64, usize)],
     write: bool,
 ) -> Result<(), CopyError> {
+    transfer_counted(pid, local, remote, write).map_err(|(_, e)| e)
+}
+
+/// Like [`write_to`] / [`read_from`], but a failure also says how many bytes (in list order)
+/// were transferred before it: every byte before that count landed, and the transfer stopped
+/// there (the kernel copies in list order and stops at the first page it cannot reach).
+pub(crate) fn transfer_counted(
+    pid: u32,
+    local: &[(u64, usize)],
+    remote: &[(u64, usize)],
+    write: bool,
+) -> Result<(), (usize, CopyError)> {
     let total: usize = local.iter().map(|x| x.1).sum();
     debug_assert_eq!(total, remote.iter().map(|x| x.1).sum::<usize>());
     if total == 0 {
@@ -89,14 +129,20 @@ fn transfer(
                 )
             }
         };
+        if let Some(rt) = crate::runtime::existing() {
+            rt.count(softrdma_abi::fabric::Counter::CopyCalls, 1);
+        }
         if n < 0 {
-            return Err(match errno() {
-                libc::ESRCH | libc::EPERM => CopyError::PeerGone,
-                _ => CopyError::Fault,
-            });
+            return Err((
+                done,
+                match errno() {
+                    libc::ESRCH | libc::EPERM => CopyError::PeerGone,
+                    _ => CopyError::Fault,
+                },
+            ));
         }
         if n == 0 {
-            return Err(CopyError::Fault);
+            return Err((done, CopyError::Fault));
         }
         done += n as usize;
     }
@@ -104,8 +150,12 @@ fn transfer(
 }
 
 /// iovecs covering `list` starting at byte `skip`, at most `max` entries.
-fn slice_from(list: &[(u64, usize)], mut skip: usize, max: usize) -> Vec<libc::iovec> {
-    let mut v = Vec::with_capacity(list.len().min(max));
+fn slice_from(
+    list: &[(u64, usize)],
+    mut skip: usize,
+    max: usize,
+) -> smallvec::SmallVec<[libc::iovec; 8]> {
+    let mut v = smallvec::SmallVec::new();
     for &(a, l) in list {
         if v.len() == max {
             break;

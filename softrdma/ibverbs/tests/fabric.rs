@@ -55,9 +55,45 @@ fn open_dev() -> Dev {
     }
 }
 
+/// Registered memory: heap (anonymous) or a shared memfd mapping (the memcpy fast path).
+enum Mem {
+    Heap(Vec<u8>),
+    Shared { ptr: *mut u8, len: usize, fd: i32 },
+}
+
+impl std::ops::Deref for Mem {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Mem::Heap(v) => v,
+            Mem::Shared { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
+}
+
+impl std::ops::DerefMut for Mem {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Mem::Heap(v) => v,
+            Mem::Shared { ptr, len, .. } => unsafe { std::slice::from_raw_parts_mut(*ptr, *len) },
+        }
+    }
+}
+
+impl Drop for Mem {
+    fn drop(&mut self) {
+        if let Mem::Shared { ptr, len, fd } = *self {
+            unsafe {
+                libc::munmap(ptr as *mut _, len);
+                libc::close(fd);
+            }
+        }
+    }
+}
+
 struct Buf {
     mr: *mut ibv_mr,
-    mem: Vec<u8>,
+    mem: Mem,
 }
 
 impl Buf {
@@ -76,7 +112,38 @@ fn reg(d: &Dev, len: usize, access: u32) -> Buf {
     let mut mem = vec![0u8; len];
     let mr = unsafe { ibv_reg_mr(d.pd, mem.as_mut_ptr() as *mut _, len, access as i32) };
     assert!(!mr.is_null(), "ibv_reg_mr failed");
-    Buf { mr, mem }
+    Buf {
+        mr,
+        mem: Mem::Heap(mem),
+    }
+}
+
+/// Register `len` bytes of a memfd mapped MAP_SHARED (the fd stays open, as applications keep it).
+fn reg_memfd(d: &Dev, len: usize, access: u32) -> Buf {
+    unsafe {
+        let fd = libc::memfd_create(c"softrdma-test".as_ptr(), libc::MFD_CLOEXEC);
+        assert!(fd >= 0, "memfd_create");
+        assert_eq!(libc::ftruncate(fd, len as i64), 0);
+        let p = libc::mmap(
+            null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let mr = ibv_reg_mr(d.pd, p, len, access as i32);
+        assert!(!mr.is_null(), "ibv_reg_mr (memfd) failed");
+        Buf {
+            mr,
+            mem: Mem::Shared {
+                ptr: p as *mut u8,
+                len,
+                fd,
+            },
+        }
+    }
 }
 
 const LW: u32 = ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0;
@@ -1257,6 +1324,499 @@ fn sc_peer(role: &str) {
     cleanup(d, &[q], &[rx], None);
 }
 
+// Shared-memory fast path across two processes: memfd-backed MRs on both sides move SEND,
+// WRITE and READ payload by memcpy (counted in mapped_bytes); an anonymous local buffer falls
+// back to process_vm_*; keys and bounds are checked exactly as before (out of range and a
+// deregistered rkey fail with REM_ACCESS_ERR).
+const SHM_LEN: usize = 128 << 10;
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn sc_shm(role: &str) {
+    let d = open_dev();
+    let q = create_qp(&d, null_mut());
+    let mut line = String::new();
+    if role == "responder" {
+        let mut rx = reg_memfd(&d, SHM_LEN, LW | RW | RR);
+        rx.mem[64 << 10..80 << 10].copy_from_slice(&pattern(7, 16 << 10));
+        println!("QPN {} {} {}", qpn(q), rx.addr(), rx.rkey());
+        std::io::stdout().flush().unwrap();
+        std::io::stdin().read_line(&mut line).unwrap();
+        connect(q, line.trim().parse().expect("peer QPN"), LW | RW | RR);
+        post_recv(q, 1, &rx, 0, 4096);
+        println!("READY");
+        std::io::stdout().flush().unwrap();
+        line.clear();
+        std::io::stdin().read_line(&mut line).unwrap(); // "check"
+        let w = poll(d.cq, 1, 5000);
+        assert_eq!(statuses(&w), vec![(1, st::IBV_WC_SUCCESS)]);
+        assert_eq!(w[0].byte_len, 4096);
+        assert_eq!(&rx.mem[..4096], &pattern(1, 4096)[..], "SEND payload");
+        assert_eq!(
+            &rx.mem[16 << 10..32 << 10],
+            &pattern(2, 16 << 10)[..],
+            "WRITE payload"
+        );
+        assert_eq!(
+            &rx.mem[32 << 10..36 << 10],
+            &pattern(3, 4096)[..],
+            "anonymous WRITE"
+        );
+        // Deregister: the peer's cached mapping must not let the old rkey through.
+        unsafe { assert_eq!(ibv_dereg_mr(rx.mr), 0) };
+        let mem_copy = rx.mem[96 << 10..].to_vec();
+        println!("DEREGISTERED");
+        std::io::stdout().flush().unwrap();
+        line.clear();
+        std::io::stdin().read_line(&mut line).unwrap(); // "done"
+        assert_eq!(&rx.mem[96 << 10..], &mem_copy[..], "no write after dereg");
+        assert_eq!(
+            async_event(d.ctx, 5000).map(|e| e.0),
+            Some(ibv_event_type::IBV_EVENT_QP_ACCESS_ERR as u32)
+        );
+        cleanup(d, &[q], &[], None);
+        drop(rx);
+        return;
+    }
+    let mut tx = reg_memfd(&d, SHM_LEN, LW);
+    let mut anon = reg(&d, 4096, LW);
+    println!("QPN {}", qpn(q));
+    std::io::stdout().flush().unwrap();
+    std::io::stdin().read_line(&mut line).unwrap();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let (raddr, rkey) = (v[1], v[2] as u32);
+    connect(q, v[0] as u32, LW | RW | RR);
+    line.clear();
+    std::io::stdin().read_line(&mut line).unwrap(); // "go"
+    tx.mem[..4096].copy_from_slice(&pattern(1, 4096));
+    tx.mem[16 << 10..32 << 10].copy_from_slice(&pattern(2, 16 << 10));
+    anon.mem.copy_from_slice(&pattern(3, 4096));
+    let m0 = my_counter(Counter::MappedBytes);
+    assert_eq!(post_send(q, 10, op::IBV_WR_SEND, &tx, 0, 4096, None), 0);
+    let remote = |off: u64| Some((raddr + off, rkey));
+    let w = op::IBV_WR_RDMA_WRITE;
+    assert_eq!(
+        post_send(q, 11, w, &tx, 16 << 10, 16 << 10, remote(16 << 10)),
+        0
+    );
+    let r = op::IBV_WR_RDMA_READ;
+    assert_eq!(
+        post_send(q, 12, r, &tx, 64 << 10, 16 << 10, remote(64 << 10)),
+        0
+    );
+    let done = poll(d.cq, 3, 5000);
+    assert_eq!(
+        statuses(&done),
+        vec![(10, 0), (11, 0), (12, 0)]
+            .into_iter()
+            .map(|(a, _)| (a, st::IBV_WC_SUCCESS))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        &tx.mem[64 << 10..80 << 10],
+        &pattern(7, 16 << 10)[..],
+        "READ payload"
+    );
+    let m1 = my_counter(Counter::MappedBytes);
+    assert_eq!(
+        m1 - m0,
+        (4096 + 2 * (16 << 10)) as i64,
+        "all three moved by memcpy"
+    );
+    // Anonymous local memory: correct data through process_vm_*, not counted as mapped.
+    assert_eq!(post_send(q, 13, w, &anon, 0, 4096, remote(32 << 10)), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(13, st::IBV_WC_SUCCESS)]
+    );
+    assert_eq!(
+        my_counter(Counter::MappedBytes),
+        m1,
+        "anonymous source is not mapped"
+    );
+    println!("PHASE1");
+    std::io::stdout().flush().unwrap();
+    line.clear();
+    std::io::stdin().read_line(&mut line).unwrap(); // "deregistered"
+                                                    // Our cached mapping of the region must not let the stale rkey through.
+    assert_eq!(post_send(q, 14, w, &tx, 0, 4096, remote(96 << 10)), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(14, st::IBV_WC_REM_ACCESS_ERR)]
+    );
+    cleanup(d, &[q], &[tx, anon], None);
+}
+
+// SEND_WITH_INV invalidates the named rkey of the responder: a later WRITE with it fails with
+// REM_ACCESS_ERR (as on hardware); a key that names no region of the responder changes nothing.
+fn sc_send_inv() {
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW | RW | RR);
+    let rx = reg(&d, 4096, LW);
+    let target = reg(&d, 4096, LW | RW);
+    let tx = reg(&d, 4096, LW);
+    let sig = ibv_send_flags::IBV_SEND_SIGNALED.0;
+    let w = op::IBV_WR_RDMA_WRITE;
+    let remote = Some((target.addr(), target.rkey()));
+    // The key works before.
+    assert_eq!(post_send(b, 1, w, &tx, 0, 16, remote), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(1, st::IBV_WC_SUCCESS)]
+    );
+    // An unknown key: delivered, nothing invalidated.
+    post_recv(a, 100, &rx, 0, 64);
+    let inv = op::IBV_WR_SEND_WITH_INV;
+    assert_eq!(post_send_ex(b, 2, inv, &tx, 0, 8, sig, 0xabcd, None), 0);
+    assert_eq!(poll(d.cq, 2, 5000).len(), 2);
+    assert_eq!(post_send(b, 3, w, &tx, 0, 16, remote), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(3, st::IBV_WC_SUCCESS)]
+    );
+    // Invalidate the target's key.
+    post_recv(a, 101, &rx, 0, 64);
+    assert_eq!(
+        post_send_ex(b, 4, inv, &tx, 0, 8, sig, target.rkey(), None),
+        0
+    );
+    let got = poll(d.cq, 2, 5000);
+    let recv = got
+        .iter()
+        .find(|x| x.wr_id == 101)
+        .expect("receive completion");
+    assert_eq!(recv.status, st::IBV_WC_SUCCESS);
+    assert_ne!(recv.wc_flags & ibv_wc_flags::IBV_WC_WITH_INV.0, 0);
+    assert_eq!(
+        unsafe { recv.imm_data_invalidated_rkey_union.invalidated_rkey },
+        target.rkey()
+    );
+    assert_eq!(post_send(b, 5, w, &tx, 0, 16, remote), 0);
+    let got = poll(d.cq, 1, 5000);
+    assert_eq!(
+        statuses(&got),
+        vec![(5, st::IBV_WC_REM_ACCESS_ERR)],
+        "stale key must fail"
+    );
+    let _ = poll(d.cq, 8, 300);
+    cleanup(d, &[a, b], &[rx, target, tx], None);
+}
+
+// ibv_destroy_qp drops the QP's unread async events (the kernel does); other QPs' events stay.
+fn sc_destroy_events() {
+    let d = open_dev();
+    let (a1, b1) = pair(&d, null_mut(), LW | RW | RR);
+    let (a2, b2) = pair(&d, null_mut(), LW | RW | RR);
+    let ro = reg(&d, 4096, LW); // no REMOTE_WRITE: a WRITE to it is a remote access error
+    let tx = reg(&d, 4096, LW);
+    let before = my_counter(Counter::AsyncEvents);
+    let w = op::IBV_WR_RDMA_WRITE;
+    assert_eq!(
+        post_send(b1, 1, w, &tx, 0, 8, Some((ro.addr(), ro.rkey()))),
+        0
+    );
+    assert_eq!(
+        post_send(b2, 2, w, &tx, 0, 8, Some((ro.addr(), ro.rkey()))),
+        0
+    );
+    let t0 = Instant::now();
+    while my_counter(Counter::AsyncEvents) < before + 2 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        my_counter(Counter::AsyncEvents),
+        before + 2,
+        "two QP_ACCESS_ERR raised"
+    );
+    let _ = poll(d.cq, 16, 300);
+    unsafe { assert_eq!(ibv_destroy_qp(a1), 0) };
+    let access = ibv_event_type::IBV_EVENT_QP_ACCESS_ERR as u32;
+    assert_eq!(
+        async_event(d.ctx, 2000),
+        Some((access, a2)),
+        "a2's event stays, a1's is gone"
+    );
+    assert_eq!(
+        async_event(d.ctx, 200),
+        None,
+        "nothing names the destroyed QP"
+    );
+    cleanup(d, &[b1, a2, b2], &[ro, tx], None);
+}
+
+// createfail rules (SOFTRDMA_FAULTS="createfail:obj=cq,nth=2;createfail:obj=qp,errno=eagain"):
+// the second ibv_create_cq and the first ibv_create_qp fail with the rule's errno, once.
+fn sc_fault_create() {
+    let d = open_dev(); // first CQ
+    unsafe {
+        let cq = ibv_create_cq(d.ctx, 16, null_mut(), null_mut(), 0);
+        assert!(cq.is_null(), "second ibv_create_cq must fail");
+        assert_eq!(*libc::__errno_location(), libc::ENOMEM);
+        let cq = ibv_create_cq(d.ctx, 16, null_mut(), null_mut(), 0);
+        assert!(!cq.is_null(), "the rule fires once");
+        let mut a: ibv_qp_init_attr = std::mem::zeroed();
+        a.send_cq = d.cq;
+        a.recv_cq = d.cq;
+        a.qp_type = ibv_qp_type::IBV_QPT_RC;
+        a.cap.max_send_wr = 4;
+        a.cap.max_recv_wr = 4;
+        a.cap.max_send_sge = 1;
+        a.cap.max_recv_sge = 1;
+        let qp = ibv_create_qp(d.pd, &mut a);
+        assert!(qp.is_null(), "first ibv_create_qp must fail");
+        assert_eq!(*libc::__errno_location(), libc::EAGAIN);
+        let qp = ibv_create_qp(d.pd, &mut a);
+        assert!(!qp.is_null());
+        assert_eq!(my_counter(Counter::FaultsInjected), 2);
+        assert_eq!(ibv_destroy_cq(cq), 0);
+        cleanup(d, &[qp], &[], None);
+    }
+}
+
+// An injected PORT_ERR affects the port's QPs as a link loss does: a WR retries until the
+// transport timeout and fails with RETRY_EXC_ERR (the QP goes to ERR, the rest is flushed);
+// after PORT_ACTIVE new connections work again.
+fn sc_port_err() {
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW | RW | RR);
+    let target = reg(&d, 4096, LW | RW);
+    let tx = reg(&d, 4096, LW);
+    let w = op::IBV_WR_RDMA_WRITE;
+    let remote = Some((target.addr(), target.rkey()));
+    assert_eq!(post_send(b, 1, w, &tx, 0, 8, remote), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(1, st::IBV_WC_SUCCESS)]
+    );
+    control(std::process::id(), "async port_err");
+    let port_err = ibv_event_type::IBV_EVENT_PORT_ERR as u32;
+    assert_eq!(async_event(d.ctx, 5000).map(|e| e.0), Some(port_err));
+    assert_eq!(post_send(b, 2, w, &tx, 0, 8, remote), 0);
+    assert_eq!(post_send(b, 3, w, &tx, 0, 8, remote), 0);
+    let got = poll(d.cq, 2, 10000);
+    assert_eq!(
+        statuses(&got),
+        vec![(2, st::IBV_WC_RETRY_EXC_ERR), (3, st::IBV_WC_WR_FLUSH_ERR)],
+        "a WR over a down port times out"
+    );
+    control(std::process::id(), "async port_active");
+    let port_active = ibv_event_type::IBV_EVENT_PORT_ACTIVE as u32;
+    assert_eq!(async_event(d.ctx, 5000).map(|e| e.0), Some(port_active));
+    let (c, e) = pair(&d, null_mut(), LW | RW | RR);
+    assert_eq!(post_send(e, 4, w, &tx, 0, 8, remote), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(4, st::IBV_WC_SUCCESS)]
+    );
+    let _ = poll(d.cq, 16, 200);
+    cleanup(d, &[a, b, c, e], &[target, tx], None);
+}
+
+/// Post RDMA WRITEs (or READs, `opc`) `(wr_id, local offset, remote address, len)` as one chain.
+fn post_chain(
+    qp: *mut ibv_qp,
+    opc: u32,
+    b: &Buf,
+    rkey: u32,
+    wrs: &[(u64, usize, u64, u32)],
+) -> i32 {
+    unsafe {
+        let mut sges: Vec<ibv_sge> = wrs
+            .iter()
+            .map(|&(_, off, _, len)| ibv_sge {
+                addr: b.addr() + off as u64,
+                length: len,
+                lkey: b.lkey(),
+            })
+            .collect();
+        let mut list: Vec<ibv_send_wr> = (0..wrs.len()).map(|_| std::mem::zeroed()).collect();
+        for (i, &(id, _, raddr, _)) in wrs.iter().enumerate() {
+            list[i].wr_id = id;
+            list[i].sg_list = &mut sges[i];
+            list[i].num_sge = 1;
+            list[i].opcode = opc;
+            list[i].send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+            list[i].wr.rdma.remote_addr = raddr;
+            list[i].wr.rdma.rkey = rkey;
+        }
+        for i in 1..list.len() {
+            let next: *mut ibv_send_wr = &mut list[i];
+            list[i - 1].next = next;
+        }
+        let mut bad = null_mut();
+        ibv_post_send(qp, list.as_mut_ptr(), &mut bad)
+    }
+}
+
+// A chain of RDMA WRITEs into anonymous memory takes one process_vm_writev (copy_calls + 1),
+// and a chain whose second WRITE cannot land (its page was unmapped after registration) fails
+// exactly that WR: the first completes and its bytes landed, the third is flushed.
+fn sc_write_chain() {
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW | RW | RR);
+    let pg = 4096usize;
+    let target = unsafe {
+        let p = libc::mmap(
+            null_mut(),
+            3 * pg,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let mr = ibv_reg_mr(d.pd, p, 3 * pg, (LW | RW | RR) as i32);
+        assert!(!mr.is_null());
+        Buf {
+            mr,
+            mem: Mem::Shared {
+                ptr: p as *mut u8,
+                len: 3 * pg,
+                fd: -1,
+            },
+        }
+    };
+    let mut tx = reg(&d, 4096, LW);
+    tx.mem[..48].copy_from_slice(&pattern(5, 48));
+    let (t, rk) = (target.addr(), target.rkey());
+    let w = op::IBV_WR_RDMA_WRITE;
+    let calls = my_counter(Counter::CopyCalls);
+    let chain = [
+        (1, 0, t, 16),
+        (2, 16, t + 16, 16),
+        (3, 32, t + 2 * pg as u64, 16),
+    ];
+    assert_eq!(post_chain(b, w, &tx, rk, &chain), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 3, 5000)),
+        vec![
+            (1, st::IBV_WC_SUCCESS),
+            (2, st::IBV_WC_SUCCESS),
+            (3, st::IBV_WC_SUCCESS)
+        ]
+    );
+    assert_eq!(
+        my_counter(Counter::CopyCalls) - calls,
+        1,
+        "three WRITEs, one system call"
+    );
+    assert_eq!(&target.mem[..32], &pattern(5, 48)[..32]);
+    assert_eq!(&target.mem[2 * pg..2 * pg + 16], &pattern(5, 48)[32..]);
+    // The same bytes read back by a READ chain into tx[1024..1072]: one system call too.
+    let calls = my_counter(Counter::CopyCalls);
+    let chain = [
+        (7, 1024, t, 16),
+        (8, 1040, t + 16, 16),
+        (9, 1056, t + 2 * pg as u64, 16),
+    ];
+    assert_eq!(post_chain(b, op::IBV_WR_RDMA_READ, &tx, rk, &chain), 0);
+    let got = poll(d.cq, 3, 5000);
+    assert_eq!(
+        statuses(&got),
+        vec![
+            (7, st::IBV_WC_SUCCESS),
+            (8, st::IBV_WC_SUCCESS),
+            (9, st::IBV_WC_SUCCESS)
+        ]
+    );
+    assert!(
+        got.iter().all(|c| c.byte_len == 16),
+        "READ completions carry byte_len"
+    );
+    assert_eq!(
+        my_counter(Counter::CopyCalls) - calls,
+        1,
+        "three READs, one system call"
+    );
+    assert_eq!(&tx.mem[1024..1072], &pattern(5, 48)[..]);
+    // Unmap the middle page behind the registration's back; reset the landing zones.
+    unsafe {
+        assert_eq!(libc::munmap((t + pg as u64) as *mut _, pg), 0);
+        std::ptr::write_bytes(t as *mut u8, 0, 16);
+        std::ptr::write_bytes((t + 2 * pg as u64) as *mut u8, 0, 16);
+    }
+    let chain = [
+        (4, 0, t, 16),
+        (5, 16, t + pg as u64, 16),
+        (6, 32, t + 2 * pg as u64, 16),
+    ];
+    assert_eq!(post_chain(b, w, &tx, rk, &chain), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 3, 5000)),
+        vec![
+            (4, st::IBV_WC_SUCCESS),
+            (5, st::IBV_WC_REM_ACCESS_ERR),
+            (6, st::IBV_WC_WR_FLUSH_ERR)
+        ]
+    );
+    unsafe {
+        assert_eq!(
+            std::slice::from_raw_parts(t as *const u8, 16),
+            &pattern(5, 48)[..16]
+        );
+        let third = std::slice::from_raw_parts((t + 2 * pg as u64) as *const u8, 16);
+        assert_eq!(third, &[0u8; 16], "nothing after the failed WR landed");
+    }
+    let _ = poll(d.cq, 8, 200);
+    unsafe { assert_eq!(ibv_dereg_mr(target.mr), 0) };
+    let Mem::Shared { ptr, .. } = target.mem else {
+        unreachable!()
+    };
+    unsafe {
+        libc::munmap(ptr as *mut _, pg);
+        libc::munmap(ptr.add(2 * pg) as *mut _, pg);
+    }
+    std::mem::forget(target.mem);
+    cleanup(d, &[a, b], &[tx], None);
+}
+
+fn sc_shm_dereg() {
+    // Same process: a region mapped by an earlier access, then deregistered; the rkey must fail.
+    let d = open_dev();
+    let (a, b) = pair(&d, null_mut(), LW | RW | RR);
+    let rx = reg_memfd(&d, SHM_LEN, LW | RW);
+    let mut tx = reg_memfd(&d, 4096, LW);
+    tx.mem.copy_from_slice(&pattern(9, 4096));
+    let m0 = my_counter(Counter::MappedBytes);
+    let w = op::IBV_WR_RDMA_WRITE;
+    let (raddr, rkey) = (rx.addr(), rx.rkey());
+    assert_eq!(post_send(b, 1, w, &tx, 0, 4096, Some((raddr, rkey))), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(1, st::IBV_WC_SUCCESS)]
+    );
+    assert_eq!(&rx.mem[..4096], &pattern(9, 4096)[..]);
+    assert_eq!(my_counter(Counter::MappedBytes) - m0, 4096);
+    // One byte past the region: remote access error.
+    let end = raddr + SHM_LEN as u64 - 8;
+    assert_eq!(post_send(b, 2, w, &tx, 0, 16, Some((end, rkey))), 0);
+    assert_eq!(
+        statuses(&poll(d.cq, 1, 5000)),
+        vec![(2, st::IBV_WC_REM_ACCESS_ERR)]
+    );
+    assert_eq!(
+        my_counter(Counter::MappedBytes) - m0,
+        4096,
+        "nothing copied"
+    );
+    // A deregistered rkey fails although the region was mapped before.
+    let (c, e) = pair(&d, null_mut(), LW | RW | RR);
+    unsafe { assert_eq!(ibv_dereg_mr(rx.mr), 0) };
+    assert_eq!(post_send(e, 3, w, &tx, 0, 16, Some((raddr, rkey))), 0);
+    let mut got = poll(d.cq, 4, 5000);
+    got.retain(|x| x.wr_id == 3);
+    assert_eq!(statuses(&got), vec![(3, st::IBV_WC_REM_ACCESS_ERR)]);
+    drop(rx);
+    cleanup(d, &[a, b, c, e], &[tx], None);
+}
+
 // ---------------------------------------------------------------- parent side
 
 fn repo_root() -> PathBuf {
@@ -1433,6 +1993,32 @@ fn parent() {
             .is_some_and(|x| !x.ends_with(":0")),
         "a random fault must have fired"
     );
+    run_simple("shm_dereg", &shm, None);
+    run_simple("send_inv", &shm, None);
+    run_simple("destroy_events", &shm, None);
+    run_simple("port_err", &shm, None);
+    run_simple("write_chain", &shm, None);
+    run_simple(
+        "fault_create",
+        &shm,
+        Some("createfail:obj=cq,nth=2;createfail:obj=qp,errno=eagain"),
+    );
+    println!("scenario cross-process shared-memory fast path");
+    let mut resp = spawn("shm_responder", &shm, None);
+    let mut req = spawn("shm_requester", &shm, None);
+    let rline = resp.expect_line("QPN ");
+    let qline = req.expect_line("QPN ");
+    resp.send(&qline);
+    req.send(&rline);
+    resp.expect_line("READY");
+    req.send("go");
+    req.expect_line("PHASE1");
+    resp.send("check");
+    resp.expect_line("DEREGISTERED");
+    req.send("deregistered");
+    assert!(req.finish().iter().any(|l| l == "CLEAN"));
+    resp.send("done");
+    assert!(resp.finish().iter().any(|l| l == "CLEAN"));
     // Cross-process SRQ stress: 2 requester processes × 2 QPs into one SRQ shared by 4 QPs.
     println!("scenario cross-process SRQ stress");
     let mut r = spawn("stress_responder", &shm, None);
@@ -1496,6 +2082,14 @@ fn main() {
             "stress_responder" => sc_stress_responder(),
             "stress_requester" => sc_stress_requester(),
             "peer_victim" => sc_peer("victim"),
+            "shm_responder" => sc_shm("responder"),
+            "shm_requester" => sc_shm("requester"),
+            "shm_dereg" => sc_shm_dereg(),
+            "send_inv" => sc_send_inv(),
+            "destroy_events" => sc_destroy_events(),
+            "port_err" => sc_port_err(),
+            "write_chain" => sc_write_chain(),
+            "fault_create" => sc_fault_create(),
             "peer_survivor" => sc_peer("survivor"),
             other => panic!("unknown scenario {other}"),
         }
