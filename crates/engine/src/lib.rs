@@ -72,6 +72,10 @@ mod wr;
 #[cfg(feature = "sim")]
 pub mod sim;
 
+/// Whether this build has the test-only `sim` feature (the simulation and the
+/// extra checks it keeps on the hot path). The benches assert it is off.
+pub const SIM_BUILD: bool = cfg!(feature = "sim");
+
 pub use action::{Action, DisconnectReason, Notice, Unexpected};
 pub use config::{ConfigError, QpairConfig, MIN_SEND_DEPTH};
 pub use error::EngineError;

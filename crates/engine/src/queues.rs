@@ -86,6 +86,20 @@ impl Queues {
         opt(self.links[req.index()].next)
     }
 
+    /// Whether any of the pending-read, pending-write or pending-send queues
+    /// holds a request (the queues a new command could be queued behind).
+    pub fn any_pending(&self) -> bool {
+        (self.ends[QueueKind::PendingRead.index()].head
+            & self.ends[QueueKind::PendingWrite.index()].head
+            & self.ends[QueueKind::PendingSend.index()].head)
+            != NIL
+    }
+
+    /// Whether `q` is empty.
+    pub fn is_empty(&self, q: QueueKind) -> bool {
+        self.ends[q.index()].head == NIL
+    }
+
     /// Number of slots on `q`.
     pub fn len(&self, q: QueueKind) -> usize {
         usize::from(self.ends[q.index()].len)

@@ -1,7 +1,7 @@
 //! One request object and the data-WR plan built from its SGL and buffers.
 
 use super::codec::nvme::{Command, Completion, DataTransfer, Status};
-use super::codec::sgl::{DataLayout, KeyedSegment};
+use super::codec::sgl::{DataShape, KeyedSegment, MAX_SGL_DESCRIPTORS};
 use super::ids::{RecvId, ReqId};
 use super::state::ReqState;
 use super::wr::MAX_DATA_WRS;
@@ -87,6 +87,34 @@ impl DataPlan {
 
     /// Maps `bufs` (in order) onto `segments` (in order).
     pub fn build(&mut self, segments: &[KeyedSegment], bufs: &[LocalSge]) -> Result<(), PlanError> {
+        // The common case (one remote segment, one buffer that holds it): one
+        // WR with one SGE, without the general walk.
+        if let ([seg], [b]) = (segments, bufs) {
+            if b.len >= seg.len {
+                self.sges[0] = LocalSge {
+                    addr: b.addr,
+                    len: seg.len,
+                    lkey: b.lkey,
+                };
+                self.wrs[0] = WrPlan {
+                    remote_addr: seg.addr,
+                    rkey: seg.rkey,
+                    sge_start: 0,
+                    sge_count: u8::from(seg.len > 0),
+                };
+                self.nsges = u8::from(seg.len > 0);
+                self.nwrs = 1;
+                return Ok(());
+            }
+        }
+        self.build_general(segments, bufs)
+    }
+
+    fn build_general(
+        &mut self,
+        segments: &[KeyedSegment],
+        bufs: &[LocalSge],
+    ) -> Result<(), PlanError> {
         if bufs.len() > MAX_BUFFERS {
             return Err(PlanError::TooManyBuffers { got: bufs.len() });
         }
@@ -146,12 +174,29 @@ impl DataPlan {
     }
 }
 
-/// A parsed command waiting for a request object.
+/// A parsed command waiting for a request object (only when none was free
+/// on arrival; otherwise the capsule is parsed straight into its request).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Incoming {
     pub recv: RecvId,
     pub cmd: Command,
-    pub parsed: Result<DataLayout, Status>,
+    pub parsed: Result<DataShape, Status>,
+    /// The keyed segments of `parsed` (its first `count` entries).
+    pub segments: [KeyedSegment; MAX_SGL_DESCRIPTORS],
+}
+
+impl Incoming {
+    /// An unfilled slot, to be parsed into in place.
+    pub const EMPTY: Incoming = Incoming {
+        recv: RecvId(0),
+        cmd: Command::ZERO,
+        parsed: Ok(DataShape::None),
+        segments: [KeyedSegment {
+            addr: 0,
+            len: 0,
+            rkey: 0,
+        }; MAX_SGL_DESCRIPTORS],
+    };
 }
 
 /// Fused-command role and pairing state.
@@ -161,57 +206,63 @@ pub(crate) struct Fused {
     pub failed: bool,
 }
 
-/// One request object of a qpair's slab.
+/// One request object of a qpair's slab. The fields every event touches
+/// come first (`repr(C)` keeps them together in the first cache lines); the
+/// command, the keyed segments and the WR plan follow.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub(crate) struct Request {
     pub state: ReqState,
-    /// Bumped on every reuse; part of every WR id, so a stale completion
-    /// cannot be attributed to a later command.
-    pub generation: u32,
-    pub recv: Option<RecvId>,
-    pub cmd: Command,
-    pub layout: DataLayout,
     pub xfer: DataTransfer,
     pub fabrics: bool,
-    pub plan: DataPlan,
     pub has_buffers: bool,
     pub buffers_asked: bool,
+    /// The response SEND is owned by the NIC.
+    pub send_inflight: bool,
     /// READ WRs posted so far (H2C).
     pub posted: u8,
     /// Bit i set: data WR i is owned by the NIC.
     pub inflight: u16,
-    /// The response SEND is owned by the NIC.
-    pub send_inflight: bool,
+    /// Bumped on every reuse; part of every WR id, so a stale completion
+    /// cannot be attributed to a later command.
+    pub generation: u32,
+    pub recv: Option<RecvId>,
+    /// Where the data is; for `Keyed`, the first `count` of `segments`.
+    pub shape: DataShape,
+    pub fused: Fused,
     /// The response (valid from EXECUTED or from a transport-generated status).
     pub cpl: Completion,
-    pub fused: Fused,
+    pub cmd: Command,
+    pub segments: [KeyedSegment; MAX_SGL_DESCRIPTORS],
+    pub plan: DataPlan,
 }
 
 impl Request {
     pub fn new() -> Request {
         Request {
             state: ReqState::Free,
-            generation: 0,
-            recv: None,
-            cmd: Command::from_bytes(&[0; 64]),
-            layout: DataLayout::None,
             xfer: DataTransfer::None,
             fabrics: false,
-            plan: DataPlan::EMPTY,
             has_buffers: false,
             buffers_asked: false,
+            send_inflight: false,
             posted: 0,
             inflight: 0,
-            send_inflight: false,
-            cpl: Completion::new(0, Status::SUCCESS),
+            generation: 0,
+            recv: None,
+            shape: DataShape::None,
             fused: Fused::default(),
+            cpl: Completion::new(0, Status::SUCCESS),
+            cmd: Command::ZERO,
+            segments: Incoming::EMPTY.segments,
+            plan: DataPlan::EMPTY,
         }
     }
 
     /// Number of data WRs the transfer needs.
     pub fn nwrs(&self) -> u8 {
-        match self.layout {
-            DataLayout::Keyed { segments, .. } => segments.len() as u8,
+        match self.shape {
+            DataShape::Keyed { count, .. } => count,
             _ => 0,
         }
     }
@@ -252,6 +303,21 @@ mod tests {
         assert_eq!(p.nwrs, 2);
         assert_eq!(p.sges_of(0), &[buf(0, 3000)]);
         assert_eq!(p.sges_of(1), &[buf(3000, 1096), buf(8192, 1904)]);
+    }
+
+    #[test]
+    fn plan_fast_path_matches_general_walk() {
+        for (seg_len, buf_len) in [(4096, 4096), (512, 4096), (0, 4096), (4096, 8192)] {
+            let (mut fast, mut general) = (DataPlan::EMPTY, DataPlan::EMPTY);
+            let (s, b) = ([seg(seg_len)], [buf(0x10_0000, buf_len)]);
+            fast.build(&s, &b).unwrap();
+            general.build_general(&s, &b).unwrap();
+            assert_eq!((fast.nwrs, fast.nsges), (general.nwrs, general.nsges));
+            assert_eq!(fast.sges_of(0), general.sges_of(0));
+            assert_eq!(fast.all_sges(), general.all_sges());
+            assert_eq!(fast.wrs[0].remote_addr, general.wrs[0].remote_addr);
+            assert_eq!(fast.wrs[0].rkey, general.wrs[0].rkey);
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! method, so the two cannot disagree.
 
 /// The lifecycle state of one request.
+// `repr(u8)`: a plain tag byte, so matching on the state is a table lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum ReqState {
     /// Unused; on the free queue (upstream `FREE`).
     Free,
@@ -81,33 +83,44 @@ impl QueueKind {
     }
 }
 
+/// [`ReqState::code`] of a partly posted READ chain (beyond upstream's 0..=14).
+const PARTIAL_READ_CODE: usize = 15;
+
 impl ReqState {
     /// The queue a request in this state must be linked into (and no other).
+    #[inline]
     pub fn queue(self) -> Option<QueueKind> {
+        // One table lookup (a `match` here compiles to a jump table, and
+        // set_state asks on every transition).
+        const BY_CODE: [Option<QueueKind>; 16] = {
+            let mut t = [None; 16];
+            t[ReqState::Free.upstream_number() as usize] = Some(QueueKind::Free);
+            t[ReqState::NeedBuffer.upstream_number() as usize] = Some(QueueKind::PendingBuffer);
+            t[ReqState::DataTransferToControllerPending.upstream_number() as usize] =
+                Some(QueueKind::PendingRead);
+            t[PARTIAL_READ_CODE] = Some(QueueKind::PendingRead);
+            t[ReqState::DataTransferToHostPending.upstream_number() as usize] =
+                Some(QueueKind::PendingWrite);
+            t[ReqState::ReadyToCompletePending.upstream_number() as usize] =
+                Some(QueueKind::PendingSend);
+            t
+        };
+        BY_CODE[self.code()]
+    }
+
+    /// A dense code: upstream's number, or [`PARTIAL_READ_CODE`] for
+    /// `TransferringHostToController { partial: true }`.
+    #[inline]
+    fn code(self) -> usize {
         match self {
-            ReqState::Free => Some(QueueKind::Free),
-            ReqState::NeedBuffer => Some(QueueKind::PendingBuffer),
-            ReqState::DataTransferToControllerPending => Some(QueueKind::PendingRead),
-            ReqState::TransferringHostToController { partial: true } => {
-                Some(QueueKind::PendingRead)
-            }
-            ReqState::DataTransferToHostPending => Some(QueueKind::PendingWrite),
-            ReqState::ReadyToCompletePending => Some(QueueKind::PendingSend),
-            ReqState::New
-            | ReqState::HaveBuffer
-            | ReqState::TransferringHostToController { partial: false }
-            | ReqState::ReadyToExecute
-            | ReqState::Executing
-            | ReqState::Executed
-            | ReqState::ReadyToComplete
-            | ReqState::TransferringControllerToHost
-            | ReqState::Completing
-            | ReqState::Completed => None,
+            ReqState::TransferringHostToController { partial: true } => PARTIAL_READ_CODE,
+            s => usize::from(s.upstream_number()),
         }
     }
 
     /// Upstream's state number (v26.01 `enum spdk_nvmf_rdma_request_state`).
-    pub fn upstream_number(self) -> u8 {
+    #[inline]
+    pub const fn upstream_number(self) -> u8 {
         match self {
             ReqState::Free => 0,
             ReqState::New => 1,
@@ -138,6 +151,45 @@ impl ReqState {
 mod tests {
     use super::*;
 
+    /// Every state, both `partial` values included.
+    const ALL: [ReqState; 16] = [
+        ReqState::Free,
+        ReqState::New,
+        ReqState::NeedBuffer,
+        ReqState::HaveBuffer,
+        ReqState::DataTransferToControllerPending,
+        ReqState::TransferringHostToController { partial: false },
+        ReqState::TransferringHostToController { partial: true },
+        ReqState::ReadyToExecute,
+        ReqState::Executing,
+        ReqState::Executed,
+        ReqState::DataTransferToHostPending,
+        ReqState::ReadyToCompletePending,
+        ReqState::ReadyToComplete,
+        ReqState::TransferringControllerToHost,
+        ReqState::Completing,
+        ReqState::Completed,
+    ];
+
+    /// The table in `queue()` against the mapping written out as a match.
+    #[test]
+    fn queue_table_matches_the_mapping() {
+        for s in ALL {
+            let expected = match s {
+                ReqState::Free => Some(QueueKind::Free),
+                ReqState::NeedBuffer => Some(QueueKind::PendingBuffer),
+                ReqState::DataTransferToControllerPending
+                | ReqState::TransferringHostToController { partial: true } => {
+                    Some(QueueKind::PendingRead)
+                }
+                ReqState::DataTransferToHostPending => Some(QueueKind::PendingWrite),
+                ReqState::ReadyToCompletePending => Some(QueueKind::PendingSend),
+                _ => None,
+            };
+            assert_eq!(s.queue(), expected, "{s:?}");
+        }
+    }
+
     #[test]
     fn queue_mapping_matches_upstream_invariant() {
         assert_eq!(ReqState::Free.queue(), Some(QueueKind::Free));
@@ -150,6 +202,20 @@ mod tests {
             None
         );
         assert_eq!(ReqState::Completed.queue(), None);
+        assert_eq!(
+            ReqState::DataTransferToControllerPending.queue(),
+            Some(QueueKind::PendingRead)
+        );
+        assert_eq!(ReqState::NeedBuffer.queue(), Some(QueueKind::PendingBuffer));
+        assert_eq!(
+            ReqState::DataTransferToHostPending.queue(),
+            Some(QueueKind::PendingWrite)
+        );
+        assert_eq!(
+            ReqState::ReadyToCompletePending.queue(),
+            Some(QueueKind::PendingSend)
+        );
+        assert_eq!(ReqState::Executing.queue(), None);
         assert_eq!(ReqState::Completed.upstream_number(), 14);
     }
 }

@@ -93,6 +93,12 @@ impl WrId {
         id.kind().map(|_| id)
     }
 
+    /// Decodes a raw value once: the id and its kind.
+    pub(crate) fn decode(raw: u64) -> Result<(WrId, WrKind), BadWrId> {
+        let id = WrId(raw);
+        id.kind().map(|kind| (id, kind))
+    }
+
     /// The decoded kind.
     pub fn kind(self) -> Result<WrKind, BadWrId> {
         let raw = self.0;

@@ -26,6 +26,6 @@ pub use private_data::{
     RejectStatus,
 };
 pub use sgl::{
-    encode_in_capsule, encode_keyed, encode_last_segment, parse_data_layout, DataLayout,
-    KeyedSegment, KeyedSegments, SglError, SglLimits, MAX_SGL_DESCRIPTORS,
+    encode_in_capsule, encode_keyed, encode_last_segment, parse_data_layout, parse_data_shape,
+    DataLayout, DataShape, KeyedSegment, KeyedSegments, SglError, SglLimits, MAX_SGL_DESCRIPTORS,
 };

@@ -345,13 +345,16 @@ pub struct Command {
 
 impl Default for Command {
     fn default() -> Self {
-        Command {
-            raw: [0; COMMAND_CAPSULE_SIZE],
-        }
+        Command::ZERO
     }
 }
 
 impl Command {
+    /// The all-zero command.
+    pub const ZERO: Command = Command {
+        raw: [0; COMMAND_CAPSULE_SIZE],
+    };
+
     /// Copies a command out of its 64 wire bytes.
     pub fn from_bytes(b: &[u8; 64]) -> Command {
         Command { raw: *b }

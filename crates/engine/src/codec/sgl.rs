@@ -172,6 +172,49 @@ impl DataLayout {
     }
 }
 
+/// A [`DataLayout`] without its keyed segments (16 bytes instead of 280):
+/// what [`parse_data_shape`] returns while it writes the segments into the
+/// caller's array, so a per-I/O path never moves the 16-segment array by
+/// value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataShape {
+    /// No data transfer.
+    None,
+    /// In-capsule data (as [`DataLayout::InCapsule`]).
+    InCapsule {
+        /// Offset into the in-capsule data area.
+        offset: u32,
+        /// Length in bytes.
+        len: u32,
+    },
+    /// Keyed descriptors (as [`DataLayout::Keyed`]): the first `count`
+    /// entries of the caller's segment array.
+    Keyed {
+        /// Number of segments written (1..=[`MAX_SGL_DESCRIPTORS`]).
+        count: u8,
+        /// Sum of the segment lengths.
+        total_len: u32,
+        /// The key the host asked to invalidate, if any.
+        invalidate_rkey: Option<u32>,
+    },
+}
+
+impl DataShape {
+    /// Number of data bytes the command moves.
+    pub fn len(&self) -> u32 {
+        match *self {
+            DataShape::None => 0,
+            DataShape::InCapsule { len, .. } => len,
+            DataShape::Keyed { total_len, .. } => total_len,
+        }
+    }
+
+    /// Whether the command moves no data.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Why a command's SGL was refused. Each variant carries the offending
 /// values; [`SglError::status`] is the NVMe status the host receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -354,14 +397,46 @@ pub fn effective_data_transfer(cmd: &Command) -> DataTransfer {
 /// names must have been received (upstream only checks them against
 /// `in_capsule_data_size`; reading stale receive-buffer bytes is refused here
 /// with DATA_SGL_LENGTH_INVALID).
+///
+/// Returns the whole layout by value; the engine's per-I/O path uses
+/// [`parse_data_shape`], which does the same checks.
 pub fn parse_data_layout(
     cmd: &Command,
     in_capsule: &[u8],
     limits: &SglLimits,
 ) -> Result<DataLayout, SglError> {
+    let mut segments = KeyedSegments::new();
+    let shape = parse_data_shape(cmd, in_capsule, limits, &mut segments.segs)?;
+    Ok(match shape {
+        DataShape::None => DataLayout::None,
+        DataShape::InCapsule { offset, len } => DataLayout::InCapsule { offset, len },
+        DataShape::Keyed {
+            count,
+            total_len,
+            invalidate_rkey,
+        } => {
+            segments.count = count;
+            DataLayout::Keyed {
+                segments,
+                total_len,
+                invalidate_rkey,
+            }
+        }
+    })
+}
+
+/// [`parse_data_layout`] writing the keyed segments into `segments` (the
+/// first `count` entries of [`DataShape::Keyed`]; the others are left as
+/// they were) and returning only the 16-byte [`DataShape`].
+pub fn parse_data_shape(
+    cmd: &Command,
+    in_capsule: &[u8],
+    limits: &SglLimits,
+    segments: &mut [KeyedSegment; MAX_SGL_DESCRIPTORS],
+) -> Result<DataShape, SglError> {
     let xfer = effective_data_transfer(cmd);
     match xfer {
-        DataTransfer::None => return Ok(DataLayout::None),
+        DataTransfer::None => return Ok(DataShape::None),
         DataTransfer::Bidirectional => {
             let opcode = if cmd.is_fabrics() {
                 cmd.fctype()
@@ -378,9 +453,11 @@ pub fn parse_data_layout(
             parse_in_capsule(&sgl, xfer, in_capsule, limits)
         }
         (sgl_type::KEYED_DATA_BLOCK, sgl_subtype::ADDRESS | sgl_subtype::INVALIDATE_KEY) => {
-            parse_keyed(&sgl, limits)
+            parse_keyed(&sgl, limits, segments)
         }
-        (sgl_type::LAST_SEGMENT, sgl_subtype::OFFSET) => parse_list(&sgl, in_capsule, limits),
+        (sgl_type::LAST_SEGMENT, sgl_subtype::OFFSET) => {
+            parse_list(&sgl, in_capsule, limits, segments)
+        }
         (t, s) => Err(SglError::UnsupportedDescriptor {
             sgl_type: t,
             subtype: s,
@@ -393,7 +470,7 @@ fn parse_in_capsule(
     xfer: DataTransfer,
     in_capsule: &[u8],
     limits: &SglLimits,
-) -> Result<DataLayout, SglError> {
+) -> Result<DataShape, SglError> {
     let offset = sgl.address();
     let len = sgl.unkeyed_length();
     let capsule_size = limits.in_capsule_data_size;
@@ -419,13 +496,17 @@ fn parse_in_capsule(
             received: in_capsule.len(),
         });
     }
-    Ok(DataLayout::InCapsule {
+    Ok(DataShape::InCapsule {
         offset: offset32,
         len,
     })
 }
 
-fn parse_keyed(sgl: &SglDescriptor, limits: &SglLimits) -> Result<DataLayout, SglError> {
+fn parse_keyed(
+    sgl: &SglDescriptor,
+    limits: &SglLimits,
+    segments: &mut [KeyedSegment; MAX_SGL_DESCRIPTORS],
+) -> Result<DataShape, SglError> {
     let len = sgl.keyed_length();
     if len > limits.max_io_size {
         return Err(SglError::KeyedLengthTooLong {
@@ -435,12 +516,13 @@ fn parse_keyed(sgl: &SglDescriptor, limits: &SglLimits) -> Result<DataLayout, Sg
     }
     let rkey = sgl.key();
     let invalidate_rkey = (sgl.subtype() == sgl_subtype::INVALIDATE_KEY).then_some(rkey);
-    Ok(DataLayout::Keyed {
-        segments: KeyedSegments::one(KeyedSegment {
-            addr: sgl.address(),
-            len,
-            rkey,
-        }),
+    segments[0] = KeyedSegment {
+        addr: sgl.address(),
+        len,
+        rkey,
+    };
+    Ok(DataShape::Keyed {
+        count: 1,
         total_len: len,
         invalidate_rkey,
     })
@@ -450,7 +532,8 @@ fn parse_list(
     sgl: &SglDescriptor,
     in_capsule: &[u8],
     limits: &SglLimits,
-) -> Result<DataLayout, SglError> {
+    segments: &mut [KeyedSegment; MAX_SGL_DESCRIPTORS],
+) -> Result<DataShape, SglError> {
     let offset = sgl.address();
     let len = sgl.unkeyed_length();
     let capsule_size = limits.in_capsule_data_size;
@@ -499,8 +582,8 @@ fn parse_list(
             max_io_size: limits.max_io_size,
         });
     }
-    let mut segments = KeyedSegments::new();
-    for (index, d) in descriptors().enumerate() {
+    // count <= MAX_SGL_DESCRIPTORS (checked above): every index fits.
+    for ((index, d), slot) in descriptors().enumerate().zip(segments.iter_mut()) {
         if d.sgl_type() != sgl_type::KEYED_DATA_BLOCK || d.subtype() != sgl_subtype::ADDRESS {
             return Err(SglError::BadListDescriptor {
                 index,
@@ -508,17 +591,17 @@ fn parse_list(
                 subtype: d.subtype(),
             });
         }
-        segments.push(KeyedSegment {
+        *slot = KeyedSegment {
             addr: d.address(),
             len: d.keyed_length(),
             rkey: d.key(),
-        })?;
+        };
     }
     if total == 0 {
         return Err(SglError::EmptyList { count });
     }
-    Ok(DataLayout::Keyed {
-        segments,
+    Ok(DataShape::Keyed {
+        count: count as u8,
         // total <= max_io_size, a u32.
         total_len: total as u32,
         invalidate_rkey: None,

@@ -16,14 +16,24 @@
 //! - `codec/*`: the codecs alone (SGL classification of one keyed
 //!   descriptor and of a 16-descriptor list, CM request parse + negotiate).
 //!
-//! Run: `cargo bench -p nvmf-rdma-engine --bench engine` (criterion prints time per iteration).
+//! Run: `cargo bench -p nvmf-rdma-engine-bench --bench engine` (criterion
+//! prints time per iteration). The engine is built as the transport links
+//! it, without its test-only `sim` feature (a warning says when it is not).
+//!
+//! Instruction counts (repeatable on a loaded machine): with
+//! `ENGINE_BENCH_COUNT=<scenario>:<ios>` the binary skips criterion and runs
+//! exactly `<ios>` I/Os of one scenario (`read_4k`, `write_4k`,
+//! `write_4k_in_capsule`, `read_4k_qd32`) after a warm-up, e.g. under
+//! `valgrind --tool=callgrind`. Two runs with different `<ios>` give the
+//! instructions per I/O as (Ir₂ − Ir₁) / (ios₂ − ios₁); see
+//! `docs/benchmarks.md`.
 
 // `criterion_group!` generates an undocumented public function.
 #![allow(missing_docs)]
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use nvmf_rdma_engine::codec::nvme::{io_opcode, Command, Completion, Status};
 use nvmf_rdma_engine::codec::private_data::{negotiate, CmRequest, ConnectLimits};
 use nvmf_rdma_engine::codec::sgl::{
@@ -50,7 +60,10 @@ struct Driver {
     events: Vec<Event>,
     buffer: [LocalSge; 1],
     capsule: Vec<u8>,
+    /// Buffer releases seen.
     completed: u64,
+    /// Response SENDs posted.
+    responses: u64,
 }
 
 impl Driver {
@@ -69,6 +82,7 @@ impl Driver {
             }],
             capsule: vec![0u8; 64 + IO as usize],
             completed: 0,
+            responses: 0,
         };
         d.handle_actions();
         assert_eq!(d.free_recvs.len(), usize::from(QD), "receives posted");
@@ -102,6 +116,7 @@ impl Driver {
                     }
                     let send = self.qp.send_wr(req).expect("response");
                     black_box(send.response);
+                    self.responses += 1;
                     self.events.push(Event::Complete(send.wr_id.to_raw()));
                 }
                 Action::ReleaseBuffers { .. } => self.completed += 1,
@@ -171,44 +186,15 @@ fn one_io(d: &mut Driver, cmd: &Command, len: usize) {
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine");
-    g.throughput(Throughput::Elements(1));
-
-    let read = keyed_cmd(io_opcode::READ, 1);
-    let write = keyed_cmd(io_opcode::WRITE, 2);
-    let mut icd_write = Command::new(io_opcode::WRITE, 3);
-    icd_write.set_nsid(1);
-    icd_write.set_cdw12(7);
-    icd_write.set_sgl1(encode_in_capsule(0, IO));
-
-    // One I/O before measuring proves the path completes (buffers released).
-    let mut d = Driver::new();
-    one_io(&mut d, &read, 64);
-    assert_eq!(d.completed, 1);
-    g.bench_function("read_4k", |b| b.iter(|| one_io(&mut d, &read, 64)));
-
-    let mut d = Driver::new();
-    one_io(&mut d, &write, 64);
-    assert_eq!(d.completed, 1);
-    g.bench_function("write_4k", |b| b.iter(|| one_io(&mut d, &write, 64)));
-
-    let mut d = Driver::new();
-    g.bench_function("write_4k_in_capsule", |b| {
-        b.iter(|| one_io(&mut d, &icd_write, 64 + IO as usize))
-    });
-
-    const BATCH: u16 = 32;
-    g.throughput(Throughput::Elements(u64::from(BATCH)));
-    let mut d = Driver::new();
-    let reads: Vec<Command> = (0..BATCH).map(|i| keyed_cmd(io_opcode::READ, i)).collect();
-    g.bench_function("read_4k_qd32", |b| {
-        b.iter(|| {
-            for cmd in &reads {
-                d.set_command(cmd);
-                d.receive(64);
-            }
-            d.run_events();
-        })
-    });
+    let s = Scenarios::new();
+    for sc in Scenario::ALL {
+        // One iteration before measuring proves the path completes.
+        let mut d = Driver::new();
+        s.run(sc, &mut d);
+        assert_eq!(d.responses, sc.ios(), "{} answered", sc.name());
+        g.throughput(Throughput::Elements(sc.ios()));
+        g.bench_function(sc.name(), |b| b.iter(|| s.run(sc, &mut d)));
+    }
     g.finish();
 }
 
@@ -251,5 +237,143 @@ fn bench_codecs(c: &mut Criterion) {
     g.finish();
 }
 
+/// The engine scenarios (bench names under `engine/`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Read4k,
+    Write4k,
+    Write4kInCapsule,
+    Read4kQd32,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 4] = [
+        Scenario::Read4k,
+        Scenario::Write4k,
+        Scenario::Write4kInCapsule,
+        Scenario::Read4kQd32,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Read4k => "read_4k",
+            Scenario::Write4k => "write_4k",
+            Scenario::Write4kInCapsule => "write_4k_in_capsule",
+            Scenario::Read4kQd32 => "read_4k_qd32",
+        }
+    }
+
+    /// I/Os per iteration.
+    fn ios(self) -> u64 {
+        match self {
+            Scenario::Read4kQd32 => u64::from(BATCH),
+            _ => 1,
+        }
+    }
+}
+
+/// The commands of the scenarios: one definition for criterion and the
+/// fixed-count mode.
+struct Scenarios {
+    read: Command,
+    write: Command,
+    icd_write: Command,
+    reads: Vec<Command>,
+}
+
+/// I/Os per iteration of `read_4k_qd32`.
+const BATCH: u16 = 32;
+
+impl Scenarios {
+    fn new() -> Scenarios {
+        let mut icd_write = Command::new(io_opcode::WRITE, 3);
+        icd_write.set_nsid(1);
+        icd_write.set_cdw12(7);
+        icd_write.set_sgl1(encode_in_capsule(0, IO));
+        Scenarios {
+            read: keyed_cmd(io_opcode::READ, 1),
+            write: keyed_cmd(io_opcode::WRITE, 2),
+            icd_write,
+            reads: (0..BATCH).map(|i| keyed_cmd(io_opcode::READ, i)).collect(),
+        }
+    }
+
+    /// One iteration of `sc` ([`Scenario::ios`] I/Os).
+    fn run(&self, sc: Scenario, d: &mut Driver) {
+        match sc {
+            Scenario::Read4k => one_io(d, &self.read, 64),
+            Scenario::Write4k => one_io(d, &self.write, 64),
+            Scenario::Write4kInCapsule => one_io(d, &self.icd_write, 64 + IO as usize),
+            Scenario::Read4kQd32 => {
+                for cmd in &self.reads {
+                    d.set_command(cmd);
+                    d.receive(64);
+                }
+                d.run_events();
+            }
+        }
+    }
+}
+
+/// `ENGINE_BENCH_COUNT=<scenario>:<ios>`: run exactly `ios` I/Os (after a
+/// warm-up of one iteration) and check that each was answered.
+fn run_count(spec: &str) {
+    let (name, ios) = spec
+        .split_once(':')
+        .and_then(|(n, c)| Some((n, c.parse::<u64>().ok()?)))
+        .unwrap_or_else(|| panic!("ENGINE_BENCH_COUNT={spec:?}: expected <scenario>:<ios>"));
+    let sc = Scenario::ALL
+        .into_iter()
+        .find(|sc| sc.name() == name)
+        .unwrap_or_else(|| panic!("ENGINE_BENCH_COUNT: unknown scenario {name:?}"));
+    let s = Scenarios::new();
+    let mut d = Driver::new();
+    s.run(sc, &mut d);
+    let (released0, answered0) = (d.completed, d.responses);
+    let mut done = 0;
+    while done < ios {
+        s.run(sc, &mut d);
+        done += sc.ios();
+    }
+    // In-capsule writes hold no buffers; every other I/O releases one grant.
+    let expect = if sc == Scenario::Write4kInCapsule {
+        0
+    } else {
+        done
+    };
+    assert_eq!(
+        d.completed - released0,
+        expect,
+        "every I/O of {name} released its buffers"
+    );
+    assert_eq!(
+        d.responses - answered0,
+        done,
+        "every I/O of {name} answered"
+    );
+    let sim = if nvmf_rdma_engine::SIM_BUILD {
+        "yes"
+    } else {
+        "no"
+    };
+    println!("{name}: {done} I/Os (sim build: {sim})");
+}
+
+fn main() {
+    if nvmf_rdma_engine::SIM_BUILD {
+        // Cargo unifies features: building this together with the engine's
+        // own tests (`--workspace --all-targets`) turns `sim` on here too.
+        eprintln!(
+            "warning: measuring the engine's simulation build; run \
+             `cargo bench -p nvmf-rdma-engine-bench` on its own"
+        );
+    }
+    if let Ok(spec) = std::env::var("ENGINE_BENCH_COUNT") {
+        run_count(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
 criterion_group!(benches, bench, bench_codecs);
-criterion_main!(benches);
