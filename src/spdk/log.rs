@@ -99,12 +99,6 @@ pub(crate) fn error_direct(msg: &str) {
     }
 }
 
-/// Logs a notice straight to SPDK: the registration line, printed at load
-/// when SPDK's print level is still its default (NOTICE).
-pub(crate) fn notice_direct(msg: &str) {
-    emit(sys::SPDK_LOG_NOTICE, file!(), line!(), module_path!(), msg);
-}
-
 /// The layer that forwards events to `spdk_log`.
 struct SpdkLogLayer;
 

@@ -80,7 +80,7 @@ unsafe extern "C" fn create(
                 }
                 write_back(&o, opts);
                 let mut shown = o.dump_opts();
-                shown.remove("trtype");
+                shown.shift_remove("trtype");
                 tracing::info!(
                     "RDMA_RS: transport created ({cores} cores): {}",
                     serde_json::Value::Object(shown)
@@ -256,9 +256,10 @@ extern "C" fn register_at_load() {
             // `spdk_nvmf_transport_register`); the entries are our functions.
             unsafe { api.spdk_nvmf_transport_register(&ops) };
             crate::ffi::set_spdk_status(crate::ffi::NvmfRdmaRsSpdkStatus::Registered);
-            super::log::notice_direct(
-                "RDMA_RS: registered NVMe-oF transport RDMA_RS (trtype RDMA)",
-            );
+            // SPDK's print level is still 0 (errors only) while constructors
+            // run, so spdk_log would drop this line: stderr, the log of an
+            // SPDK app at this point.
+            eprintln!("nvmf-rdma-rs: registered NVMe-oF transport RDMA_RS (trtype RDMA)");
         }
     })
 }
