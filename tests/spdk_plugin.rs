@@ -161,7 +161,7 @@ fn rdma_rs_plugin_in_unmodified_nvmf_tgt() {
 
     // Good options, the same for ours and upstream's.
     let good = [
-        "-s", "1024", "-l", "50", "-r", "-d", "2048", "-c", "8192", "-q", "64", "-u", "16384",
+        "-s", "1024", "-l", "50", "-r", "-d", "2048", "-c", "8192", "-q", "64",
     ];
     for trtype in ["RDMA_RS", "RDMA"] {
         let mut all = vec!["nvmf_create_transport", "-t", trtype];
