@@ -181,6 +181,13 @@ fn rdma_rs_plugin_in_unmodified_nvmf_tgt() {
         serde_json::to_string(&upstream).unwrap(),
         "nvmf_get_transports: RDMA_RS and RDMA differ (keys, order or values)"
     );
+    // SPDK's writer would emit a key twice if dump_opts wrote a generic key
+    // again, and parsing keeps only one: count the keys in SPDK's raw reply.
+    let raw = rpc.call_raw("nvmf_get_transports", Value::Null);
+    for key in ours.as_object().unwrap().keys() {
+        let n = raw.matches(&format!("\"{key}\":")).count();
+        assert_eq!(n, 2, "key {key} appears {n} times for 2 transports:\n{raw}");
+    }
     assert_eq!(ours["max_srq_depth"], 1024);
     assert_eq!(ours["num_cqe"], 2048);
     assert_eq!(ours["acceptor_backlog"], 50);

@@ -156,6 +156,25 @@ impl RpcClient {
     /// Sends one request on a fresh connection: `Ok(result)` or
     /// `Err(error object)`; panics only when the socket fails.
     pub fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
+        let (reply, _) = self.exchange(method, params);
+        match reply.get("error") {
+            Some(err) => Err(err.clone()),
+            None => Ok(reply.get("result").cloned().unwrap_or(Value::Null)),
+        }
+    }
+
+    /// The reply's raw text, as SPDK wrote it (parsing would hide a key
+    /// written twice).
+    pub fn call_raw(&mut self, method: &str, params: Value) -> String {
+        let (reply, raw) = self.exchange(method, params.clone());
+        if let Some(err) = reply.get("error") {
+            panic!("RPC {method} {params} failed: {err}");
+        }
+        raw
+    }
+
+    /// One request and its reply, parsed and raw.
+    fn exchange(&mut self, method: &str, params: Value) -> (Value, String) {
         self.next_id += 1;
         let id = self.next_id;
         let mut req = json!({ "jsonrpc": "2.0", "method": method, "id": id });
@@ -169,23 +188,20 @@ impl RpcClient {
         stream
             .write_all(req.to_string().as_bytes())
             .unwrap_or_else(|e| panic!("sending {method}: {e}"));
-        let reply = read_one_json(&mut stream)
+        let (reply, raw) = read_one_json(&mut stream)
             .unwrap_or_else(|e| panic!("reading the reply to {method}: {e}"));
         assert_eq!(
             reply["id"],
             json!(id),
             "{method}: reply id mismatch: {reply}"
         );
-        match reply.get("error") {
-            Some(err) => Err(err.clone()),
-            None => Ok(reply.get("result").cloned().unwrap_or(Value::Null)),
-        }
+        (reply, raw)
     }
 }
 
 /// Reads bytes until they form one complete JSON value (the socket's read
-/// timeout bounds every read).
-pub fn read_one_json(stream: &mut UnixStream) -> Result<Value, String> {
+/// timeout bounds every read); returns it parsed and as text.
+pub fn read_one_json(stream: &mut UnixStream) -> Result<(Value, String), String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -200,7 +216,7 @@ pub fn read_one_json(stream: &mut UnixStream) -> Result<Value, String> {
         buf.extend_from_slice(&chunk[..n]);
         let mut values = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
         match values.next() {
-            Some(Ok(v)) => return Ok(v),
+            Some(Ok(v)) => return Ok((v, String::from_utf8_lossy(&buf).into_owned())),
             Some(Err(e)) if e.is_eof() => continue,
             Some(Err(e)) => {
                 return Err(format!("bad JSON ({e}): {}", String::from_utf8_lossy(&buf)))
