@@ -109,19 +109,31 @@ fn rdma_rs_plugin_in_unmodified_nvmf_tgt() {
     let mem = env_u64("SPDK_MEM_MB", 1024).to_string();
 
     let mut cmd = Command::new(spdk.join("build/bin/nvmf_tgt"));
-    cmd.args(["--no-huge", "-s", &mem, "--no-pci", "-m", "0x1", "-r"])
-        .arg(&sock)
-        .env("LD_PRELOAD", &lib)
-        .env(
-            "LD_LIBRARY_PATH",
-            format!(
-                "{}:{}",
-                softrdma.display(),
-                spdk.join("build/lib").display()
-            ),
-        )
-        .env("SOFTRDMA_SHM_DIR", &shm)
-        .env("SOFTRDMA_QUIET", "1");
+    // `-L rdma_rs`: nvmf_tgt refuses to start on an unknown log flag, so
+    // starting at all shows the component was registered at load.
+    cmd.args([
+        "--no-huge",
+        "-s",
+        &mem,
+        "--no-pci",
+        "-m",
+        "0x1",
+        "-L",
+        "rdma_rs",
+        "-r",
+    ])
+    .arg(&sock)
+    .env("LD_PRELOAD", &lib)
+    .env(
+        "LD_LIBRARY_PATH",
+        format!(
+            "{}:{}",
+            softrdma.display(),
+            spdk.join("build/lib").display()
+        ),
+    )
+    .env("SOFTRDMA_SHM_DIR", &shm)
+    .env("SOFTRDMA_QUIET", "1");
     let mut tgt = Proc::spawn("nvmf_tgt", cmd, scratch.0.join("nvmf_tgt.log"));
     let mut rpc = RpcClient {
         sock: sock.clone(),
@@ -135,9 +147,14 @@ fn rdma_rs_plugin_in_unmodified_nvmf_tgt() {
         tgt.log_tail()
     );
 
+    // Debug lines are printed with SPDK's print level at DEBUG and only
+    // while the rdma_rs flag is on: on for the first bad create, off for the
+    // second.
+    rpc.call("log_set_print_level", json!({ "level": "DEBUG" }));
+    let debug_line = "RDMA_RS: create: RDMA keys in the parameters";
     // Bad values first: a second create of a name that exists is refused
     // before the transport sees its options.
-    for (args, named) in [
+    for (i, (args, named)) in [
         (
             &["-n", "16"][..],
             "num_shared_buffers 16 is below the minimum 32",
@@ -146,7 +163,10 @@ fn rdma_rs_plugin_in_unmodified_nvmf_tgt() {
             &["--max-srq-depth", "-1"][..],
             "option max_srq_depth: -1 is not an unsigned 32-bit integer",
         ),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut all = vec!["nvmf_create_transport", "-t", "RDMA_RS"];
         all.extend_from_slice(args);
         let (ok, out) = rpc_py(&spdk, &sock, &all);
@@ -157,6 +177,15 @@ fn rdma_rs_plugin_in_unmodified_nvmf_tgt() {
             "no error naming the option for {args:?} in the nvmf_tgt log:\n{}",
             tgt.log_tail()
         );
+        assert_eq!(
+            log.matches(debug_line).count(),
+            1,
+            "debug lines after create {i} (flag on for the first only):\n{}",
+            tgt.log_tail()
+        );
+        if i == 0 {
+            rpc.call("log_clear_flag", json!({ "flag": "rdma_rs" }));
+        }
     }
 
     // Good options, the same for ours and upstream's.

@@ -25,3 +25,16 @@ pub(crate) fn guard<R>(op: &'static str, on_panic: R, f: impl FnOnce() -> R) -> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::guard;
+
+    #[test]
+    fn a_panic_becomes_the_failure_value() {
+        assert_eq!(guard("test_op", -5, || 7), 7);
+        assert_eq!(guard("test_op", -5, || -> i32 { panic!("boom") }), -5);
+        let p: *mut u8 = guard("test_op", std::ptr::null_mut(), || panic!("boom"));
+        assert!(p.is_null());
+    }
+}

@@ -103,7 +103,12 @@ pub(crate) unsafe fn decode_and_validate(
         // SAFETY: non-NULL `transport_specific` is SPDK's parsed params
         // object, alive for the call (caller's contract).
         let toks = unsafe { object_tokens(specific) }?;
-        o.apply_json(&rdma_specific(object_from_vals(toks)?))?;
+        let keys = rdma_specific(object_from_vals(toks)?);
+        tracing::debug!(
+            "RDMA_RS: create: RDMA keys in the parameters: {}",
+            serde_json::Value::Object(keys.clone())
+        );
+        o.apply_json(&keys)?;
     }
     let notices = o.validate(core_count)?;
     Ok((o, notices))
