@@ -13,9 +13,12 @@
 /// The engine crate (`crates/engine`), re-exported under its old path.
 pub use nvmf_rdma_engine as engine;
 
+pub mod ffi;
 pub mod initiator;
 pub mod minitarget;
 pub mod size;
+#[cfg(spdk)]
+pub mod spdk;
 pub mod standalone;
 pub mod transport;
 pub mod verbs;
