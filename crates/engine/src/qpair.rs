@@ -850,8 +850,11 @@ impl Qpair {
             self.buffers_dirty = true;
         }
         // Only FREE is on the free queue.
-        self.in_use = self.in_use + u16::from(oq == Some(QueueKind::Free))
-            - u16::from(nq == Some(QueueKind::Free));
+        if oq == Some(QueueKind::Free) {
+            self.in_use += 1;
+        } else if nq == Some(QueueKind::Free) {
+            self.in_use -= 1;
+        }
         self.queues.remove(req);
         if let Some(q) = nq {
             self.link(q, req)?;
@@ -859,6 +862,7 @@ impl Qpair {
         Ok(())
     }
 
+    #[inline]
     fn link(&mut self, q: QueueKind, req: ReqId) -> Result<(), EngineError> {
         match q {
             // LIFO keeps recently used objects warm (upstream INSERT_HEAD).
