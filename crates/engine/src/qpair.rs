@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 
 use super::action::{Action, DisconnectReason, Notice, Unexpected};
+use super::action_ring::ActionRing;
 use super::codec::nvme::{Command, Completion, DataTransfer, Fuse, Status};
 use super::codec::sgl::{effective_data_transfer, parse_data_shape, DataShape, KeyedSegment};
 use super::codec::sgl::{SglLimits, MAX_SGL_DESCRIPTORS};
@@ -185,7 +186,7 @@ pub struct Qpair {
     qp_disconnected: bool,
     last_wqe: bool,
     qp_destroyed: bool,
-    actions: VecDeque<Action>,
+    actions: ActionRing,
     stats: Stats,
     #[cfg(feature = "sim")]
     sim_bug_3463: bool,
@@ -217,7 +218,7 @@ impl Qpair {
             qp_disconnected: false,
             last_wqe: false,
             qp_destroyed: false,
-            actions: VecDeque::with_capacity(8 * n + 64),
+            actions: ActionRing::with_capacity(8 * n + 64),
             stats: Stats::default(),
             #[cfg(feature = "sim")]
             sim_bug_3463: false,
@@ -358,13 +359,14 @@ impl Qpair {
 
     /// The next action, in order. Handle every action before feeding the next
     /// event.
+    #[inline]
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 
     /// Moves all pending actions into `out` (which keeps its capacity).
     pub fn drain_actions(&mut self, out: &mut Vec<Action>) {
-        out.extend(self.actions.drain(..));
+        self.actions.drain_into(out);
     }
 
     /// When [`Qpair::handle_timeout`] must be called next.
