@@ -280,6 +280,7 @@ impl Qpair {
     }
 
     /// The command of request `req` (valid from NEW until FREE).
+    #[inline]
     pub fn command(&self, req: ReqId) -> Option<&Command> {
         self.reqs
             .get(req.index())
@@ -294,6 +295,7 @@ impl Qpair {
     }
 
     /// Where the data of `req` is (for [`Action::Execute`]).
+    #[inline]
     pub fn data(&self, req: ReqId) -> DataRef<'_> {
         let Some(r) = self.reqs.get(req.index()) else {
             return DataRef::None;
@@ -313,6 +315,7 @@ impl Qpair {
     }
 
     /// Data WR `index` of `req` (for [`Action::PostReads`] / [`Action::PostResponse`]).
+    #[inline]
     pub fn data_wr(&self, req: ReqId, index: u8) -> Option<DataWr<'_>> {
         let r = self.reqs.get(req.index())?;
         if !r.has_buffers || index >= r.plan.nwrs {
@@ -339,6 +342,7 @@ impl Qpair {
     }
 
     /// The response SEND of `req` (for [`Action::PostResponse`]).
+    #[inline]
     pub fn send_wr(&self, req: ReqId) -> Option<SendWr> {
         let r = self.reqs.get(req.index())?;
         let invalidate_rkey = match r.shape {
