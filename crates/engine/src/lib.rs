@@ -60,6 +60,7 @@
 pub mod codec;
 
 mod action;
+mod action_ring;
 mod config;
 mod error;
 mod ids;

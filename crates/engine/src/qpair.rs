@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 
 use super::action::{Action, DisconnectReason, Notice, Unexpected};
+use super::action_ring::ActionRing;
 use super::codec::nvme::{Command, Completion, DataTransfer, Fuse, Status};
 use super::codec::sgl::{effective_data_transfer, parse_data_shape, DataShape, KeyedSegment};
 use super::codec::sgl::{SglLimits, MAX_SGL_DESCRIPTORS};
@@ -185,7 +186,7 @@ pub struct Qpair {
     qp_disconnected: bool,
     last_wqe: bool,
     qp_destroyed: bool,
-    actions: VecDeque<Action>,
+    actions: ActionRing,
     stats: Stats,
     #[cfg(feature = "sim")]
     sim_bug_3463: bool,
@@ -217,7 +218,7 @@ impl Qpair {
             qp_disconnected: false,
             last_wqe: false,
             qp_destroyed: false,
-            actions: VecDeque::with_capacity(8 * n + 64),
+            actions: ActionRing::with_capacity(8 * n + 64),
             stats: Stats::default(),
             #[cfg(feature = "sim")]
             sim_bug_3463: false,
@@ -279,6 +280,7 @@ impl Qpair {
     }
 
     /// The command of request `req` (valid from NEW until FREE).
+    #[inline]
     pub fn command(&self, req: ReqId) -> Option<&Command> {
         self.reqs
             .get(req.index())
@@ -293,6 +295,7 @@ impl Qpair {
     }
 
     /// Where the data of `req` is (for [`Action::Execute`]).
+    #[inline]
     pub fn data(&self, req: ReqId) -> DataRef<'_> {
         let Some(r) = self.reqs.get(req.index()) else {
             return DataRef::None;
@@ -312,6 +315,7 @@ impl Qpair {
     }
 
     /// Data WR `index` of `req` (for [`Action::PostReads`] / [`Action::PostResponse`]).
+    #[inline]
     pub fn data_wr(&self, req: ReqId, index: u8) -> Option<DataWr<'_>> {
         let r = self.reqs.get(req.index())?;
         if !r.has_buffers || index >= r.plan.nwrs {
@@ -338,6 +342,7 @@ impl Qpair {
     }
 
     /// The response SEND of `req` (for [`Action::PostResponse`]).
+    #[inline]
     pub fn send_wr(&self, req: ReqId) -> Option<SendWr> {
         let r = self.reqs.get(req.index())?;
         let invalidate_rkey = match r.shape {
@@ -358,13 +363,14 @@ impl Qpair {
 
     /// The next action, in order. Handle every action before feeding the next
     /// event.
+    #[inline]
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 
     /// Moves all pending actions into `out` (which keeps its capacity).
     pub fn drain_actions(&mut self, out: &mut Vec<Action>) {
-        out.extend(self.actions.drain(..));
+        self.actions.drain_into(out);
     }
 
     /// When [`Qpair::handle_timeout`] must be called next.
@@ -850,8 +856,11 @@ impl Qpair {
             self.buffers_dirty = true;
         }
         // Only FREE is on the free queue.
-        self.in_use = self.in_use + u16::from(oq == Some(QueueKind::Free))
-            - u16::from(nq == Some(QueueKind::Free));
+        if oq == Some(QueueKind::Free) {
+            self.in_use += 1;
+        } else if nq == Some(QueueKind::Free) {
+            self.in_use -= 1;
+        }
         self.queues.remove(req);
         if let Some(q) = nq {
             self.link(q, req)?;
@@ -859,6 +868,7 @@ impl Qpair {
         Ok(())
     }
 
+    #[inline]
     fn link(&mut self, q: QueueKind, req: ReqId) -> Result<(), EngineError> {
         match q {
             // LIFO keeps recently used objects warm (upstream INSERT_HEAD).

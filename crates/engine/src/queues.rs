@@ -106,6 +106,7 @@ impl Queues {
     }
 
     /// Appends `req` to `q`.
+    #[inline]
     pub fn push_back(&mut self, q: QueueKind, req: ReqId) -> Result<(), QueueError> {
         self.check_unlinked(req)?;
         let tail = self.ends[q.index()].tail;
@@ -114,6 +115,7 @@ impl Queues {
     }
 
     /// Prepends `req` to `q`.
+    #[inline]
     pub fn push_front(&mut self, q: QueueKind, req: ReqId) -> Result<(), QueueError> {
         self.check_unlinked(req)?;
         let head = self.ends[q.index()].head;
@@ -141,6 +143,7 @@ impl Queues {
     }
 
     /// Unlinks `req` from whatever queue it is on (no-op when unlinked).
+    #[inline]
     pub fn remove(&mut self, req: ReqId) {
         let Link { prev, next, on } = self.links[req.index()];
         let Some(q) = on else { return };
@@ -190,6 +193,7 @@ impl Queues {
         self.link_between(q, req, NIL, head);
     }
 
+    #[inline]
     fn check_unlinked(&self, req: ReqId) -> Result<(), QueueError> {
         match self.links[req.index()].on {
             Some(on) => Err(QueueError::AlreadyLinked { req, on }),
@@ -197,6 +201,7 @@ impl Queues {
         }
     }
 
+    #[inline]
     fn link_between(&mut self, q: QueueKind, req: ReqId, prev: u16, next: u16) {
         self.links[req.index()] = Link {
             prev,
