@@ -545,20 +545,7 @@ impl Qpair {
                 index,
                 generation,
             } => {
-                let bit = 1u16 << index;
-                let r = self.req(req)?;
-                if r.generation != generation || r.inflight & bit == 0 {
-                    return Err(EngineError::StaleWr {
-                        qpair: self.cfg.label,
-                        wr,
-                    });
-                }
-                let read = r.xfer == DataTransfer::HostToController;
-                self.reqs[req.index()].inflight &= !bit;
-                self.send_depth -= 1;
-                if read {
-                    self.read_depth -= 1;
-                }
+                self.retire_data_wr(wr, req, index, generation)?;
             }
             WrKind::Send { req, generation } => {
                 let r = self.req(req)?;
@@ -744,14 +731,18 @@ impl Qpair {
         Ok(())
     }
 
-    fn on_data(
+    /// The NIC is done with data WR `index` of `req` (completed, flushed or
+    /// never posted): refuses a stale or duplicate id, clears its in-flight
+    /// bit and returns its send-depth (and, for an RDMA READ, read-depth)
+    /// credit. Returns whether it was a READ.
+    #[inline]
+    fn retire_data_wr(
         &mut self,
         wr: WrId,
         req: ReqId,
         index: u8,
         generation: u32,
-        status: WcStatus,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         let bit = 1u16 << index;
         let r = self.req(req)?;
         if r.generation != generation || r.inflight & bit == 0 {
@@ -761,12 +752,24 @@ impl Qpair {
             });
         }
         let read = r.xfer == DataTransfer::HostToController;
-        let i = req.index();
-        self.reqs[i].inflight &= !bit;
+        self.reqs[req.index()].inflight &= !bit;
         self.send_depth -= 1;
         if read {
             self.read_depth -= 1;
         }
+        Ok(read)
+    }
+
+    fn on_data(
+        &mut self,
+        wr: WrId,
+        req: ReqId,
+        index: u8,
+        generation: u32,
+        status: WcStatus,
+    ) -> Result<(), EngineError> {
+        let read = self.retire_data_wr(wr, req, index, generation)?;
+        let i = req.index();
         if !status.is_success() {
             self.enter_error(DisconnectReason::WcError { wr, status });
         }
