@@ -124,7 +124,15 @@ impl Proc {
     }
 }
 
-fn run_pair(ip: &str, server_mode: &str, client_then: &str, client_env: &[(&str, String)]) {
+/// Starts a CM server child in `server_mode` on `ip`, waits for its port, and
+/// starts a client child that connects to it and then does `client_then`
+/// (plus `client_env`).
+fn spawn_pair(
+    ip: &str,
+    server_mode: &str,
+    client_then: &str,
+    client_env: &[(&str, String)],
+) -> (Proc, Proc) {
     let mut server = Proc::spawn(
         "server",
         "server",
@@ -132,13 +140,19 @@ fn run_pair(ip: &str, server_mode: &str, client_then: &str, client_env: &[(&str,
     );
     let port = server.expect("PORT ");
     let mut env = vec![
-        ("SOFTRDMA_CM_TIMEWAIT_MS", "50".to_string()),
         ("CM_ADDR", ip.to_string()),
         ("CM_PORT", port),
         ("CM_THEN", client_then.to_string()),
     ];
     env.extend(client_env.iter().cloned());
-    let mut client = Proc::spawn("client", "client", &env);
+    let client = Proc::spawn("client", "client", &env);
+    (server, client)
+}
+
+fn run_pair(ip: &str, server_mode: &str, client_then: &str, client_env: &[(&str, String)]) {
+    let mut env = vec![("SOFTRDMA_CM_TIMEWAIT_MS", "50".to_string())];
+    env.extend(client_env.iter().cloned());
+    let (mut server, mut client) = spawn_pair(ip, server_mode, client_then, &env);
     let req = server.expect("REQ ");
     assert_eq!(req, "rr=2 id=4 pdata=ok", "CONNECT_REQUEST view");
     match server_mode {
@@ -232,24 +246,7 @@ fn injected_cm_drop_disconnects_both_sides() {
 /// the REQ waits for `rdma_accept`, consumer reason 28 once the REP was sent), its QP goes to
 /// ERR, and a late `rdma_accept` fails.
 fn peer_dies_while_connecting(server_mode: &str) -> Vec<String> {
-    let mut server = Proc::spawn(
-        "server",
-        "server",
-        &[
-            ("CM_ADDR", "127.0.0.1".into()),
-            ("CM_MODE", server_mode.into()),
-        ],
-    );
-    let port = server.expect("PORT ");
-    let mut client = Proc::spawn(
-        "client",
-        "client",
-        &[
-            ("CM_ADDR", "127.0.0.1".into()),
-            ("CM_PORT", port),
-            ("CM_THEN", "hang_connecting".into()),
-        ],
-    );
+    let (mut server, mut client) = spawn_pair("127.0.0.1", server_mode, "hang_connecting", &[]);
     client.expect("CONNECTING");
     server.expect("REQ ");
     if server_mode == "peer_dies_after_accept" {
@@ -287,24 +284,7 @@ fn peer_death_after_accept_gives_rejected_and_qp_error() {
 /// peer then dies: DISCONNECTED arrives and nothing touches the freed QP.
 #[test]
 fn peer_death_after_app_freed_the_qp() {
-    let mut server = Proc::spawn(
-        "server",
-        "server",
-        &[
-            ("CM_ADDR", "127.0.0.1".into()),
-            ("CM_MODE", "free_qp".into()),
-        ],
-    );
-    let port = server.expect("PORT ");
-    let mut client = Proc::spawn(
-        "client",
-        "client",
-        &[
-            ("CM_ADDR", "127.0.0.1".into()),
-            ("CM_PORT", port),
-            ("CM_THEN", "sleep".into()),
-        ],
-    );
+    let (mut server, mut client) = spawn_pair("127.0.0.1", "free_qp", "sleep", &[]);
     server.expect("REQ ");
     server.expect("ESTABLISHED");
     client.expect("READY");
