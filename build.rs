@@ -59,6 +59,28 @@ const FUNCTIONS: &[&str] = &[
     "spdk_json_write_named_uint64",
 ];
 
+/// SPDK types of the trace group (`src/spdk/trace.rs`): the trace file whose
+/// tpoint mask is checked before recording, and the group registration.
+const TRACE_TYPES: &[&str] = &["spdk_trace_file", "spdk_trace_register_fn"];
+
+/// SPDK functions of the trace group (`src/spdk/trace.rs`) and the
+/// `poll_group_dump_stat` writer (`src/spdk/stats.rs`); required like
+/// `FUNCTIONS`.
+const TRACE_AND_STATS_FUNCTIONS: &[&str] = &[
+    "spdk_trace_add_register_fn",
+    "spdk_trace_get_first_register_fn",
+    "spdk_trace_get_next_register_fn",
+    "spdk_trace_register_object",
+    "spdk_trace_register_description_ext",
+    "spdk_trace_tpoint_register_relation",
+    "_spdk_trace_record",
+    "spdk_json_write_named_string",
+    "spdk_json_write_named_array_begin",
+    "spdk_json_write_array_end",
+    "spdk_json_write_object_begin",
+    "spdk_json_write_object_end",
+];
+
 /// NVMe spec types bindgen cannot lay out (bitfields inside packed unions:
 /// its layout tests fail for them) and that the glue never looks inside: they
 /// become opaque blobs of the right size and alignment. The glue reads a
@@ -137,7 +159,7 @@ fn generate_bindings(include: &Path, out: &Path) {
         .dynamic_library_name("SpdkApi")
         .dynamic_link_require_all(true)
         .allowlist_recursively(true);
-    for t in TYPES {
+    for t in TYPES.iter().chain(TRACE_TYPES) {
         builder = builder.allowlist_type(t);
     }
     for t in OPAQUE {
@@ -151,7 +173,7 @@ fn generate_bindings(include: &Path, out: &Path) {
             ))
             .raw_line(format!("pub type {t} = u16;"));
     }
-    for f in FUNCTIONS {
+    for f in FUNCTIONS.iter().chain(TRACE_AND_STATS_FUNCTIONS) {
         builder = builder.allowlist_function(f);
     }
     let bindings = builder
@@ -162,6 +184,7 @@ fn generate_bindings(include: &Path, out: &Path) {
         .expect("write OUT_DIR/spdk_bindings.rs");
     let names: String = FUNCTIONS
         .iter()
+        .chain(TRACE_AND_STATS_FUNCTIONS)
         .map(|f| format!("    \"{f}\",\n"))
         .collect();
     std::fs::write(

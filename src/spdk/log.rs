@@ -20,7 +20,11 @@ use super::api::api;
 use super::sys;
 
 /// The SPDK log component of this transport.
+#[cfg(not(feature = "link-mode"))]
 pub(crate) const LOG_COMPONENT: &std::ffi::CStr = c"rdma_rs";
+/// Link mode (spdk-patch/): rdma.c's component, so `-L rdma` keeps working.
+#[cfg(feature = "link-mode")]
+pub(crate) const LOG_COMPONENT: &std::ffi::CStr = c"rdma";
 
 /// The registered flag; SPDK keeps the pointer and flips `enabled`.
 static FLAG: AtomicPtr<sys::spdk_log_flag> = AtomicPtr::new(std::ptr::null_mut());

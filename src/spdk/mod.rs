@@ -30,3 +30,10 @@ mod log;
 mod objects;
 mod ops;
 mod opts;
+
+// The trace group, the `poll_group_dump_stat` writer, and what link mode
+// (`spdk-patch/`, feature `link-mode`) adds.
+#[cfg(feature = "link-mode")]
+mod link_mode;
+mod stats;
+mod trace;

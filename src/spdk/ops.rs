@@ -22,7 +22,17 @@ use super::opts::{decode_and_validate, init_defaults, rdma_dump_entries, write_b
 use super::sys;
 
 /// The name SPDK knows this transport by (`nvmf_create_transport -t RDMA_RS`).
+#[cfg(not(feature = "link-mode"))]
 pub(crate) const TRANSPORT_NAME: &CStr = c"RDMA_RS";
+/// Link mode (spdk-patch/): upstream's name, in place of rdma.c.
+#[cfg(feature = "link-mode")]
+pub(crate) const TRANSPORT_NAME: &CStr = c"RDMA";
+/// Said after the name in the registration line.
+const REGISTERED_AS: &str = if cfg!(feature = "link-mode") {
+    "(trtype RDMA, link mode: in place of SPDK's rdma.c)"
+} else {
+    "(trtype RDMA)"
+};
 
 /// The table, as SPDK copies it at registration.
 fn ops_table() -> sys::spdk_nvmf_transport_ops {
@@ -259,7 +269,11 @@ extern "C" fn register_at_load() {
             // SPDK's print level is still 0 (errors only) while constructors
             // run, so spdk_log would drop this line: stderr, the log of an
             // SPDK app at this point.
-            eprintln!("nvmf-rdma-rs: registered NVMe-oF transport RDMA_RS (trtype RDMA)");
+            eprintln!(
+                "nvmf-rdma-rs: registered NVMe-oF transport {} {REGISTERED_AS}",
+                TRANSPORT_NAME.to_string_lossy()
+            );
+            super::trace::register(api);
         }
     })
 }

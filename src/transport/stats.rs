@@ -46,11 +46,11 @@ impl PollerStats {
         }
     }
 
-    /// The JSON object for this poller, upstream key order.
-    pub fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("name".into(), Value::from(self.name.clone()));
-        for (k, v) in [
+    /// The counters after `name`, as (upstream key, value) in upstream's
+    /// order (`nvmf_rdma_poll_group_dump_stat`): the one list both
+    /// [`PollerStats::to_json`] and the SPDK plugin's stats writer use.
+    pub fn counters(&self) -> [(&'static str, u64); 13] {
+        [
             ("polls", self.polls),
             ("idle_polls", self.idle_polls),
             ("completions", self.completions),
@@ -64,7 +64,14 @@ impl PollerStats {
             ("send_doorbell_updates", self.send_doorbell_updates),
             ("total_recv_wrs", self.total_recv_wrs),
             ("recv_doorbell_updates", self.recv_doorbell_updates),
-        ] {
+        ]
+    }
+
+    /// The JSON object for this poller, upstream key order.
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("name".into(), Value::from(self.name.clone()));
+        for (k, v) in self.counters() {
             m.insert(k.into(), Value::from(v));
         }
         m
