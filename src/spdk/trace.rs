@@ -513,12 +513,43 @@ mod tests {
         assert_eq!(last.args[1].size, 8);
     }
 
+    /// The only test that touches `TRACE_FILE_VAR` (tests share the process).
     #[test]
-    fn nothing_is_recorded_before_registration() {
-        // No trace file variable yet: every tracepoint reads as off, and the
-        // calls return without touching SPDK.
+    fn the_mask_check_follows_registration_and_the_trace_file() {
+        // Not registered: every tracepoint reads as off, and the calls
+        // return without touching SPDK.
         assert!(!enabled(tpoint_id(0)));
         request_state(std::ptr::null(), std::ptr::null(), ReqState::New);
         qpair_event(std::ptr::null(), QpairEvent::Error, 5);
+
+        // Registered, no trace file (g_trace_file NULL): still off.
+        let var = Box::leak(Box::new(AtomicPtr::<sys::spdk_trace_file>::new(
+            std::ptr::null_mut(),
+        )));
+        TRACE_FILE_VAR.store(var, Ordering::Release);
+        assert!(!enabled(tpoint_id(0)));
+
+        // A trace file: only the bits of our group's mask word count.
+        let mut file = Box::<sys::spdk_trace_file>::default();
+        let group = usize::from(GROUP.0);
+        file.tpoint_mask[group] = 1 << 13; // RS_REQ_COMPLETED only
+        file.tpoint_mask[group + 1] = u64::MAX; // another group: ignored
+        var.store(&mut *file, Ordering::Release);
+        let on: Vec<u16> = TPOINTS
+            .iter()
+            .map(|t| t.index)
+            .filter(|i| enabled(tpoint_id(*i)))
+            .collect();
+        assert_eq!(on, [13]);
+        file.tpoint_mask[group] = u64::MAX;
+        // (The pointer is taken again after each write through the Box.)
+        var.store(&mut *file, Ordering::Release);
+        assert!(TPOINTS.iter().all(|t| enabled(tpoint_id(t.index))));
+        // Enabled but SPDK not resolved: `record` returns without calling.
+        request_state(std::ptr::null(), std::ptr::null(), ReqState::Completed);
+
+        var.store(std::ptr::null_mut(), Ordering::Release);
+        TRACE_FILE_VAR.store(std::ptr::null_mut(), Ordering::Release);
+        drop(file);
     }
 }
