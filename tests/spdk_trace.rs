@@ -31,10 +31,9 @@ fn rdma_rs_trace_group_is_registered() {
         );
         return;
     };
-    assert!(
-        cfg!(spdk),
-        "SPDK_DIR is set but this crate was built without it: rebuild with SPDK_DIR set"
-    );
+    if !cfg!(spdk) {
+        panic!("SPDK_DIR is set but this crate was built without it: rebuild with SPDK_DIR set");
+    }
     let lib = std::env::current_exe()
         .expect("current_exe")
         .with_file_name("libnvmf_rdma_rs.so");

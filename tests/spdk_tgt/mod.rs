@@ -25,7 +25,7 @@ pub struct Tgt {
 }
 
 impl Tgt {
-    /// Starts `<spdk>/build/bin/nvmf_tgt --no-huge` on one core with its
+    /// Starts `<spdk>/build/bin/nvmf_tgt --no-huge` on core 0 (no core lock) with its
     /// libraries from `<spdk>/build/lib` and softrdma's, `LD_PRELOAD`ing
     /// `preload` when given, plus `extra` arguments; waits for its RPC socket.
     pub fn start(spdk: &Path, tag: &str, preload: Option<&Path>, extra: &[&str]) -> Tgt {
@@ -36,7 +36,11 @@ impl Tgt {
         let sock = scratch.0.join("nvmf_tgt.sock");
         let mem = env_u64("SPDK_MEM_MB", 512).to_string();
         let mut cmd = Command::new(spdk.join("build/bin/nvmf_tgt"));
-        cmd.args(["--no-huge", "-s", &mem, "--no-pci", "-m", "0x1", "-r"])
+        // No core lock: other SPDK processes on the machine may run on
+        // core 0 too (a lock would make the second start fail).
+        cmd.args(["--no-huge", "-s", &mem, "--no-pci", "-m", "0x1"])
+            .arg("--disable-cpumask-locks")
+            .arg("-r")
             .arg(&sock)
             .args(extra)
             .env(
