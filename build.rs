@@ -123,6 +123,7 @@ fn main() {
         println!(
             "cargo:warning=SPDK_DIR not set: the SPDK plugin glue (src/spdk/) was not built (see docs/spdk-plugin.md)"
         );
+        refuse_link_mode_without_glue();
         return;
     };
     let dir = PathBuf::from(dir);
@@ -133,11 +134,24 @@ fn main() {
             "cargo:warning=SPDK_DIR={} has no include/spdk/nvmf_transport.h: the SPDK plugin glue (src/spdk/) was not built",
             dir.display()
         );
+        refuse_link_mode_without_glue();
         return;
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     generate_bindings(&include, &out);
     println!("cargo:rustc-cfg=spdk");
+}
+
+/// The `link-mode` feature builds the library that replaces SPDK's rdma.c
+/// (spdk-patch/): without the glue it would register no transport at all, so
+/// the build stops instead.
+fn refuse_link_mode_without_glue() {
+    if std::env::var_os("CARGO_FEATURE_LINK_MODE").is_some() {
+        panic!(
+            "the link-mode feature needs SPDK_DIR naming an SPDK tree: without the SPDK glue \
+             the library would register no RDMA transport (spdk-patch/README.md)"
+        );
+    }
 }
 
 fn generate_bindings(include: &Path, out: &Path) {
