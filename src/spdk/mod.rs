@@ -24,9 +24,15 @@
 pub mod sys;
 
 mod api;
+mod group;
 mod guard;
 mod json;
 mod log;
-mod objects;
+mod memmap;
 mod ops;
+mod ops_data;
 mod opts;
+mod qpair;
+mod request;
+mod transport;
+mod trid;
