@@ -44,6 +44,15 @@ const TYPES: &[&str] = &[
     "spdk_poller",
     "spdk_mem_map",
     "spdk_mem_map_ops",
+    "spdk_mem_map_notify_action",
+    "spdk_nvmf_listen_opts",
+    "spdk_interrupt",
+    "spdk_nvme_data_transfer",
+    "spdk_nvmf_trtype",
+    "spdk_nvmf_treq_secure_channel",
+    "spdk_nvmf_rdma_qptype",
+    "spdk_nvmf_rdma_prtype",
+    "spdk_nvmf_rdma_cms",
 ];
 
 /// SPDK functions the glue calls. Each is resolved at run time; the plugin
@@ -57,6 +66,27 @@ const FUNCTIONS: &[&str] = &[
     "spdk_json_write_named_bool",
     "spdk_json_write_named_int64",
     "spdk_json_write_named_uint64",
+    // The data path (qpairs, requests, buffers, memory maps, threads).
+    "spdk_nvmf_tgt_new_qpair",
+    "spdk_nvmf_qpair_disconnect",
+    "spdk_nvmf_request_exec",
+    "spdk_nvmf_request_complete",
+    "spdk_nvmf_request_get_buffers",
+    "spdk_nvmf_request_free_buffers",
+    "spdk_nvmf_request_get_bdev",
+    "spdk_nvmf_bdev_ctrlr_abort_cmd",
+    "spdk_get_thread",
+    "spdk_thread_send_msg",
+    "spdk_poller_register_named",
+    "spdk_poller_unregister",
+    "spdk_interrupt_mode_is_enabled",
+    "spdk_interrupt_register",
+    "spdk_interrupt_unregister",
+    "spdk_mem_map_alloc",
+    "spdk_mem_map_free",
+    "spdk_mem_map_set_translation",
+    "spdk_mem_map_clear_translation",
+    "spdk_mem_map_translate",
 ];
 
 /// SPDK types of the trace group (`src/spdk/trace.rs`): the trace file whose
@@ -113,6 +143,7 @@ const HEADERS: &[&str] = &[
     "spdk/trace.h",
     "spdk/thread.h",
     "spdk/env.h",
+    "spdk/nvmf_cmd.h",
 ];
 
 fn main() {

@@ -24,12 +24,18 @@
 pub mod sys;
 
 mod api;
+mod group;
 mod guard;
 mod json;
 mod log;
-mod objects;
+mod memmap;
 mod ops;
+mod ops_data;
 mod opts;
+mod qpair;
+mod request;
+mod transport;
+mod trid;
 
 // The trace group, the `poll_group_dump_stat` writer, and what link mode
 // (`spdk-patch/`, feature `link-mode`) adds.

@@ -17,9 +17,12 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use super::api::{api, probe, Probe};
 use super::guard::guard;
 use super::json::write_named;
-use super::objects::{RsPollGroup, RsTransport};
+use super::ops_data::*;
 use super::opts::{decode_and_validate, init_defaults, rdma_dump_entries, write_back};
 use super::sys;
+use super::transport::RsTransport;
+use super::trid::{fill_discovery_entry, trid_addr};
+use crate::transport::Transport;
 
 /// The name SPDK knows this transport by (`nvmf_create_transport -t RDMA_RS`).
 #[cfg(not(feature = "link-mode"))]
@@ -45,9 +48,20 @@ fn ops_table() -> sys::spdk_nvmf_transport_ops {
         listen: Some(listen),
         stop_listen: Some(stop_listen),
         cdata_init: Some(cdata_init),
+        listener_discover: Some(listener_discover),
+        get_optimal_poll_group: Some(get_optimal_poll_group),
         poll_group_create: Some(poll_group_create),
         poll_group_destroy: Some(poll_group_destroy),
+        poll_group_add: Some(poll_group_add),
+        poll_group_remove: Some(poll_group_remove),
         poll_group_poll: Some(poll_group_poll),
+        req_free: Some(req_free),
+        req_complete: Some(req_complete),
+        qpair_fini: Some(qpair_fini),
+        qpair_get_peer_trid: Some(qpair_get_peer_trid),
+        qpair_get_local_trid: Some(qpair_get_local_trid),
+        qpair_get_listen_trid: Some(qpair_get_listen_trid),
+        qpair_abort_request: Some(qpair_abort_request),
         ..Default::default()
     };
     for (dst, src) in ops.name.iter_mut().zip(TRANSPORT_NAME.to_bytes()) {
@@ -88,6 +102,15 @@ unsafe extern "C" fn create(
                 if opts.zcopy {
                     tracing::warn!("RDMA_RS: zcopy true is not supported, using false");
                 }
+                let core = match Transport::create(o.clone(), cores) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!("RDMA_RS: nvmf_create_transport failed: {e}");
+                        return std::ptr::null_mut();
+                    }
+                };
+                // The core may have adjusted options to the devices (SGE limit).
+                let o = core.options().clone();
                 write_back(&o, opts);
                 let mut shown = o.dump_opts();
                 shown.shift_remove("trtype");
@@ -95,7 +118,7 @@ unsafe extern "C" fn create(
                     "RDMA_RS: transport created ({cores} cores): {}",
                     serde_json::Value::Object(shown)
                 );
-                RsTransport::into_raw(o)
+                RsTransport::into_raw(o, core)
             }
             Err(e) => {
                 tracing::error!("RDMA_RS: nvmf_create_transport refused: {e}");
@@ -146,47 +169,68 @@ unsafe extern "C" fn destroy(
     }
 }
 
-/// `traddr:trsvcid` of a trid, for messages.
-fn trid_text(trid: *const sys::spdk_nvme_transport_id) -> String {
-    // SAFETY: SPDK passes a valid trid (or NULL) for the call.
-    let Some(t) = (unsafe { trid.as_ref() }) else {
-        return "?".to_string();
-    };
-    format!("{}:{}", c_chars(&t.traddr), c_chars(&t.trsvcid))
-}
-
-/// A fixed C char array as text, up to its NUL.
-fn c_chars(a: &[c_char]) -> String {
-    let bytes: Vec<u8> = a
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 unsafe extern "C" fn listen(
-    _transport: *mut sys::spdk_nvmf_transport,
+    transport: *mut sys::spdk_nvmf_transport,
     trid: *const sys::spdk_nvme_transport_id,
     _opts: *mut sys::spdk_nvmf_listen_opts,
 ) -> c_int {
     guard("listen", -libc::EIO, || {
-        tracing::error!(
-            "RDMA_RS: cannot listen on {}: the RDMA_RS data path is not built yet (options, \
-             config and logs only; use -t RDMA for I/O)",
-            trid_text(trid)
-        );
-        -libc::ENOTSUP
+        // SAFETY: SPDK passes its live transport and the listener's trid.
+        let (Some(t), Some(trid)) = (unsafe { RsTransport::from_raw(transport) }, unsafe {
+            trid.as_ref()
+        }) else {
+            return -libc::EINVAL;
+        };
+        let addr = match trid_addr(trid) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("RDMA_RS: cannot listen: {e}");
+                return -libc::EINVAL;
+            }
+        };
+        match t.listen(addr, trid) {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("RDMA_RS: cannot listen on {addr}: {e}");
+                -libc::EINVAL
+            }
+        }
     })
 }
 
 unsafe extern "C" fn stop_listen(
-    _transport: *mut sys::spdk_nvmf_transport,
+    transport: *mut sys::spdk_nvmf_transport,
     trid: *const sys::spdk_nvme_transport_id,
 ) {
     guard("stop_listen", (), || {
-        // `listen` never succeeds, so SPDK has no listener of ours to stop.
-        tracing::debug!("RDMA_RS: stop_listen {}: no listener", trid_text(trid));
+        // SAFETY: SPDK passes its live transport and the listener's trid.
+        let (Some(t), Some(trid)) = (unsafe { RsTransport::from_raw(transport) }, unsafe {
+            trid.as_ref()
+        }) else {
+            return;
+        };
+        match trid_addr(trid) {
+            Ok(addr) => {
+                if !t.stop_listen(addr) {
+                    tracing::warn!("RDMA_RS: stop_listen {addr}: not listening there");
+                }
+            }
+            Err(e) => tracing::error!("RDMA_RS: stop_listen: {e}"),
+        }
+    })
+}
+
+unsafe extern "C" fn listener_discover(
+    _transport: *mut sys::spdk_nvmf_transport,
+    trid: *mut sys::spdk_nvme_transport_id,
+    entry: *mut sys::spdk_nvmf_discovery_log_page_entry,
+) {
+    guard("listener_discover", (), || {
+        // SAFETY: SPDK passes the listener's trid and the entry to fill,
+        // exclusively, for the call.
+        if let (Some(trid), Some(entry)) = (unsafe { trid.as_ref() }, unsafe { entry.as_mut() }) {
+            fill_discovery_entry(trid, entry);
+        }
     })
 }
 
@@ -214,36 +258,6 @@ unsafe extern "C" fn cdata_init(
                  hosts 5.4 to 5.12 that are not a multiple of 4 KiB",
                 t.options.in_capsule_data_size
             );
-        }
-    })
-}
-
-unsafe extern "C" fn poll_group_create(
-    _transport: *mut sys::spdk_nvmf_transport,
-    _group: *mut sys::spdk_nvmf_poll_group,
-) -> *mut sys::spdk_nvmf_transport_poll_group {
-    guard(
-        "poll_group_create",
-        std::ptr::null_mut(),
-        RsPollGroup::into_raw,
-    )
-}
-
-unsafe extern "C" fn poll_group_poll(group: *mut sys::spdk_nvmf_transport_poll_group) -> c_int {
-    guard("poll_group_poll", -libc::EIO, || {
-        let _ = group;
-        0
-    })
-}
-
-unsafe extern "C" fn poll_group_destroy(group: *mut sys::spdk_nvmf_transport_poll_group) {
-    guard("poll_group_destroy", (), || {
-        // SAFETY: SPDK destroys a poll group our `poll_group_create` returned.
-        if unsafe { RsPollGroup::is_ours(group) } {
-            // SAFETY: ours (checked); SPDK never uses it after destroy.
-            unsafe { RsPollGroup::free(group) };
-        } else if !group.is_null() {
-            tracing::error!("RDMA_RS: poll_group_destroy of {group:p}, not an RDMA_RS poll group");
         }
     })
 }
