@@ -109,6 +109,7 @@ const TRACE_AND_STATS_FUNCTIONS: &[&str] = &[
     "spdk_json_write_array_end",
     "spdk_json_write_object_begin",
     "spdk_json_write_object_end",
+    "spdk_get_ticks_hz",
 ];
 
 /// NVMe spec types bindgen cannot lay out (bitfields inside packed unions:

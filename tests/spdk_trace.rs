@@ -83,3 +83,153 @@ fn rdma_rs_trace_group_is_registered() {
         "the trace group was refused:\n{log}"
     );
 }
+
+/// The listen port of the I/O test (this test's range: 45500-45599).
+fn port() -> u64 {
+    spdk_common::env_u64("SPDK_TRACE_TEST_PORT", 45510)
+}
+
+const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
+
+/// After `spdk_nvme_perf` over an `RDMA_RS` listener: the trace file holds
+/// our qpair and request events, and `nvmf_get_stats` has, for `RDMA_RS`,
+/// exactly upstream RDMA's keys in its order (both transports in one target),
+/// with counts that add up.
+#[test]
+fn rdma_rs_events_and_stats_after_io() {
+    let Some(spdk) = std::env::var_os("SPDK_DIR").map(PathBuf::from) else {
+        eprintln!(
+            "SPDK_DIR not set: skipping the RDMA_RS trace events and stats test in SPDK's \
+             nvmf_tgt (see docs/spdk-plugin.md)"
+        );
+        return;
+    };
+    if !cfg!(spdk) {
+        panic!("SPDK_DIR is set but this crate was built without it: rebuild with SPDK_DIR set");
+    }
+    let lib = std::env::current_exe()
+        .expect("current_exe")
+        .with_file_name("libnvmf_rdma_rs.so");
+    let mut tgt = Tgt::start(&spdk, "spdk-trace-io", Some(&lib), &["-e", "nvmf_rdma_rs"]);
+    let port = port().to_string();
+    for trtype in ["RDMA_RS", "RDMA"] {
+        tgt.rpc_py(&["nvmf_create_transport", "-t", trtype])
+            .unwrap_or_else(|e| panic!("nvmf_create_transport -t {trtype}: {e}"));
+    }
+    for args in [
+        &["bdev_malloc_create", "-b", "Malloc0", "32", "512"][..],
+        &[
+            "nvmf_create_subsystem",
+            NQN,
+            "-a",
+            "-s",
+            "SPDK00000000000001",
+        ],
+        &["nvmf_subsystem_add_ns", NQN, "Malloc0"],
+        &[
+            "nvmf_subsystem_add_listener",
+            NQN,
+            "-t",
+            "RDMA_RS",
+            "-a",
+            "127.0.0.1",
+            "-s",
+            &port,
+            "-f",
+            "ipv4",
+        ],
+    ] {
+        tgt.rpc_py(args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", tgt.proc.log_tail()));
+    }
+    let trid = format!("trtype:RDMA adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port} subnqn:{NQN}");
+    let out = tgt.perf(&trid, &["-q", "8", "-o", "4096", "-w", "randread"], 2);
+    eprintln!("spdk_nvme_perf:\n{out}");
+
+    // Events: count per tracepoint name.
+    let trace = tgt.trace_json();
+    let names: std::collections::HashMap<u64, String> = trace["tpoints"]
+        .as_array()
+        .expect("tpoints")
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_u64().unwrap(),
+                t["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut counts: std::collections::HashMap<&str, u64> = Default::default();
+    for e in trace["entries"].as_array().expect("entries") {
+        let id = e["tpoint"].as_u64().expect("tpoint id");
+        *counts.entry(names[&id].as_str()).or_default() += 1;
+    }
+    eprintln!("trace events: {counts:?}");
+    // perf connects an admin and an I/O qpair and leaves: both created and
+    // destroyed.
+    assert!(
+        counts.get("RS_QP_CREATE").copied().unwrap_or(0) >= 2,
+        "{counts:?}"
+    );
+    assert!(
+        counts.get("RS_QP_DESTROY").copied().unwrap_or(0) >= 2,
+        "{counts:?}"
+    );
+    let executing = counts.get("RS_REQ_EXECUTING").copied().unwrap_or(0);
+    let executed = counts.get("RS_REQ_EXECUTED").copied().unwrap_or(0);
+    assert!(executing > 100, "{counts:?}");
+    // Every executed request was executing; a few may still run (AERs).
+    assert!(
+        executed <= executing && executing - executed < 8,
+        "{counts:?}"
+    );
+    assert!(
+        !counts.keys().any(|n| n.starts_with("RDMA_")),
+        "upstream's group recorded: {counts:?}"
+    );
+
+    // Stats: upstream's keys, in its order, for ours.
+    let raw = tgt.rpc.call_raw("nvmf_get_stats", Value::Null);
+    let stats: Value = serde_json::from_str(&raw).expect("nvmf_get_stats reply");
+    let group = &stats["result"]["poll_groups"][0];
+    let entry = |trtype: &str| {
+        group["transports"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["trtype"] == trtype))
+            .unwrap_or_else(|| panic!("no {trtype} in nvmf_get_stats: {stats}"))
+            .clone()
+    };
+    let (ours, upstream) = (entry("RDMA_RS"), entry("RDMA"));
+    let keys = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(&ours), keys(&upstream), "transport keys");
+    let (od, ud) = (&ours["devices"][0], &upstream["devices"][0]);
+    assert_eq!(
+        keys(od),
+        keys(ud),
+        "device keys:\nours {ours}\nupstream {upstream}"
+    );
+    assert_eq!(od["name"], ud["name"]);
+    // trtype once per transport in SPDK's raw text (we never write it).
+    assert_eq!(raw.matches("\"trtype\"").count(), 2, "{raw}");
+    let requests = od["requests"].as_u64().unwrap();
+    assert!(
+        requests >= executed,
+        "requests {requests} < executed {executed}: {ours}"
+    );
+    assert!(od["completions"].as_u64().unwrap() >= requests, "{ours}");
+    assert!(
+        od["polls"].as_u64().unwrap() >= od["idle_polls"].as_u64().unwrap(),
+        "{ours}"
+    );
+    assert!(od["total_send_wrs"].as_u64().unwrap() >= requests, "{ours}");
+    // request_latency in ticks: the mean is above 1 µs and below 1 s.
+    let tick_rate = stats["result"]["tick_rate"].as_u64().expect("tick_rate");
+    let mean = od["request_latency"].as_u64().unwrap() / requests.max(1);
+    assert!(
+        mean > tick_rate / 1_000_000 && mean < tick_rate,
+        "mean latency {mean} ticks at {tick_rate} Hz: {ours}"
+    );
+    eprintln!("nvmf_get_stats RDMA_RS: {ours}");
+
+    tgt.stop_cleanly();
+}

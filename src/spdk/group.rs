@@ -20,8 +20,10 @@ use super::api::api;
 use super::memmap::DeviceMemMap;
 use super::qpair::RsQpair;
 use super::sys;
+use super::trace::{self, QpairEvent};
 use super::transport::RsTransport;
 use crate::engine::codec::nvme::{Command, Completion};
+use crate::engine::ReqState;
 use crate::transport::{
     BufferGrant, CommandData, DeviceMsg, Direction, FiniDone, GroupCalls, Host, HostError,
     HostGroup, PollGroup, QpairHandle, QpairInfo, QpairMsg, RequestBuffers, RequestHandle,
@@ -432,6 +434,7 @@ impl HostGroup for SpdkHostGroup {
             return;
         };
         let base: *mut sys::spdk_nvmf_qpair = &mut q.base;
+        trace::qpair_event(base.cast(), QpairEvent::Disconnect, 0);
         // SAFETY: a live qpair SPDK knows; SPDK may call our ops back inside,
         // which find `calls` published.
         let rc = g.with_calls(calls, || unsafe { api.spdk_nvmf_qpair_disconnect(base) });
@@ -459,6 +462,7 @@ impl HostGroup for SpdkHostGroup {
             t.resize(slot + 1, std::ptr::null_mut());
         }
         t[slot] = p;
+        trace::qpair_event(p.cast(), QpairEvent::Create, u64::from(info.qid));
         true
     }
 
@@ -489,6 +493,11 @@ impl HostGroup for SpdkHostGroup {
         };
         super::request::prepare(rec, cmd, data, direction);
         let base: *mut sys::spdk_nvmf_request = &mut rec.base;
+        trace::request_state(
+            base.cast(),
+            std::ptr::addr_of!(q.base).cast(),
+            ReqState::Executing,
+        );
         // SAFETY: a prepared record of a live qpair; SPDK may complete it (or
         // others) inside, through our ops, which find `calls` published.
         g.with_calls(calls, || unsafe { api.spdk_nvmf_request_exec(base) });
@@ -563,6 +572,7 @@ impl HostGroup for SpdkHostGroup {
         // SAFETY: was in our table: a live qpair of this group.
         let q = unsafe { &mut *p };
         q.life.gone = true;
+        trace::qpair_event(p.cast(), QpairEvent::Destroy, 0);
         tracing::debug!(
             "RDMA_RS: {qpair} gone (fini called: {})",
             q.life.fini_called

@@ -62,6 +62,7 @@ fn ops_table() -> sys::spdk_nvmf_transport_ops {
         qpair_get_local_trid: Some(qpair_get_local_trid),
         qpair_get_listen_trid: Some(qpair_get_listen_trid),
         qpair_abort_request: Some(qpair_abort_request),
+        poll_group_dump_stat: Some(super::stats::poll_group_dump_stat),
         ..Default::default()
     };
     for (dst, src) in ops.name.iter_mut().zip(TRANSPORT_NAME.to_bytes()) {

@@ -16,8 +16,13 @@
 use std::ffi::{CStr, CString};
 
 use super::api::api;
+use super::group::RsPollGroup;
+use super::guard::guard;
 use super::sys;
 use crate::transport::{PollGroupStats, PollerStats};
+
+/// Nanoseconds per second.
+const NS_PER_SEC: u128 = 1_000_000_000;
 
 /// The key of the group-level counter.
 const PENDING_DATA_BUFFER: &CStr = c"pending_data_buffer";
@@ -120,13 +125,48 @@ impl JsonOut for SpdkJsonOut<'_> {
     }
 }
 
+/// `ns` nanoseconds (the transport core's clock) in ticks of a clock of
+/// `ticks_hz` (SPDK's `spdk_get_ticks`, whose rate `nvmf_get_stats` reports
+/// as `tick_rate`): upstream's unit of `request_latency`.
+fn ns_to_ticks(ns: u64, ticks_hz: u64) -> u64 {
+    u64::try_from(u128::from(ns) * u128::from(ticks_hz) / NS_PER_SEC).unwrap_or(u64::MAX)
+}
+
+/// The `poll_group_dump_stat` op: the group's core statistics, with
+/// `request_latency` in SPDK ticks, through [`dump_poll_group_stat`]. When
+/// the core is busy (never, from SPDK's RPC thread message) zeros are
+/// written, so the keys are always there.
+pub(super) unsafe extern "C" fn poll_group_dump_stat(
+    group: *mut sys::spdk_nvmf_transport_poll_group,
+    w: *mut sys::spdk_json_write_ctx,
+) {
+    guard("poll_group_dump_stat", (), || {
+        let Some(api) = api() else { return };
+        // SAFETY: SPDK dumps a live group of ours on its thread
+        // (`nvmf_get_stats` visits each poll group's channel).
+        let Some(g) = (unsafe { RsPollGroup::from_raw(group) }) else {
+            tracing::error!(
+                "RDMA_RS: poll_group_dump_stat of {group:p}, not an RDMA_RS poll group"
+            );
+            return;
+        };
+        let mut stats = g.run(|pg| pg.stats()).unwrap_or_default();
+        // SAFETY: no arguments; SPDK's env is up while RPCs run.
+        let hz = unsafe { api.spdk_get_ticks_hz() };
+        for d in &mut stats.devices {
+            d.request_latency = ns_to_ticks(d.request_latency, hz);
+        }
+        // SAFETY: `w` is the writer SPDK passed for this call.
+        unsafe { dump_poll_group_stat(w, &stats) };
+    })
+}
+
 /// The body of the `poll_group_dump_stat` op: writes `stats` to SPDK's
 /// writer `w` (nothing when SPDK is not resolved or `w` is NULL).
 ///
 /// # Safety
 /// `w` must be NULL or the live writer SPDK passed to `poll_group_dump_stat`,
 /// used by nothing else during the call.
-#[allow(dead_code)] // wired into the ops table with the data path
 pub(crate) unsafe fn dump_poll_group_stat(
     w: *mut sys::spdk_json_write_ctx,
     stats: &PollGroupStats,
@@ -284,6 +324,19 @@ mod tests {
         assert_eq!(
             Value::Object(r.top),
             serde_json::json!({"pending_data_buffer": 0, "devices": []})
+        );
+    }
+
+    #[test]
+    fn latency_is_converted_to_ticks() {
+        assert_eq!(ns_to_ticks(1_000_000_000, 2_600_000_000), 2_600_000_000);
+        assert_eq!(ns_to_ticks(1_500, 2_600_000_000), 3_900);
+        assert_eq!(ns_to_ticks(0, 2_600_000_000), 0);
+        // No overflow on the way: a century of nanoseconds at 5 GHz.
+        assert_eq!(ns_to_ticks(u64::MAX, u64::MAX), u64::MAX);
+        assert_eq!(
+            ns_to_ticks(100 * 365 * 86_400 * NS_PER_SEC as u64, 5_000_000_000),
+            100 * 365 * 86_400 * 5_000_000_000
         );
     }
 

@@ -54,13 +54,13 @@ const BDEV_IO_RELATIONS: [(u16, u8); 2] = [(3 * 64, 1), (3 * 64 + 1, 0)];
 
 /// A qpair lifecycle event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // recorded by the data path
+#[allow(dead_code)] // `Error` waits for a core hook (docs/spdk-plugin.md)
 pub(crate) enum QpairEvent {
-    /// The qpair's resources were created (`code`: the QP number).
+    /// The qpair joined its poll group (`code`: its queue id, 0 = admin).
     Create,
-    /// The qpair is being disconnected (`code`: the reason, caller-defined).
+    /// The transport asked SPDK to disconnect it (`code`: 0).
     Disconnect,
-    /// The qpair was destroyed (`code`: 1 when the drain deadline forced it).
+    /// The transport is done with it (`code`: 0).
     Destroy,
     /// An error moved the qpair to error (`code`: the WC status or event).
     Error,
@@ -206,7 +206,6 @@ fn enabled(id: u16) -> bool {
 /// object id, as upstream, so `spdk_trace` relates bdev I/O to it), `qpair`
 /// its `spdk_nvmf_qpair`. Costs a mask check when the tracepoint is off.
 #[inline]
-#[allow(dead_code)] // called by the data path
 pub(crate) fn request_state(req: *const c_void, qpair: *const c_void, state: ReqState) {
     let Some(index) = state_index(state) else {
         return;
@@ -220,7 +219,6 @@ pub(crate) fn request_state(req: *const c_void, qpair: *const c_void, state: Req
 /// Records a qpair lifecycle event for `qpair` (its `spdk_nvmf_qpair`) with
 /// an event-specific `code` (see [`QpairEvent`]).
 #[inline]
-#[allow(dead_code)] // called by the data path
 pub(crate) fn qpair_event(qpair: *const c_void, event: QpairEvent, code: u64) {
     let id = tpoint_id(event_index(event));
     if enabled(id) {

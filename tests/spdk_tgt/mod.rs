@@ -43,14 +43,7 @@ impl Tgt {
             .arg("-r")
             .arg(&sock)
             .args(extra)
-            .env(
-                "LD_LIBRARY_PATH",
-                format!(
-                    "{}:{}",
-                    softrdma.display(),
-                    spdk.join("build/lib").display()
-                ),
-            )
+            .env("LD_LIBRARY_PATH", lib_path(&softrdma, spdk))
             .env("SOFTRDMA_SHM_DIR", &shm)
             .env("SOFTRDMA_QUIET", "1");
         if let Some(lib) = preload {
@@ -89,22 +82,58 @@ impl Tgt {
     /// The tracepoint definitions in this target's trace file, as the tree's
     /// `spdk_trace -j` prints them (`{name, id, new_object, args}` objects).
     pub fn tpoints(&self) -> Vec<Value> {
+        let v = self.trace_json();
+        v["tpoints"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no tpoints in spdk_trace -j output: {v}"))
+            .clone()
+    }
+
+    /// `spdk_trace -j` over this target's trace file: `tsc_rate`, `tpoints`
+    /// (definitions) and `entries` (recorded events, `tpoint` = id).
+    pub fn trace_json(&self) -> Value {
         let out = Command::new(self.spdk.join("build/bin/spdk_trace"))
             .args(["-j", "-s", "nvmf", "-p", &self.proc.child.id().to_string()])
             .env("LD_LIBRARY_PATH", self.spdk.join("build/lib"))
             .output()
             .expect("running spdk_trace");
         assert!(out.status.success(), "spdk_trace failed: {out:?}");
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
                 "spdk_trace -j printed no JSON ({e}):\n{}",
                 String::from_utf8_lossy(&out.stdout)
             )
-        });
-        v["tpoints"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no tpoints in spdk_trace -j output: {v}"))
-            .clone()
+        })
+    }
+
+    /// Runs the tree's `spdk_nvme_perf` (core 1, no hugepages) against an
+    /// RDMA listener of this target for `secs` seconds; returns its output
+    /// (panics when it fails).
+    pub fn perf(&self, trid: &str, args: &[&str], secs: u64) -> String {
+        let mem = env_u64("SPDK_MEM_MB", 512).to_string();
+        // `timeout` bounds a perf that would not finish on its own.
+        let out = Command::new("timeout")
+            .arg((secs + 60).to_string())
+            .arg(self.spdk.join("build/bin/spdk_nvme_perf"))
+            .args(["--no-huge", "-s", &mem, "-c", "0x2"])
+            .args(args)
+            .args(["-t", &secs.to_string(), "-r", trid])
+            .env("LD_LIBRARY_PATH", lib_path(&softrdma_dir(), &self.spdk))
+            .env("SOFTRDMA_SHM_DIR", self.scratch.0.join("shm"))
+            .env("SOFTRDMA_QUIET", "1")
+            .output()
+            .expect("running spdk_nvme_perf");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "spdk_nvme_perf failed ({}):\n{text}",
+            out.status
+        );
+        text
     }
 
     /// SIGINT, then asserts a clean exit (status 0, no panic or crash in the
@@ -126,6 +155,15 @@ impl Tgt {
         }
         log
     }
+}
+
+/// softrdma's libraries first, then the SPDK tree's.
+fn lib_path(softrdma: &Path, spdk: &Path) -> String {
+    format!(
+        "{}:{}",
+        softrdma.display(),
+        spdk.join("build/lib").display()
+    )
 }
 
 /// The tracepoint named `name` among `tpoints`, or a panic listing them.
