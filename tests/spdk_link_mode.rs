@@ -13,13 +13,16 @@
 //! - `nvmf_create_transport -t RDMA` (SPDK's `scripts/rpc.py`, unchanged
 //!   arguments) creates *our* transport: our create log line, our RDMA keys in
 //!   `nvmf_get_transports`, `RDMA_RS` unknown;
-//! - the trace file describes our tracepoints in group `nvmf_rdma` (id 0x4);
+//! - an `-t RDMA` listener serves SPDK's `spdk_nvme_perf` (`trtype:RDMA`,
+//!   4 KiB randread and randwrite, QD 8, 2 s each) and `nvmf_get_stats`
+//!   counts the requests under `RDMA`;
+//! - the trace file describes our tracepoints in group `nvmf_rdma` (id 0x4)
+//!   and holds `RS_REQ_EXECUTING` events from the perf runs;
 //! - SIGINT: exit 0, our transport destroyed, no panic.
 //!
-//! The perf and verify runs with `-t RDMA` come with the data path.
-//!
 //! Environment: `SPDK_PATCHED_DIR` (unset: prints why it skips and passes),
-//! `SOFTRDMA_LIB_DIR`, `SPDK_MEM_MB` as in `spdk_upstream.rs`.
+//! `SPDK_LINK_TEST_PORT` (listen port, default 45511), `SOFTRDMA_LIB_DIR`,
+//! `SPDK_MEM_MB` as in `spdk_upstream.rs`.
 
 mod spdk_common;
 mod spdk_tgt;
@@ -28,6 +31,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use spdk_tgt::{tpoint, Tgt};
+
+const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
 
 /// Tracepoint id of `index` in the group `group` (`SPDK_TPOINT_ID`).
 fn tpoint_id(group: u64, index: u64) -> u64 {
@@ -110,6 +115,33 @@ fn link_mode_nvmf_tgt_runs_our_transport_as_rdma() {
     let other = tgt.rpc_py(&["nvmf_create_transport", "-t", "RDMA_RS"]);
     assert!(other.is_err(), "RDMA_RS exists in link mode: {other:?}");
 
+    // I/O with upstream's command lines: an `-t RDMA` listener and
+    // `spdk_nvme_perf` with `trtype:RDMA`.
+    let port = spdk_common::env_u64("SPDK_LINK_TEST_PORT", 45511).to_string();
+    let trid = tgt.export_malloc(NQN, "RDMA", &port);
+    for workload in ["randread", "randwrite"] {
+        let out = tgt.perf(&trid, &["-q", "8", "-o", "4096", "-w", workload], 2);
+        let total = out
+            .lines()
+            .find(|l| l.starts_with("Total"))
+            .unwrap_or_else(|| panic!("no Total line from spdk_nvme_perf:\n{out}"));
+        let iops: f64 = total
+            .split(':')
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no IOPS in {total:?}"));
+        assert!(iops > 0.0, "{workload}: no I/O completed:\n{out}");
+        eprintln!("link mode, -t RDMA, {workload} QD 8: {total}");
+    }
+    let stats = tgt.rpc.call("nvmf_get_stats", Value::Null);
+    let ours = &stats["poll_groups"][0]["transports"][0];
+    assert_eq!(ours["trtype"], "RDMA", "{stats}");
+    assert!(
+        ours["devices"][0]["requests"].as_u64().unwrap_or(0) > 0,
+        "{stats}"
+    );
+
     // Our tracepoints, in rdma.c's group 0x4, enabled by -e nvmf_rdma.
     let groups = tgt.rpc.call("trace_get_tpoint_group_mask", Value::Null);
     assert_eq!(groups["nvmf_rdma"]["enabled"], true, "{groups}");
@@ -123,6 +155,15 @@ fn link_mode_nvmf_tgt_runs_our_transport_as_rdma() {
     assert!(
         !tpoints.iter().any(|t| t["name"] == "RDMA_REQ_NEW"),
         "rdma.c's tracepoints are registered too"
+    );
+    let executing = tpoint_id(4, 6);
+    let recorded = tgt.trace_json()["entries"]
+        .as_array()
+        .map(|e| e.iter().filter(|e| e["tpoint"] == executing).count())
+        .unwrap_or(0);
+    assert!(
+        recorded > 0,
+        "no RS_REQ_EXECUTING events after the perf runs"
     );
 
     let log = tgt.stop_cleanly();

@@ -116,33 +116,7 @@ fn rdma_rs_events_and_stats_after_io() {
         tgt.rpc_py(&["nvmf_create_transport", "-t", trtype])
             .unwrap_or_else(|e| panic!("nvmf_create_transport -t {trtype}: {e}"));
     }
-    for args in [
-        &["bdev_malloc_create", "-b", "Malloc0", "32", "512"][..],
-        &[
-            "nvmf_create_subsystem",
-            NQN,
-            "-a",
-            "-s",
-            "SPDK00000000000001",
-        ],
-        &["nvmf_subsystem_add_ns", NQN, "Malloc0"],
-        &[
-            "nvmf_subsystem_add_listener",
-            NQN,
-            "-t",
-            "RDMA_RS",
-            "-a",
-            "127.0.0.1",
-            "-s",
-            &port,
-            "-f",
-            "ipv4",
-        ],
-    ] {
-        tgt.rpc_py(args)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", tgt.proc.log_tail()));
-    }
-    let trid = format!("trtype:RDMA adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port} subnqn:{NQN}");
+    let trid = tgt.export_malloc(NQN, "RDMA_RS", &port);
     let out = tgt.perf(&trid, &["-q", "8", "-o", "4096", "-w", "randread"], 2);
     eprintln!("spdk_nvme_perf:\n{out}");
 

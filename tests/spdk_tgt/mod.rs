@@ -79,6 +79,40 @@ impl Tgt {
         }
     }
 
+    /// Exports a 16 MiB malloc bdev as namespace 1 of subsystem `nqn`, with
+    /// a `trtype` listener on 127.0.0.1:`port` (the transport must exist);
+    /// returns the `-r` argument of `spdk_nvme_perf` for it.
+    pub fn export_malloc(&self, nqn: &str, trtype: &str, port: &str) -> String {
+        let listener = [
+            "nvmf_subsystem_add_listener",
+            nqn,
+            "-t",
+            trtype,
+            "-a",
+            "127.0.0.1",
+            "-s",
+            port,
+            "-f",
+            "ipv4",
+        ];
+        for args in [
+            &["bdev_malloc_create", "-b", "Malloc0", "32", "512"][..],
+            &[
+                "nvmf_create_subsystem",
+                nqn,
+                "-a",
+                "-s",
+                "SPDK00000000000001",
+            ],
+            &["nvmf_subsystem_add_ns", nqn, "Malloc0"],
+            &listener,
+        ] {
+            self.rpc_py(args)
+                .unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", self.proc.log_tail()));
+        }
+        format!("trtype:RDMA adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port} subnqn:{nqn}")
+    }
+
     /// The tracepoint definitions in this target's trace file, as the tree's
     /// `spdk_trace -j` prints them (`{name, id, new_object, args}` objects).
     pub fn tpoints(&self) -> Vec<Value> {
