@@ -3,8 +3,8 @@
 //! prints why it skips otherwise). Everything runs over softrdma with
 //! `nvmf_tgt --no-huge` and `LD_PRELOAD=libnvmf_rdma_rs.so`:
 //!
-//! - `workloads_discovery_listeners_config`: `spdk_nvme_discover` shows
-//!   `trtype` RDMA; `spdk_nvme_perf` 4 KiB randread/randwrite at QD 1/32/128,
+//! - `workloads_discovery_listeners_config`: the discovery log page (read
+//!   with `spdk_nvme_identify`) shows `trtype` RDMA; `spdk_nvme_perf` 4 KiB randread/randwrite at QD 1/32/128,
 //!   128 KiB sequential read and write, fragmented writes (`-o 45056 -O
 //!   4096`, several RDMA READs per write); this project's verifying initiator;
 //!   `bdevperf -w verify` through `bdev_nvme_attach_controller -t rdma`;
@@ -158,43 +158,37 @@ fn workloads_discovery_listeners_config() {
     let mut t = SpdkTarget::start(&spdk, &s.0, "tgt", Some(&lib), &[], &[]);
     t.export("RDMA_RS", json!({}), NQN, port);
 
-    // Discovery shows plain RDMA (spdk_nvme_discover has no --no-huge). Over
-    // softrdma it prints the log page and then does not exit, with upstream's
-    // RDMA as with ours: read its output, then stop it.
-    if free_hugepages() >= 128 {
-        let mut cmd = Command::new(spdk.join("build/bin/spdk_nvme_discover"));
-        cmd.arg("-r")
-            .arg(format!(
-                "trtype:RDMA adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port}"
-            ))
-            .env("LD_LIBRARY_PATH", t.ld_path())
-            .env("SOFTRDMA_SHM_DIR", &t.shm)
-            .env("SOFTRDMA_QUIET", "1");
-        let mut disc = Proc::spawn("spdk_nvme_discover", cmd, s.0.join("discover.log"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let listed = |text: &str| {
-            text.lines()
-                .any(|l| l.contains("Transport Type") && l.contains("RDMA"))
-                && text.contains(NQN)
-                && text.lines().any(|l| {
-                    l.contains("Transport Service Identifier") && l.contains(&port.to_string())
-                })
-        };
-        while !listed(&disc.log_text()) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let text = disc.log_text();
-        drop(disc);
-        assert!(
-            listed(&text),
-            "discovery log does not list the RDMA listener:\n{text}"
-        );
-    } else {
-        eprintln!(
-            "fewer than 128 free hugepages: the spdk_nvme_discover step is skipped \
-             (it cannot run with --no-huge; see docs/spdk.md for hugepages)"
-        );
-    }
+    // The discovery log page shows plain RDMA. Read with spdk_nvme_identify on
+    // the discovery NQN (spdk_nvme_discover has no --no-huge and, over
+    // softrdma, does not exit after printing, with upstream's RDMA as with
+    // ours).
+    let mut cmd = Command::new(spdk.join("build/bin/spdk_nvme_identify"));
+    cmd.args(["--no-huge", "-s", "256", "-r"])
+        .arg(format!(
+            "trtype:RDMA adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port} \
+             subnqn:nqn.2014-08.org.nvmexpress.discovery"
+        ))
+        .env("LD_LIBRARY_PATH", t.ld_path())
+        .env("SOFTRDMA_SHM_DIR", &t.shm)
+        .env("SOFTRDMA_QUIET", "1");
+    let mut disc = Proc::spawn("spdk_nvme_identify", cmd, s.0.join("discovery.log"));
+    let status = disc.wait_bounded(Duration::from_secs(60));
+    let text = disc.log_text();
+    let entry = text
+        .split("Discovery Log Entry 0")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        status.success()
+            && entry
+                .lines()
+                .any(|l| l.contains("Transport Type") && l.contains("1 (RDMA)"))
+            && entry.contains(NQN)
+            && entry.lines().any(|l| {
+                l.contains("Transport Service Identifier") && l.contains(&port.to_string())
+            }),
+        "the discovery log page does not list the RDMA listener ({status}):\n{text}"
+    );
 
     let qps_before = live_qps(&t);
     io_set(&mut t, port, true);

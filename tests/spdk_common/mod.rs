@@ -286,16 +286,6 @@ pub fn test_port(n: u16) -> u16 {
     u16::try_from(base).expect("SPDK_TEST_PORT fits a port") + n
 }
 
-/// Free 2 MiB hugepages (`HugePages_Free` in /proc/meminfo).
-pub fn free_hugepages() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("HugePages_Free:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// `nvmf_tgt` over softrdma in a scratch directory, with an RPC client.
 pub struct SpdkTarget {
     pub spdk: PathBuf,
