@@ -11,13 +11,14 @@
 //!   `nvmf_get_stats`; a listener removed and re-added while a host is
 //!   connected; `save_config` → `nvmf_tgt --json` round trip; SIGINT with a
 //!   host connected.
-//! - `no_srq_and_interrupt_mode`: the same I/O with `no_srq` and with
-//!   `nvmf_tgt --interrupt-mode`.
+//! - `no_srq_and_interrupt_mode`: the same I/O with `no_srq` (the transport
+//!   created with the PyPI `spdk` package's `spdk-rpc` when installed:
+//!   `SPDK_RPC` or `PATH`) and with `nvmf_tgt --interrupt-mode`.
 //! - `connect_disconnect_cycles`: `SPDK_CYCLES` (default 1000)
 //!   connect/I-O/disconnect cycles, then the target's live softrdma QPs are
 //!   back to their baseline and a fresh verify passes.
 //!
-//! Environment: `SPDK_DIR`, `SOFTRDMA_LIB_DIR`, `SPDK_MEM_MB`,
+//! Environment: `SPDK_DIR`, `SPDK_RPC`, `SOFTRDMA_LIB_DIR`, `SPDK_MEM_MB`,
 //! `SPDK_TEST_PORT`, `SPDK_PERF_SECS` (default 2), `SPDK_CYCLES`. See
 //! docs/spdk-plugin.md.
 
@@ -304,13 +305,29 @@ fn workloads_discovery_listeners_config() {
     );
 }
 
+/// The PyPI `spdk` package's `spdk-rpc` (`SPDK_RPC`, else on `PATH`).
+fn spdk_rpc_tool() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SPDK_RPC") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("spdk-rpc"))
+            .find(|p| p.is_file())
+    })
+}
+
 fn run_variant(spdk: &Path, name: &str, params: Value, extra: &[&str], port: u16) {
     let s = scratch(name);
     let lib = cdylib();
     let mut t = SpdkTarget::start(spdk, &s.0, name, Some(&lib), extra, &[]);
     t.export("RDMA_RS", params, NQN, port);
-    io_set(&mut t, port, false);
-    let st = rdma_rs_stats(&mut t);
+    io_variant(&mut t, name, port);
+}
+
+fn io_variant(t: &mut SpdkTarget, name: &str, port: u16) {
+    io_set(t, port, false);
+    let st = rdma_rs_stats(t);
     eprintln!("{name}: nvmf_get_stats RDMA_RS: {st}");
     t.stop_clean();
 }
@@ -321,7 +338,46 @@ fn no_srq_and_interrupt_mode() {
         return;
     };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    run_variant(&spdk, "nosrq", json!({ "no_srq": true }), &[], test_port(1));
+    // no_srq, the transport created with the PyPI `spdk` package's spdk-rpc
+    // when it is installed (rpc.py creates it everywhere else).
+    match spdk_rpc_tool() {
+        Some(tool) => {
+            let s = scratch("nosrq");
+            let mut t = SpdkTarget::start(&spdk, &s.0, "nosrq", Some(&cdylib()), &[], &[]);
+            let out = Command::new(&tool)
+                .arg("-s")
+                .arg(&t.sock)
+                .args([
+                    "nvmf_create_transport",
+                    "-t",
+                    "RDMA_RS",
+                    "--no-srq",
+                    "--num-cqe",
+                    "2048",
+                ])
+                .output()
+                .expect("spdk-rpc");
+            assert!(
+                out.status.success(),
+                "{} nvmf_create_transport failed: {out:?}",
+                tool.display()
+            );
+            let listed = t
+                .rpc
+                .call("nvmf_get_transports", json!({ "trtype": "RDMA_RS" }));
+            assert_eq!(listed[0]["no_srq"], true, "{listed}");
+            assert_eq!(listed[0]["num_cqe"], 2048, "{listed}");
+            t.export_existing("RDMA_RS", NQN, test_port(1));
+            io_variant(&mut t, "nosrq", test_port(1));
+        }
+        None => {
+            eprintln!(
+                "spdk-rpc (pip install spdk) not found on PATH and SPDK_RPC unset: the no_srq \
+                 transport is created over JSON-RPC instead"
+            );
+            run_variant(&spdk, "nosrq", json!({ "no_srq": true }), &[], test_port(1));
+        }
+    }
     run_variant(
         &spdk,
         "intr",

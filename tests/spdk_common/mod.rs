@@ -367,6 +367,11 @@ impl SpdkTarget {
         let mut p = params;
         p["trtype"] = json!(trtype);
         self.rpc.call("nvmf_create_transport", p);
+        self.export_existing(trtype, nqn, port);
+    }
+
+    /// As [`SpdkTarget::export`] for a transport that already exists.
+    pub fn export_existing(&mut self, trtype: &str, nqn: &str, port: u16) {
         self.rpc.call(
             "bdev_malloc_create",
             json!({ "name": "Malloc0", "num_blocks": 131072, "block_size": 512 }),
