@@ -198,17 +198,26 @@ impl TransportArgs {
 
 fn run_perf(a: &PerfArgs) -> Result<(), String> {
     let cfg = a.to_config()?;
-    let report = run_initiator_perf(&cfg).map_err(|e| format!("perf: {e}"))?;
-    println!("{report}");
-    if report.errors.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} error(s): {}",
-            report.errors.len(),
-            report.errors.join("; ")
-        ))
+    for cycle in 1..=a.cycles {
+        let report = run_initiator_perf(&cfg).map_err(|e| format!("perf (cycle {cycle}): {e}"))?;
+        if !report.errors.is_empty() {
+            return Err(format!(
+                "cycle {cycle}: {} error(s): {}",
+                report.errors.len(),
+                report.errors.join("; ")
+            ));
+        }
+        if cycle == a.cycles {
+            println!("{report}");
+        }
     }
+    if a.cycles > 1 {
+        println!(
+            "cycles: {} connect/I-O/disconnect cycles, 0 errors",
+            a.cycles
+        );
+    }
+    Ok(())
 }
 
 /// Logs go to stderr at `default_level` unless `NVMF_RDMA_RS_LOG` (an

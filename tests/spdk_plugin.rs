@@ -9,8 +9,8 @@
 //! - good options succeed, and `nvmf_get_transports` and `save_config` show
 //!   the same keys and values for `RDMA_RS` as for upstream's `RDMA` created
 //!   with the same options;
-//! - a listener is refused with an error naming the address (the data path
-//!   is not built yet);
+//! - a listener on 127.0.0.1 is accepted and listed; one on a name that is
+//!   not an IP address is refused with an error naming it;
 //! - `nvmf_tgt` stays up and exits 0 on SIGINT, with no panic in its log.
 //!
 //! Environment: `SPDK_DIR` (unset: prints why it skips and passes),
@@ -27,17 +27,6 @@ use serde_json::{json, Value};
 use spdk_common::*;
 
 const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
-
-/// The cdylib Cargo built for this test run (next to the test binary).
-fn cdylib() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let lib = exe
-        .parent()
-        .expect("target/<profile>/deps")
-        .join("libnvmf_rdma_rs.so");
-    assert!(lib.is_file(), "{} not built", lib.display());
-    lib
-}
 
 /// Runs SPDK's `scripts/rpc.py` against `sock`; returns (success, output).
 fn rpc_py(spdk: &Path, sock: &Path, args: &[&str]) -> (bool, String) {
@@ -246,23 +235,35 @@ fn rdma_rs_plugin_in_unmodified_nvmf_tgt() {
         "save_config and nvmf_get_transports differ for RDMA_RS"
     );
 
-    // A listener is refused, naming the address.
+    // A listener works; a malformed address is refused, naming it.
     rpc.call(
         "nvmf_create_subsystem",
         json!({ "nqn": NQN, "allow_any_host": true }),
     );
+    let port = 44000 + (std::process::id() % 1000) as u16;
+    rpc.call(
+        "nvmf_subsystem_add_listener",
+        json!({ "nqn": NQN, "listen_address": {
+            "trtype": "RDMA_RS", "adrfam": "IPv4", "traddr": "127.0.0.1",
+            "trsvcid": port.to_string() } }),
+    );
+    let listeners = rpc.call("nvmf_subsystem_get_listeners", json!({ "nqn": NQN }));
+    assert!(
+        listeners.to_string().contains(&port.to_string()),
+        "listener not listed: {listeners}"
+    );
     let refused = rpc.try_call(
         "nvmf_subsystem_add_listener",
         json!({ "nqn": NQN, "listen_address": {
-            "trtype": "RDMA_RS", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "44999" } }),
+            "trtype": "RDMA_RS", "adrfam": "IPv4", "traddr": "nothost", "trsvcid": "44999" } }),
     );
     assert!(
         refused.is_err(),
-        "an RDMA_RS listener was accepted: {refused:?}"
+        "a listener on 'nothost' was accepted: {refused:?}"
     );
     assert!(
         tgt.log_text()
-            .contains("RDMA_RS: cannot listen on 127.0.0.1:44999"),
+            .contains("traddr \"nothost\" is not an IP address"),
         "no listen error naming the address:\n{}",
         tgt.log_tail()
     );

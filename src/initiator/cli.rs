@@ -89,6 +89,11 @@ pub struct PerfArgs {
     /// PRNG seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Repeat the whole run (connect, I/O, disconnect) this many times,
+    /// stopping at the first failure: a connect/disconnect storm with
+    /// `--ios 1`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cycles: u32,
 }
 
 impl PerfArgs {

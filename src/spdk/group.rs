@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use super::api::api;
+use super::interrupt::{self, Interrupts};
 use super::memmap::DeviceMemMap;
 use super::qpair::RsQpair;
 use super::sys;
@@ -91,6 +92,8 @@ pub(crate) struct RsPollGroup {
     core: UnsafeCell<Option<PollGroup<SpdkHost>>>,
     /// SPDK's thread of this group (messages from the acceptor go there).
     pub(crate) thread: *mut sys::spdk_thread,
+    /// Interrupt mode: the channel fds and the deadline timer.
+    intr: Option<Interrupts>,
 }
 
 /// Makes the host side of a group ([`Host::create_group`]) pointing at its
@@ -137,6 +140,7 @@ impl RsPollGroup {
                 aborts: RefCell::new(Vec::new()),
             },
             core: UnsafeCell::new(None),
+            intr: None,
             // SAFETY: no arguments; called on an SPDK thread.
             thread: unsafe { api.spdk_get_thread() },
         }));
@@ -145,9 +149,22 @@ impl RsPollGroup {
         gr.glue.tgroup = &mut gr.base;
         let host = SpdkHost(&gr.glue);
         match t.core().create_poll_group(&host) {
-            Ok(pg) => {
+            Ok(mut pg) => {
                 let index = pg.index();
+                let fds = interrupt::enabled().then(|| {
+                    pg.arm();
+                    pg.event_fds()
+                });
                 *gr.core.get_mut() = Some(pg);
+                if let Some(fds) = fds {
+                    gr.intr = Some(Interrupts::register(
+                        &fds,
+                        interrupt::group_event,
+                        g.cast(),
+                        c"nvmf_rdma_rs_group",
+                        true,
+                    ));
+                }
                 t.groups.add(index, g, gr.thread);
                 tracing::info!("RDMA_RS: poll group {index} created");
                 Some(&mut gr.base)
@@ -284,6 +301,7 @@ impl RsPollGroup {
         if let Some(i) = index {
             t.groups.remove(i);
         }
+        drop(g.intr.take());
         g.glue.busy.set(true);
         drop(g.core.get_mut().take());
         g.magic = 0;

@@ -26,6 +26,7 @@ pub mod sys;
 mod api;
 mod group;
 mod guard;
+mod interrupt;
 mod json;
 mod log;
 mod memmap;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::api::api;
 use super::group::{Deferred, RsPollGroup};
 use super::guard::guard;
+use super::interrupt::{self, Interrupts};
 use super::memmap::DeviceMemMap;
 use super::qpair::RsQpair;
 use super::sys;
@@ -88,6 +89,8 @@ pub(crate) struct RsTransport {
     /// One memory map per device, made when the first group attaches it.
     maps: Mutex<Vec<Option<Box<DeviceMemMap>>>>,
     acceptor: *mut sys::spdk_poller,
+    /// Interrupt mode: the acceptor's CM and async fds.
+    acceptor_intr: Option<Interrupts>,
 }
 
 impl RsTransport {
@@ -107,6 +110,7 @@ impl RsTransport {
             listeners: Mutex::new(Vec::new()),
             maps: Mutex::new(Vec::new()),
             acceptor: std::ptr::null_mut(),
+            acceptor_intr: None,
         }));
         if let Some(api) = api() {
             // SAFETY: `t` lives until `free`, which unregisters the poller
@@ -120,7 +124,18 @@ impl RsTransport {
                 )
             };
             // SAFETY: just allocated, not yet shared.
-            unsafe { (*t).acceptor = p };
+            let tr = unsafe { &mut *t };
+            tr.acceptor = p;
+            if interrupt::enabled() {
+                let fds = tr.core.acceptor_fds();
+                tr.acceptor_intr = Some(Interrupts::register(
+                    &fds,
+                    acceptor_poll,
+                    t.cast(),
+                    c"nvmf_rdma_rs_accept",
+                    false,
+                ));
+            }
         }
         t.cast()
     }
@@ -150,6 +165,7 @@ impl RsTransport {
     pub(crate) unsafe fn free(p: *mut sys::spdk_nvmf_transport) {
         // SAFETY: the Box pointer `into_raw` leaked (caller's contract).
         let mut t = unsafe { Box::from_raw(p.cast::<RsTransport>()) };
+        drop(t.acceptor_intr.take());
         if let Some(api) = api() {
             // SAFETY: our poller, unregistered on its thread; NULLs it.
             unsafe { api.spdk_poller_unregister(&mut t.acceptor) };

@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -248,4 +248,328 @@ pub fn wait_for_rpc(tgt: &mut Proc, rpc: &mut RpcClient) -> Value {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The cdylib Cargo built for this test run (next to the test binary).
+pub fn cdylib() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let lib = exe
+        .parent()
+        .expect("target/<profile>/deps")
+        .join("libnvmf_rdma_rs.so");
+    assert!(lib.is_file(), "{} not built", lib.display());
+    lib
+}
+
+/// `SPDK_DIR`, or `None` after printing why the test `what` is skipped.
+/// Panics when SPDK_DIR is set but the crate was built without it.
+pub fn spdk_dir_or_skip(what: &str, built_with_spdk: bool) -> Option<PathBuf> {
+    let Some(spdk) = std::env::var_os("SPDK_DIR").map(PathBuf::from) else {
+        eprintln!("SPDK_DIR not set: skipping {what} (see docs/spdk-plugin.md)");
+        return None;
+    };
+    assert!(
+        built_with_spdk,
+        "SPDK_DIR is set but this crate was built without it: the plugin glue is not in the \
+         library. Rebuild with SPDK_DIR set (cargo rebuilds when it changes)."
+    );
+    Some(spdk)
+}
+
+/// A listener port for test `n` of a file (`SPDK_TEST_PORT` + n, default
+/// 45000 + pid % 500 * 2 + n).
+pub fn test_port(n: u16) -> u16 {
+    let base = env_u64(
+        "SPDK_TEST_PORT",
+        45000 + u64::from(std::process::id() % 500) * 2,
+    );
+    u16::try_from(base).expect("SPDK_TEST_PORT fits a port") + n
+}
+
+/// `nvmf_tgt` over softrdma in a scratch directory, with an RPC client.
+pub struct SpdkTarget {
+    pub spdk: PathBuf,
+    pub softrdma: PathBuf,
+    /// The fabric directory every process of the test shares.
+    pub shm: PathBuf,
+    pub sock: PathBuf,
+    pub proc: Proc,
+    pub rpc: RpcClient,
+}
+
+impl SpdkTarget {
+    /// Starts `nvmf_tgt --no-huge -s SPDK_MEM_MB --no-pci -m 0x1` plus
+    /// `extra`, with `LD_PRELOAD=preload` when given and `env` added, and
+    /// waits until it answers RPCs.
+    pub fn start(
+        spdk: &Path,
+        dir: &Path,
+        name: &str,
+        preload: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> SpdkTarget {
+        let softrdma = softrdma_dir();
+        let shm = dir.join(format!("{name}-shm"));
+        std::fs::create_dir_all(&shm).expect("fabric dir");
+        let sock = dir.join(format!("{name}.sock"));
+        let mem = env_u64("SPDK_MEM_MB", 1024).to_string();
+        let mut cmd = Command::new(spdk.join("build/bin/nvmf_tgt"));
+        // No core lock files: other SPDK processes of other tests may use
+        // core 0 too.
+        cmd.args([
+            "--no-huge",
+            "-s",
+            &mem,
+            "--no-pci",
+            "-m",
+            "0x1",
+            "--disable-cpumask-locks",
+            "-r",
+        ])
+        .arg(&sock)
+        .args(extra)
+        .env(
+            "LD_LIBRARY_PATH",
+            format!(
+                "{}:{}",
+                softrdma.display(),
+                spdk.join("build/lib").display()
+            ),
+        )
+        .env("SOFTRDMA_SHM_DIR", &shm)
+        .env("SOFTRDMA_QUIET", "1");
+        if let Some(p) = preload {
+            cmd.env("LD_PRELOAD", p);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut proc = Proc::spawn("nvmf_tgt", cmd, dir.join(format!("{name}.log")));
+        let mut rpc = RpcClient {
+            sock: sock.clone(),
+            next_id: 0,
+        };
+        wait_for_rpc(&mut proc, &mut rpc);
+        SpdkTarget {
+            spdk: spdk.to_path_buf(),
+            softrdma,
+            shm,
+            sock,
+            proc,
+            rpc,
+        }
+    }
+
+    /// Creates transport `trtype` with `params`, a 64 MiB malloc bdev, the
+    /// subsystem `nqn` with it, and a listener on 127.0.0.1:`port`.
+    pub fn export(&mut self, trtype: &str, params: Value, nqn: &str, port: u16) {
+        let mut p = params;
+        p["trtype"] = json!(trtype);
+        self.rpc.call("nvmf_create_transport", p);
+        self.export_existing(trtype, nqn, port);
+    }
+
+    /// As [`SpdkTarget::export`] for a transport that already exists.
+    pub fn export_existing(&mut self, trtype: &str, nqn: &str, port: u16) {
+        self.rpc.call(
+            "bdev_malloc_create",
+            json!({ "name": "Malloc0", "num_blocks": 131072, "block_size": 512 }),
+        );
+        self.rpc.call(
+            "nvmf_create_subsystem",
+            json!({ "nqn": nqn, "allow_any_host": true, "serial_number": "SPDK00000000000001" }),
+        );
+        self.rpc.call(
+            "nvmf_subsystem_add_ns",
+            json!({ "nqn": nqn, "namespace": { "bdev_name": "Malloc0" } }),
+        );
+        self.add_listener(trtype, nqn, port);
+    }
+
+    /// Adds a listener on 127.0.0.1:`port`.
+    pub fn add_listener(&mut self, trtype: &str, nqn: &str, port: u16) {
+        self.rpc.call(
+            "nvmf_subsystem_add_listener",
+            json!({ "nqn": nqn, "listen_address": {
+                "trtype": trtype, "adrfam": "IPv4", "traddr": "127.0.0.1",
+                "trsvcid": port.to_string() } }),
+        );
+    }
+
+    /// `LD_LIBRARY_PATH` for SPDK's and this project's initiators.
+    pub fn ld_path(&self) -> String {
+        format!(
+            "{}:{}",
+            self.softrdma.display(),
+            self.spdk.join("build/lib").display()
+        )
+    }
+
+    /// Fails with the log tail if `nvmf_tgt` is no longer running.
+    pub fn assert_alive(&mut self, when: &str) {
+        if let Some(status) = self.proc.exited() {
+            panic!(
+                "nvmf_tgt exited ({status}) {when}; log:\n{}",
+                self.proc.log_tail()
+            );
+        }
+    }
+
+    /// SIGINT and a bounded wait; asserts exit 0 and no crash in the log.
+    pub fn stop_clean(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.proc.child.id().to_string()])
+            .status();
+        let status = self.proc.wait_bounded(Duration::from_secs(60));
+        let log = self.proc.log_text();
+        assert!(
+            status.success(),
+            "nvmf_tgt exited with {status}:\n{}",
+            self.proc.log_tail()
+        );
+        for bad in ["panic", "Segmentation", "Aborted", "RDMA_RS: panic"] {
+            assert!(!log.contains(bad), "{bad} in the nvmf_tgt log:\n{log}");
+        }
+    }
+}
+
+/// What one `spdk_nvme_perf` run printed.
+#[derive(Debug)]
+pub struct PerfRun {
+    pub ok: bool,
+    pub iops: f64,
+    pub avg_us: f64,
+    pub output: String,
+}
+
+/// Runs `spdk_nvme_perf --no-huge -s 512 -c 0x2 -t secs` plus `args`
+/// against 127.0.0.1:`port`.
+pub fn spdk_perf(t: &SpdkTarget, nqn: &str, port: u16, args: &[&str], secs: u64) -> PerfRun {
+    let dir = t.shm.parent().expect("scratch").to_path_buf();
+    let log = dir.join(format!(
+        "perf-{port}-{}.log",
+        args.join("_").replace('/', "")
+    ));
+    let mut cmd = Command::new(t.spdk.join("build/bin/spdk_nvme_perf"));
+    cmd.args([
+        "--no-huge",
+        "-s",
+        "512",
+        "-c",
+        "0x2",
+        "-t",
+        &secs.to_string(),
+    ])
+    .args(args)
+    .arg("-r")
+    .arg(format!(
+        "trtype:RDMA adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port} subnqn:{nqn}"
+    ))
+    .env("LD_LIBRARY_PATH", t.ld_path())
+    .env("SOFTRDMA_SHM_DIR", &t.shm)
+    .env("SOFTRDMA_QUIET", "1");
+    let mut p = Proc::spawn("spdk_nvme_perf", cmd, log);
+    let status = p.wait_bounded(Duration::from_secs(secs + 60));
+    let output = p.log_text();
+    let total = output
+        .lines()
+        .find(|l| l.starts_with("Total"))
+        .unwrap_or_default()
+        .to_string();
+    let nums: Vec<f64> = total
+        .split(':')
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let clean = !output.contains("completed with error")
+        && !output.contains("starting I/O failed")
+        && !output.contains("errors occurred");
+    PerfRun {
+        ok: status.success() && clean && nums.first().is_some_and(|&i| i > 0.0),
+        iops: nums.first().copied().unwrap_or(0.0),
+        avg_us: nums.get(2).copied().unwrap_or(0.0),
+        output,
+    }
+}
+
+/// Runs this project's initiator (`nvmf-rdma-rs perf`) with `args` against
+/// 127.0.0.1:`port`; returns (exit 0, output).
+pub fn our_perf(
+    t: &SpdkTarget,
+    bin: &Path,
+    port: u16,
+    args: &[&str],
+    timeout: Duration,
+) -> (bool, String) {
+    let dir = t.shm.parent().expect("scratch").to_path_buf();
+    let log = dir.join(format!(
+        "ours-{port}-{}.log",
+        args.join("_").replace('/', "")
+    ));
+    let mut cmd = Command::new(bin);
+    cmd.arg("perf")
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env("LD_LIBRARY_PATH", &t.softrdma)
+        .env("SOFTRDMA_SHM_DIR", &t.shm)
+        .env("SOFTRDMA_QUIET", "1");
+    let mut p = Proc::spawn("nvmf-rdma-rs perf", cmd, log);
+    let status = p.wait_bounded(timeout);
+    (status.success(), p.log_text())
+}
+
+/// `bdevperf -w verify` through `bdev_nvme_attach_controller -t rdma`
+/// against 127.0.0.1:`port`; `None` (with the reason printed) when this SPDK
+/// build has no bdevperf.
+pub fn bdevperf_verify(t: &SpdkTarget, nqn: &str, port: u16, secs: u64) -> Option<(bool, String)> {
+    let bin = t.spdk.join("build/examples/bdevperf");
+    if !bin.is_file() {
+        eprintln!(
+            "{} missing (SPDK configured with --disable-examples): the bdevperf verify step \
+             is skipped; build it with `make -C examples/bdev/bdevperf` (docs/spdk.md)",
+            bin.display()
+        );
+        return None;
+    }
+    let dir = t.shm.parent().expect("scratch").to_path_buf();
+    let conf = dir.join(format!("bdevperf-{port}.json"));
+    let config = json!({ "subsystems": [ { "subsystem": "bdev", "config": [
+        { "method": "bdev_nvme_attach_controller", "params": {
+            "name": "Nvme0", "trtype": "rdma", "adrfam": "IPv4", "traddr": "127.0.0.1",
+            "trsvcid": port.to_string(), "subnqn": nqn } } ] } ] });
+    std::fs::write(&conf, config.to_string()).expect("bdevperf config");
+    let mut cmd = Command::new(&bin);
+    cmd.args([
+        "--no-huge",
+        "-s",
+        "512",
+        "-m",
+        "0x2",
+        "--disable-cpumask-locks",
+        "--json",
+    ])
+    .arg(&conf)
+    .args([
+        "-q",
+        "32",
+        "-o",
+        "4096",
+        "-w",
+        "verify",
+        "-t",
+        &secs.to_string(),
+    ])
+    .arg("-r")
+    .arg(dir.join(format!("bdevperf-{port}.sock")))
+    .env("LD_LIBRARY_PATH", t.ld_path())
+    .env("SOFTRDMA_SHM_DIR", &t.shm)
+    .env("SOFTRDMA_QUIET", "1");
+    let mut p = Proc::spawn("bdevperf", cmd, dir.join(format!("bdevperf-{port}.log")));
+    let status = p.wait_bounded(Duration::from_secs(secs + 90));
+    let out = p.log_text();
+    let ok = status.success() && out.contains("Total") && !out.contains("Miscompare");
+    Some((ok, out))
 }
