@@ -151,6 +151,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SPDK_DIR");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rustc-check-cfg=cfg(spdk)");
+    println!("cargo:rustc-check-cfg=cfg(spdk_buf_cache_union)");
     let Some(dir) = std::env::var_os("SPDK_DIR") else {
         println!(
             "cargo:warning=SPDK_DIR not set: the SPDK plugin glue (src/spdk/) was not built (see docs/spdk-plugin.md)"
@@ -228,6 +229,13 @@ fn generate_bindings(include: &Path, out: &Path) {
     bindings
         .write_to_file(out.join("spdk_bindings.rs"))
         .expect("write OUT_DIR/spdk_bindings.rs");
+    // Layout differences between releases the glue must spell differently
+    // (read off the generated bindings, never assumed from a version):
+    // v26.05 puts `buf_cache_size` in an anonymous union.
+    let text = bindings.to_string();
+    if text.contains("pub union spdk_nvmf_transport_opts__bindgen_ty_1") {
+        println!("cargo:rustc-cfg=spdk_buf_cache_union");
+    }
     let names: String = FUNCTIONS
         .iter()
         .chain(TRACE_AND_STATS_FUNCTIONS)

@@ -37,6 +37,30 @@ pub(crate) enum CreateOptionsError {
     Invalid(#[from] OptionsError),
 }
 
+/// `buf_cache_size`: a plain field up to v26.01, a member of an anonymous
+/// union with `iobuf_small_cache_size` from v26.05 (build.rs sets
+/// `cfg(spdk_buf_cache_union)` when the bindings have the union).
+#[cfg(not(spdk_buf_cache_union))]
+fn buf_cache_size(o: &sys::spdk_nvmf_transport_opts) -> u32 {
+    o.buf_cache_size
+}
+
+#[cfg(not(spdk_buf_cache_union))]
+fn set_buf_cache_size(o: &mut sys::spdk_nvmf_transport_opts, v: u32) {
+    o.buf_cache_size = v;
+}
+
+#[cfg(spdk_buf_cache_union)]
+fn buf_cache_size(o: &sys::spdk_nvmf_transport_opts) -> u32 {
+    // SAFETY: both members of the union are u32: every bit pattern is valid.
+    unsafe { o.__bindgen_anon_1.buf_cache_size }
+}
+
+#[cfg(spdk_buf_cache_union)]
+fn set_buf_cache_size(o: &mut sys::spdk_nvmf_transport_opts, v: u32) {
+    o.__bindgen_anon_1.buf_cache_size = v;
+}
+
 /// Upstream's `nvmf_rdma_opts_init`: the RDMA defaults of the generic fields.
 pub(crate) fn init_defaults(dst: &mut sys::spdk_nvmf_transport_opts) {
     let d = TransportOptions::default();
@@ -47,7 +71,7 @@ pub(crate) fn init_defaults(dst: &mut sys::spdk_nvmf_transport_opts) {
     dst.io_unit_size = d.io_unit_size;
     dst.max_aq_depth = d.max_aq_depth;
     dst.num_shared_buffers = d.num_shared_buffers;
-    dst.buf_cache_size = d.buf_cache_size;
+    set_buf_cache_size(dst, d.buf_cache_size);
     dst.dif_insert_or_strip = d.dif_insert_or_strip;
     dst.abort_timeout_sec = d.abort_timeout_sec;
     dst.transport_specific = std::ptr::null();
@@ -64,7 +88,7 @@ fn from_generic(src: &sys::spdk_nvmf_transport_opts) -> TransportOptions {
         io_unit_size: src.io_unit_size,
         max_aq_depth: src.max_aq_depth,
         num_shared_buffers: src.num_shared_buffers,
-        buf_cache_size: src.buf_cache_size,
+        buf_cache_size: buf_cache_size(src),
         dif_insert_or_strip: src.dif_insert_or_strip,
         abort_timeout_sec: src.abort_timeout_sec,
         association_timeout: src.association_timeout,
