@@ -91,7 +91,18 @@ const FUNCTIONS: &[&str] = &[
 
 /// SPDK types of the trace group (`src/spdk/trace.rs`): the trace file whose
 /// tpoint mask is checked before recording, and the group registration.
-const TRACE_TYPES: &[&str] = &["spdk_trace_file", "spdk_trace_register_fn"];
+/// v26.05 moved the mask and the tables into sections (`spdk_trace_section_*`,
+/// absent before: no match is fine).
+const TRACE_TYPES: &[&str] = &[
+    "spdk_trace_file",
+    "spdk_trace_register_fn",
+    "spdk_trace_tpoint",
+    "spdk_trace_object",
+    "spdk_trace_section_.*",
+];
+
+/// Trace limits the trace group's unit tests check its ids against.
+const TRACE_VARS: &[&str] = &["SPDK_TRACE_MAX_.*"];
 
 /// SPDK functions of the trace group (`src/spdk/trace.rs`) and the
 /// `poll_group_dump_stat` writer (`src/spdk/stats.rs`); required like
@@ -152,6 +163,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rustc-check-cfg=cfg(spdk)");
     println!("cargo:rustc-check-cfg=cfg(spdk_buf_cache_union)");
+    println!("cargo:rustc-check-cfg=cfg(spdk_trace_sections)");
     let Some(dir) = std::env::var_os("SPDK_DIR") else {
         println!(
             "cargo:warning=SPDK_DIR not set: the SPDK plugin glue (src/spdk/) was not built (see docs/spdk-plugin.md)"
@@ -209,6 +221,9 @@ fn generate_bindings(include: &Path, out: &Path) {
     for t in TYPES.iter().chain(TRACE_TYPES) {
         builder = builder.allowlist_type(t);
     }
+    for v in TRACE_VARS {
+        builder = builder.allowlist_var(v);
+    }
     for t in OPAQUE {
         builder = builder.opaque_type(t);
     }
@@ -235,6 +250,10 @@ fn generate_bindings(include: &Path, out: &Path) {
     let text = bindings.to_string();
     if text.contains("pub union spdk_nvmf_transport_opts__bindgen_ty_1") {
         println!("cargo:rustc-cfg=spdk_buf_cache_union");
+    }
+    // v26.05 splits the trace file into sections (src/spdk/trace_file.rs).
+    if text.contains("pub struct spdk_trace_section_tpoint_mask") {
+        println!("cargo:rustc-cfg=spdk_trace_sections");
     }
     let names: String = FUNCTIONS
         .iter()

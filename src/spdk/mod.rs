@@ -44,3 +44,4 @@ mod trid;
 mod link_mode;
 mod stats;
 mod trace;
+mod trace_file;

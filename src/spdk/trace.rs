@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use super::api::api;
 use super::guard::guard;
 use super::sys;
+use super::trace_file;
 use crate::engine::ReqState;
 
 /// The group: (id, name, request object type, its id prefix).
@@ -192,13 +193,13 @@ fn enabled(id: u16) -> bool {
     }
     // SAFETY: a non-NULL `g_trace_file` points to the mapped trace file until
     // `spdk_trace_cleanup`, which runs after every poller (and so every
-    // recording call) stopped. `tpoint_mask` is an aligned `u64` array whose
-    // words SPDK's RPCs write from another thread: read atomically. Our group
-    // id is below `SPDK_TRACE_MAX_GROUP_ID` (unit test).
-    let mask = unsafe {
-        let word = std::ptr::addr_of_mut!((*file).tpoint_mask[usize::from(id >> 6)]);
-        AtomicU64::from_ptr(word).load(Ordering::Relaxed)
+    // recording call) stopped.
+    let Some(word) = (unsafe { trace_file::mask_word(file, usize::from(id >> 6)) }) else {
+        return false;
     };
+    // SAFETY: an aligned `u64` of the mapped file, which SPDK's RPCs write
+    // from another thread: read atomically.
+    let mask = unsafe { AtomicU64::from_ptr(word) }.load(Ordering::Relaxed);
     mask & (1u64 << (id & 0x3f)) != 0
 }
 
@@ -313,6 +314,8 @@ enum DescribeError {
     ObjectTaken(u8),
     #[error("tracepoint id {id} is taken by {name}")]
     TpointTaken { id: u16, name: String },
+    #[error("the trace file has no slot for {0}")]
+    NoSlot(&'static str),
 }
 
 /// Checks every slot we are about to fill is free.
@@ -320,18 +323,21 @@ enum DescribeError {
 /// # Safety
 /// `file` must be SPDK's live trace file, not being written concurrently
 /// (`spdk_trace_init` calls register functions before any reactor runs).
-unsafe fn check_free(file: *const sys::spdk_trace_file) -> Result<(), DescribeError> {
-    // SAFETY: live trace file (caller); `object` has 256 entries and the
-    // type is a `u8`.
-    let object = unsafe { &(*file).object[usize::from(GROUP.2)] };
-    if object.type_ != 0 {
+unsafe fn check_free(file: *mut sys::spdk_trace_file) -> Result<(), DescribeError> {
+    // SAFETY: live trace file (caller).
+    let object = unsafe { trace_file::object_slot(file, GROUP.2) }
+        .ok_or(DescribeError::NoSlot("the request object"))?;
+    // SAFETY: a slot of the live file, not written during `spdk_trace_init`.
+    if unsafe { (*object).type_ } != 0 {
         return Err(DescribeError::ObjectTaken(GROUP.2));
     }
     for t in &TPOINTS {
         let id = tpoint_id(t.index);
-        // SAFETY: live trace file (caller); `id` is below
-        // `SPDK_TRACE_MAX_TPOINT_ID` (unit test).
-        let slot = unsafe { &(*file).tpoint[usize::from(id)] };
+        // SAFETY: live trace file (caller).
+        let slot = unsafe { trace_file::tpoint_slot(file, id) }
+            .ok_or(DescribeError::NoSlot("a tracepoint"))?;
+        // SAFETY: as for the object slot.
+        let slot = unsafe { &*slot };
         if slot.tpoint_id != 0 {
             // SAFETY: SPDK stores tracepoint names NUL-terminated within
             // the array (snprintf).
@@ -424,10 +430,9 @@ mod tests {
 
     #[test]
     fn ids_fit_spdk_limits() {
-        // SPDK_TRACE_MAX_GROUP_ID and SPDK_TRACE_MAX_TPOINT_ID, as laid out
-        // in this SPDK's trace file.
-        let groups = len_of(|f: &sys::spdk_trace_file| &f.tpoint_mask);
-        let tpoints = len_of(|f: &sys::spdk_trace_file| &f.tpoint);
+        // This SPDK's limits (bindgen constants of its trace.h).
+        let groups = sys::SPDK_TRACE_MAX_GROUP_ID as usize;
+        let tpoints = sys::SPDK_TRACE_MAX_TPOINT_ID as usize;
         let name_len = len_of(|t: &sys::spdk_trace_tpoint| &t.name);
         let arg_name_len = len_of(|a: &sys::spdk_trace_argument| &a.name);
         let max_args = len_of(|o: &sys::spdk_trace_tpoint_opts| &o.args);
@@ -528,23 +533,26 @@ mod tests {
         assert!(!enabled(tpoint_id(0)));
 
         // A trace file: only the bits of our group's mask word count.
-        let mut file = Box::<sys::spdk_trace_file>::default();
+        let mut file = trace_file::FakeFile::new();
         let group = usize::from(GROUP.0);
-        file.tpoint_mask[group] = 1 << 13; // RS_REQ_COMPLETED only
-        file.tpoint_mask[group + 1] = u64::MAX; // another group: ignored
-        var.store(&mut *file, Ordering::Release);
+        file.set_mask(group, 1 << 13); // RS_REQ_COMPLETED only
+        file.set_mask(group + 1, u64::MAX); // another group: ignored
+        var.store(file.ptr(), Ordering::Release);
         let on: Vec<u16> = TPOINTS
             .iter()
             .map(|t| t.index)
             .filter(|i| enabled(tpoint_id(*i)))
             .collect();
         assert_eq!(on, [13]);
-        file.tpoint_mask[group] = u64::MAX;
-        // (The pointer is taken again after each write through the Box.)
-        var.store(&mut *file, Ordering::Release);
+        file.set_mask(group, u64::MAX);
+        // (The pointer is taken again after each write through `file`.)
+        var.store(file.ptr(), Ordering::Release);
         assert!(TPOINTS.iter().all(|t| enabled(tpoint_id(t.index))));
         // Enabled but SPDK not resolved: `record` returns without calling.
         request_state(std::ptr::null(), std::ptr::null(), ReqState::Completed);
+        // Every slot describe() fills is free in an empty file.
+        // SAFETY: the fake file is laid out as SPDK's.
+        assert!(unsafe { check_free(file.ptr()) }.is_ok());
 
         var.store(std::ptr::null_mut(), Ordering::Release);
         TRACE_FILE_VAR.store(std::ptr::null_mut(), Ordering::Release);
