@@ -12,14 +12,18 @@
 //! - `json`: SPDK's parsed JSON values read into `serde_json`, and JSON
 //!   written through SPDK's writer.
 //! - `opts`: `spdk_nvmf_transport_opts` ↔ [`crate::transport::TransportOptions`].
-//! - `objects`: the transport and poll-group objects SPDK holds.
-//! - `ops`: the ops table, its entry points and the load-time constructor.
-//!
-//! What works today: loading anywhere, registration, `opts_init`, `create`
-//! (decode, validate, write back), `dump_opts`, `destroy`, `cdata_init`, and
-//! empty poll groups so the transport can be added to the target. `listen`
-//! refuses with an error naming the address (the data path is not built yet),
-//! so no qpair can exist and the qpair/request ops stay NULL.
+//! - `transport`, `group`, `qpair`: the objects SPDK holds (SPDK's struct
+//!   first, magic-checked): the transport core with its acceptor poller and
+//!   group table; a poll group with SPDK's generic layer as its host; qpairs
+//!   with one request record per engine slot.
+//! - `request`: filling a record for `spdk_nvmf_request_exec`, reading its
+//!   completion, answering aborts.
+//! - `memmap`: one `spdk_mem_map` per device (an lkey for every SPDK buffer).
+//! - `interrupt`: SPDK interrupts for `nvmf_tgt --interrupt-mode`.
+//! - `trid`: transport ids and the discovery log entry.
+//! - `stats`, `trace`, `trace_file`: `poll_group_dump_stat` and the trace group.
+//! - `ops`, `ops_data`: the ops table, its entry points and the load-time
+//!   constructor; `link_mode`: what the `link-mode` feature adds.
 
 pub mod sys;
 

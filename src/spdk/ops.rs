@@ -1,16 +1,10 @@
 //! The `spdk_nvmf_transport_ops` table, its entry points and the load-time
 //! constructor that registers it as `RDMA_RS` (transport type RDMA).
 //!
-//! Implemented: `opts_init`, `create`, `dump_opts`, `destroy`, `cdata_init`,
-//! `listen` / `stop_listen` (refusing: the data path is not built yet), and
-//! `poll_group_create` / `poll_group_poll` / `poll_group_destroy` for empty
-//! groups (SPDK calls them unconditionally when the transport is added to the
-//! target). Left NULL, which SPDK tolerates or never reaches while no qpair
-//! can exist: `get_optimal_poll_group` (checked for NULL), `poll_group_add`,
-//! `poll_group_remove`, `req_free`, `req_complete`, `qpair_fini`, the trid
-//! getters, `listener_discover` (only for listeners, and none can be made),
-//! `qpair_abort_request` and `poll_group_dump_stat` (both checked for NULL).
-//! Every entry runs inside [`guard`].
+//! Every member upstream's RDMA transport implements: the transport-level
+//! ones here (`opts_init`, `create`, `dump_opts`, `destroy`, `listen`,
+//! `stop_listen`, `listener_discover`, `cdata_init`), the poll group, qpair and
+//! request ones in `ops_data.rs`. Every entry runs inside [`guard`].
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
