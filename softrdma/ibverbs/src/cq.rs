@@ -78,6 +78,11 @@ pub(crate) unsafe extern "C" fn create_comp_channel(
         set_errno(libc::ENODEV);
         return std::ptr::null_mut();
     };
+    // SAFETY: ctx is NULL or a context of ours.
+    if unsafe { crate::device::gone(ctx) } {
+        set_errno(libc::EIO);
+        return std::ptr::null_mut();
+    }
     let (rd, wr) = match make_event_socket() {
         Ok(p) => p,
         Err(e) => {
@@ -148,6 +153,11 @@ pub(crate) unsafe extern "C" fn create_cq(
     };
     if ctx.is_null() || cqe < 1 || cqe as u32 > crate::device::MAX_CQE {
         set_errno(libc::EINVAL);
+        return std::ptr::null_mut();
+    }
+    // SAFETY: ctx is a context of ours.
+    if unsafe { crate::device::gone(ctx) } {
+        set_errno(libc::EIO);
         return std::ptr::null_mut();
     }
     if let Some(e) = rt.faults.on_create(crate::faults::CreateObj::Cq) {
@@ -260,6 +270,10 @@ pub(crate) unsafe extern "C" fn resize_cq(cq: *mut ibv_cq, cqe: c_int) -> c_int 
     let Some(rt) = runtime::get() else {
         return libc::EINVAL;
     };
+    // SAFETY: cq is a live CQ of ours, so its context is live too.
+    if unsafe { crate::device::gone((*cq).context) } {
+        return libc::EIO;
+    }
     // SAFETY: cq is a live CQ of ours.
     let w = unsafe { &*(cq as *const CqWrap) };
     let _c = w.consumer.lock().unwrap_or_else(|e| e.into_inner());
@@ -502,6 +516,10 @@ pub(crate) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, _solicited_only: 
     if cq.is_null() {
         return libc::EINVAL;
     }
+    // SAFETY: cq is a live CQ of ours, so its context is live too.
+    if unsafe { crate::device::gone((*cq).context) } {
+        return libc::EIO;
+    }
     // SAFETY: cq is a live CQ of ours.
     let w = unsafe { &*(cq as *const CqWrap) };
     w.rec.armed.store(1, Ordering::SeqCst);
@@ -511,6 +529,27 @@ pub(crate) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, _solicited_only: 
         unsafe { notify(cq as *mut CqWrap) };
     }
     0
+}
+
+/// Device removal: readers of the completion channels of CQs on the removed device get EIO
+/// (`ibv_get_cq_event` fails) once the events already queued are read, as when the kernel
+/// closes the event queue of a disassociated device; the CQs raise no more events.
+pub(crate) fn close_channels(rt: &Runtime) {
+    let g = rt.cqs.lock().unwrap_or_else(|e| e.into_inner());
+    for &p in g.values() {
+        // SAFETY: registered CQs are live while the registry lock is held, and so are their
+        // contexts and channels.
+        unsafe {
+            let w = &*(p as *const CqWrap);
+            if !crate::device::gone(w.cq.context) {
+                continue;
+            }
+            w.rec.armed.store(0, Ordering::SeqCst);
+            if !w.cq.channel.is_null() {
+                libc::shutdown((*w.cq.channel).fd, libc::SHUT_RD);
+            }
+        }
+    }
 }
 
 /// Event-thread hook: CQs with due held completions and armed → notify.

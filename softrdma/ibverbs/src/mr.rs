@@ -42,6 +42,11 @@ unsafe fn reg(
         set_errno(libc::ENODEV);
         return std::ptr::null_mut();
     };
+    // SAFETY: pd is NULL or a live PD of ours, whose context is live.
+    if !pd.is_null() && unsafe { crate::device::gone((*pd).context) } {
+        set_errno(libc::EIO);
+        return std::ptr::null_mut();
+    }
     let access = access & !(0x3ff << 20) & KNOWN_ACCESS;
     if pd.is_null()
         || ((access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC)) != 0
