@@ -41,6 +41,17 @@ fn lib_dir() -> PathBuf {
     dir
 }
 
+/// The fabric directory of this test run (`$SOFTRDMA_SHM_DIR`, else a private one), so the
+/// children never meet other runs' processes or a fabric file of another softrdma version.
+fn shm_dir() -> String {
+    std::env::var("SOFTRDMA_SHM_DIR").unwrap_or_else(|_| {
+        std::env::temp_dir()
+            .join(format!("softrdma-cm-test-{}", std::process::id()))
+            .display()
+            .to_string()
+    })
+}
+
 struct Proc {
     name: &'static str,
     child: Child,
@@ -54,6 +65,7 @@ impl Proc {
         cmd.args(["child_main", "--exact", "--nocapture", "--test-threads=1"])
             .env(ROLE, role)
             .env("LD_LIBRARY_PATH", lib_dir())
+            .env("SOFTRDMA_SHM_DIR", shm_dir())
             .env_remove("SOFTRDMA_FAULTS")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -177,6 +189,7 @@ fn run_pair(ip: &str, server_mode: &str, client_then: &str, client_env: &[(&str,
                 let pid = client.expect("READY ");
                 let ctl = lib_dir().join("softrdma-ctl");
                 let out = Command::new(&ctl)
+                    .env("SOFTRDMA_SHM_DIR", shm_dir())
                     .args(["send", &pid, "cmdrop", "qp=*"])
                     .output()
                     .unwrap_or_else(|e| panic!("run {}: {e}", ctl.display()));
@@ -299,6 +312,7 @@ fn peer_death_after_app_freed_the_qp() {
 fn ctl(pid: &str, cmd: &[&str]) {
     let ctl = lib_dir().join("softrdma-ctl");
     let out = Command::new(&ctl)
+        .env("SOFTRDMA_SHM_DIR", shm_dir())
         .args(["send", pid])
         .args(cmd)
         .output()
@@ -363,6 +377,7 @@ fn nonblocking_channel_bind_conflicts_and_backlog() {
     let mut text = String::new();
     for _ in 0..200 {
         let out = Command::new(&ctl)
+            .env("SOFTRDMA_SHM_DIR", shm_dir())
             .args(["stats", &pid])
             .output()
             .unwrap_or_else(|e| panic!("run {}: {e}", ctl.display()));
