@@ -13,7 +13,7 @@ use softrdma_abi::fabric::{Counter, CqRec, MAX_CQS};
 use softrdma_abi::verbs::*;
 use std::collections::VecDeque;
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Private wrapper of a completion channel; `ch` must stay first.
@@ -21,6 +21,9 @@ use std::sync::Mutex;
 pub(crate) struct ChannelWrap {
     pub ch: ibv_comp_channel,
     pub wr_fd: c_int,
+    /// A CQ of this channel (`*mut CqWrap`, 0 = none) owed an event for entries it held
+    /// when it was armed; see [`owe_event`].
+    pub owed: AtomicU64,
 }
 
 /// Private wrapper of a CQ; `cq` must stay first.
@@ -31,6 +34,9 @@ pub(crate) struct CqWrap {
     pub rec: &'static CqRec,
     /// Serialises consumers (`poll_cq`, `resize_cq`).
     pub consumer: Mutex<Held>,
+    /// Producer index at the arming that owes an event for entries already present
+    /// (0 = none owed); a poll that consumes up to it settles the debt. See [`owe_event`].
+    pub owed_to: AtomicU64,
 }
 
 /// Completions held back by the delay fault, in arrival order.
@@ -98,6 +104,7 @@ pub(crate) unsafe extern "C" fn create_comp_channel(
             refcnt: 0,
         },
         wr_fd: wr,
+        owed: AtomicU64::new(0),
     });
     Box::into_raw(w) as *mut ibv_comp_channel
 }
@@ -193,6 +200,7 @@ pub(crate) unsafe extern "C" fn create_cq(
         slot: slot as u32,
         rec,
         consumer: Mutex::new(Held { q: VecDeque::new() }),
+        owed_to: AtomicU64::new(0),
     }));
     // SAFETY: w is a fresh allocation; channel (if any) is a live channel of ours.
     unsafe {
@@ -237,7 +245,9 @@ pub(crate) unsafe extern "C" fn destroy_cq(cq: *mut ibv_cq) -> c_int {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&slot);
-    // SAFETY: w is live until freed below.
+    // SAFETY: w is live until freed below; its channel must not name it any more.
+    settle(unsafe { &*w });
+    // SAFETY: as above.
     let rec = unsafe { (*w).rec };
     let (ring, cap) = {
         let _l = SharedLock::lock(&rec.lock, rt.pid);
@@ -274,6 +284,9 @@ pub(crate) unsafe extern "C" fn resize_cq(cq: *mut ibv_cq, cqe: c_int) -> c_int 
     if unsafe { crate::device::gone((*cq).context) } {
         return libc::EIO;
     }
+    // The ring is rebuilt: an event owed for its entries is raised now.
+    // SAFETY: cq is a live CQ of ours.
+    unsafe { raise_owed(cq as *mut CqWrap) };
     // SAFETY: cq is a live CQ of ours.
     let w = unsafe { &*(cq as *const CqWrap) };
     let _c = w.consumer.lock().unwrap_or_else(|e| e.into_inner());
@@ -472,6 +485,10 @@ pub(crate) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_
     if head != head0 {
         rec.head.store(head, Ordering::Release);
     }
+    let owed = w.owed_to.load(Ordering::Relaxed);
+    if owed != 0 && head >= owed {
+        settle(w);
+    }
     drop(held);
     if out == 0 {
         crate::qp::progress_stalled(rt, w.slot);
@@ -512,6 +529,94 @@ fn nonempty(w: &CqWrap) -> bool {
             .unwrap_or(true)
 }
 
+/// `ibv_req_notify_cq` found entries in the CQ: they are owed an event (softrdma never loses a
+/// wake-up). Consumers almost always poll right after arming (get the event, ack, arm, poll),
+/// which takes those entries, so instead of a datagram on the channel now (a system call, and
+/// another to read it) the debt is noted on the channel and the CQ stays armed: a poll that
+/// consumes the entries settles it ([`settle`]); `ibv_get_cq_event` pays it at once without
+/// a system call; otherwise the event thread raises it as a datagram on its next pass (within
+/// its 100 ms tick), so a consumer waiting on the channel fd without polling still wakes.
+/// False if the debt cannot be noted (no channel, delayed completions held, another CQ of the
+/// channel owes one): the caller raises the event now.
+///
+/// # Safety
+/// `cq` must be a live CQ of ours.
+unsafe fn owe_event(cq: *mut ibv_cq) -> bool {
+    // SAFETY: per the contract; its channel, if any, is a live ChannelWrap.
+    let (w, ch) = unsafe { (&*(cq as *const CqWrap), (*cq).channel as *const ChannelWrap) };
+    let held_empty = w
+        .consumer
+        .try_lock()
+        .map(|h| h.q.is_empty())
+        .unwrap_or(false);
+    if ch.is_null() || !held_empty {
+        return false;
+    }
+    // SAFETY: as above.
+    let owed = unsafe { &(*ch).owed };
+    let me = cq as u64;
+    if owed
+        .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+        .is_err_and(|cur| cur != me)
+    {
+        return false;
+    }
+    w.owed_to
+        .store(w.rec.tail.load(Ordering::Acquire).max(1), Ordering::Release);
+    true
+}
+
+/// The entries owed an event were consumed (or the event was paid): clear the debt.
+fn settle(w: &CqWrap) {
+    w.owed_to.store(0, Ordering::Release);
+    if !w.cq.channel.is_null() {
+        // SAFETY: the channel of a live CQ is a live ChannelWrap.
+        let ch = unsafe { &*(w.cq.channel as *const ChannelWrap) };
+        let _ = ch.owed.compare_exchange(
+            w as *const CqWrap as u64,
+            0,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Raise the event `w` is owed, if any, as a datagram now.
+///
+/// # Safety
+/// `w` must be a live CQ of ours.
+unsafe fn raise_owed(w: *mut CqWrap) {
+    // SAFETY: per the contract.
+    let r = unsafe { &*w };
+    if r.owed_to.load(Ordering::Acquire) != 0 {
+        settle(r);
+        if r.rec.armed.swap(0, Ordering::AcqRel) == 1 {
+            // SAFETY: per the contract.
+            unsafe { notify(w) };
+        }
+    }
+}
+
+/// `ibv_get_cq_event`: pay the event a CQ of this channel is owed, if any (its CQ), without a
+/// system call.
+///
+/// # Safety
+/// `ch` must be a live channel of ours whose CQs are live.
+unsafe fn take_owed(ch: *mut ibv_comp_channel) -> Option<*mut CqWrap> {
+    // SAFETY: per the contract.
+    let c = unsafe { &*(ch as *const ChannelWrap) }
+        .owed
+        .swap(0, Ordering::AcqRel);
+    if c == 0 {
+        return None;
+    }
+    // SAFETY: a CQ clears its debt on this channel before it is destroyed.
+    let w = unsafe { &*(c as *const CqWrap) };
+    // Still owed and still armed (not already raised by a producer: that datagram is read).
+    (w.owed_to.swap(0, Ordering::AcqRel) != 0 && w.rec.armed.swap(0, Ordering::AcqRel) == 1)
+        .then_some(c as *mut CqWrap)
+}
+
 pub(crate) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, _solicited_only: c_int) -> c_int {
     if cq.is_null() {
         return libc::EINVAL;
@@ -523,8 +628,9 @@ pub(crate) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, _solicited_only: 
     // SAFETY: cq is a live CQ of ours.
     let w = unsafe { &*(cq as *const CqWrap) };
     w.rec.armed.store(1, Ordering::SeqCst);
-    // Arm-then-check: entries already present generate an event now (no lost wake-ups).
-    if nonempty(w) && w.rec.armed.swap(0, Ordering::AcqRel) == 1 {
+    // Arm-then-check: entries already present are owed an event (no lost wake-ups).
+    // SAFETY: cq is a live CQ of ours.
+    if nonempty(w) && !unsafe { owe_event(cq) } && w.rec.armed.swap(0, Ordering::AcqRel) == 1 {
         // SAFETY: w is live.
         unsafe { notify(cq as *mut CqWrap) };
     }
@@ -568,6 +674,9 @@ pub(crate) fn tick(rt: &Runtime) {
             // SAFETY: w is live (registry lock held).
             unsafe { notify(p as *mut CqWrap) };
         }
+        // An event still owed for entries present at arming (the consumer did not poll them).
+        // SAFETY: w is live (registry lock held).
+        unsafe { raise_owed(p as *mut CqWrap) };
     }
 }
 
@@ -581,13 +690,18 @@ pub(crate) unsafe extern "C" fn get_cq_event(
         return -1;
     }
     let mut p: u64 = 0;
-    // SAFETY: ch is a live channel; reading 8 bytes into a local.
-    let r = unsafe { libc::read((*ch).fd, &mut p as *mut u64 as *mut c_void, 8) };
-    if r != 8 {
-        if r >= 0 {
-            set_errno(libc::EIO);
+    // SAFETY: ch is a live channel of ours.
+    if let Some(c) = unsafe { take_owed(ch) } {
+        p = c as u64;
+    } else {
+        // SAFETY: ch is a live channel; reading 8 bytes into a local.
+        let r = unsafe { libc::read((*ch).fd, &mut p as *mut u64 as *mut c_void, 8) };
+        if r != 8 {
+            if r >= 0 {
+                set_errno(libc::EIO);
+            }
+            return -1;
         }
-        return -1;
     }
     let c = p as *mut ibv_cq;
     // SAFETY: the record holds a CQ pointer written by notify(); the application must not destroy

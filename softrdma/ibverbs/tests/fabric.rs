@@ -810,6 +810,38 @@ fn sc_opcodes() {
         assert!((*cq2).cqe >= 100);
         assert_eq!(statuses(&poll(cq2, 1, 1000)), vec![(40, 0)]);
         assert_eq!(statuses(&poll(d.cq, 1, 1000)), vec![(41, 0)]);
+        // Arming a CQ that holds an entry owes an event (no lost wake-up): ibv_get_cq_event
+        // pays it at once; a consumer that waits on the fd without polling is woken by the
+        // event thread; a poll that takes the entry settles it (no event, fd not readable).
+        post_recv(q1, 44, &rx, 0, 64);
+        assert_eq!(post_send(q2, 45, op::IBV_WR_SEND, &tx, 0, 8, None), 0);
+        assert_eq!(statuses(&poll(d.cq, 1, 1000)), vec![(45, 0)]);
+        assert_eq!(ibv_req_notify_cq(cq2, 0), 0);
+        assert_eq!(ibv_get_cq_event(ch, &mut ecq, &mut ectx), 0, "owed event");
+        assert_eq!(ecq, cq2);
+        ibv_ack_cq_events(cq2, 1);
+        assert_eq!(ibv_req_notify_cq(cq2, 0), 0);
+        let t0 = std::time::Instant::now();
+        assert_eq!(
+            libc::poll(&mut p, 1, 5000),
+            1,
+            "owed event raised on the fd"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "within the event thread's tick"
+        );
+        assert_eq!(ibv_get_cq_event(ch, &mut ecq, &mut ectx), 0);
+        assert_eq!(ecq, cq2);
+        ibv_ack_cq_events(cq2, 1);
+        assert_eq!(ibv_req_notify_cq(cq2, 0), 0);
+        assert_eq!(statuses(&poll(cq2, 1, 1000)), vec![(44, 0)]);
+        assert_eq!(
+            libc::poll(&mut p, 1, 300),
+            0,
+            "settled by the poll: no event"
+        );
+        assert_eq!(ibv_get_cq_event(ch, &mut ecq, &mut ectx), -1);
         // Receive buffer too small: LOC_LEN_ERR at the responder, REM_INV_REQ_ERR at the requester.
         post_recv(q1, 42, &rx, 0, 4);
         assert_eq!(post_send(q2, 43, op::IBV_WR_SEND, &tx, 0, 8, None), 0);
