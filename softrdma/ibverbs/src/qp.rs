@@ -434,12 +434,7 @@ pub(crate) unsafe extern "C" fn modify_qp(
             }
             IBV_QPS_RESET => {
                 let mut sq = w.sq.lock().unwrap_or_else(|e| e.into_inner());
-                w.rec.state.store(IBV_QPS_RESET, Ordering::SeqCst);
-                wait_no_delivery(w.rec);
-                rt.count(Counter::OutstandingSends, -(sq.pending.len() as i64));
-                sq.pending.clear();
-                sq.stall = None;
-                w.set_stalled(false);
+                drop_silently(rt, w, &mut sq, IBV_QPS_RESET);
                 let _l = SharedLock::lock(&w.rec.rq_lock, rt.pid);
                 let t = w.rec.rq_tail.load(Ordering::Relaxed);
                 w.rec.rq_head.store(t, Ordering::Relaxed);
@@ -475,13 +470,19 @@ pub(crate) fn detach_all(rt: &Runtime) {
         // SAFETY: registered QPs are live while the registry lock is held.
         let w = unsafe { &*(p as *const QpWrap) };
         let mut sq = w.sq.lock().unwrap_or_else(|e| e.into_inner());
-        w.rec.state.store(IBV_QPS_ERR, Ordering::SeqCst);
-        wait_no_delivery(w.rec);
-        rt.count(Counter::OutstandingSends, -(sq.pending.len() as i64));
-        sq.pending.clear();
-        sq.stall = None;
-        w.set_stalled(false);
+        drop_silently(rt, w, &mut sq, IBV_QPS_ERR);
     }
+}
+
+/// Move the QP to `state` (RESET, or ERR for a removed device) with no completion for its
+/// unexecuted send WRs: peers stop delivering (waited for) and the send queue is emptied.
+fn drop_silently(rt: &Runtime, w: &QpWrap, sq: &mut Sq, state: u32) {
+    w.rec.state.store(state, Ordering::SeqCst);
+    wait_no_delivery(w.rec);
+    rt.count(Counter::OutstandingSends, -(sq.pending.len() as i64));
+    sq.pending.clear();
+    sq.stall = None;
+    w.set_stalled(false);
 }
 
 /// Wait (bounded) until no peer is in the middle of delivering into this QP.

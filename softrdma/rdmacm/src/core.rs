@@ -1210,33 +1210,22 @@ impl Runtime {
             self.deregister(key, fd.as_raw_fd());
             return;
         }
-        if lst.removed {
-            // The listener's device is gone: nothing listens there any more.
-            debug!(
-                "listener {:p}: device removed; refusing REQ from {}",
-                listener.c_ptr(),
-                req.src
-            );
-            send_msg(
-                fd.as_raw_fd(),
-                &Msg::Rej {
-                    reason: proto::REJ_INVALID_SERVICE_ID,
-                    private_data: Vec::new(),
-                },
-                listener.c_ptr(),
-            );
-            drop(lst);
-            self.deregister(key, fd.as_raw_fd());
-            return;
-        }
-        // An IPv6 wildcard listener with RDMA_OPTION_ID_AFONLY does not take IPv4 peers.
+        // An IPv6 wildcard listener with RDMA_OPTION_ID_AFONLY does not take IPv4 peers; a
+        // listener whose device was removed takes none (nothing listens there any more).
         let v6_only = lst.opts.afonly
             && lst
                 .local
                 .is_some_and(|a| a.is_ipv6() && a.ip().is_unspecified());
-        if v6_only && (req.dst.is_ipv4() || addr::is_v4_mapped(&req.dst)) {
+        let why = if lst.removed {
+            Some("device removed")
+        } else if v6_only && (req.dst.is_ipv4() || addr::is_v4_mapped(&req.dst)) {
+            Some("AFONLY, IPv4 peer")
+        } else {
+            None
+        };
+        if let Some(why) = why {
             debug!(
-                "listener {:p}: AFONLY; refusing IPv4 REQ from {}",
+                "listener {:p}: {why}; refusing REQ from {}",
                 listener.c_ptr(),
                 req.src
             );
