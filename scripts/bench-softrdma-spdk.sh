@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of softrdma builds under SPDK: upstream `nvmf_tgt` (RDMA transport, 64 MiB
 # malloc bdev) and `spdk_nvme_perf` 4 KiB randread QD 32, on hugepages, runs alternating between the
-# builds so that machine load hits them alike. Prints one IOPS line per run and the softrdma
-# counters (mapped_bytes = memcpy path, copy_calls = process_vm_* calls) of the target.
+# builds so that machine load hits them alike. Prints per run the IOPS, the CPU time both SPDK
+# processes got (they busy-poll, so on a loaded machine IOPS follow their CPU share; I/Os per
+# CPU second do not) and the softrdma counters of the target (mapped_bytes = memcpy path,
+# copy_calls = process_vm_* calls). Needs perf (task-clock of the initiator).
 #
 # Usage: SPDK_DIR=/path/to/spdk bash scripts/bench-softrdma-spdk.sh LABEL=LIBDIR [LABEL=LIBDIR...]
 # Env:   RUNS (3) rounds; SECS (5) seconds per perf run; MEM_MB (256) `-s` of each SPDK process;
@@ -24,6 +26,8 @@ tgt_pid=
 cleanup() { [ -n "$tgt_pid" ] && kill -INT "$tgt_pid" 2>/dev/null && wait "$tgt_pid" 2>/dev/null; true; }
 trap cleanup EXIT
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of a pid, in clock ticks
+
 one_run() { # label libdir round
   local label=$1 lib=$2 round=$3 dir=$SCRATCH/$1-$3
   rm -rf "$dir"; mkdir -p "$dir/shm"
@@ -39,16 +43,26 @@ one_run() { # label libdir round
   "${rpc[@]}" nvmf_create_subsystem $nqn -a -s SPDK00000000000001 >/dev/null
   "${rpc[@]}" nvmf_subsystem_add_ns $nqn Malloc0 >/dev/null
   "${rpc[@]}" nvmf_subsystem_add_listener $nqn -t rdma -a 127.0.0.1 -s "$PORT" -f ipv4 >/dev/null
+  local t0 t1
+  t0=$(cpu_ticks "$tgt_pid")
   # shellcheck disable=SC2086
-  "${env[@]}" timeout $((SECS + 60)) "$SPDK_DIR/build/bin/spdk_nvme_perf" -s "$MEM_MB" -c 0x2 $SPDK_EXTRA \
+  perf stat -x, -e task-clock -o "$dir/perf.cpu" \
+    "${env[@]}" timeout $((SECS + 60)) "$SPDK_DIR/build/bin/spdk_nvme_perf" -s "$MEM_MB" -c 0x2 $SPDK_EXTRA \
     -q 32 -o 4096 -w randread -t "$SECS" \
     -r "trtype:RDMA adrfam:IPv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:$nqn" >"$dir/perf.log" 2>&1 || true
-  local iops stats
+  t1=$(cpu_ticks "$tgt_pid")
+  local iops stats cpu
   iops=$(awk '/^Total/ {print $3}' "$dir/perf.log")
+  # CPU seconds of both SPDK processes during the run (target: utime+stime ticks; initiator:
+  # task-clock ms): I/Os per CPU second do not depend on how much CPU the scheduler gave them.
+  cpu=$(awk -F, -v tk=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
+    '/task-clock/ {printf "%.2f", $1 / 1000 + tk / hz}' "$dir/perf.cpu")
   stats=$(SOFTRDMA_SHM_DIR=$dir/shm "$lib/softrdma-ctl" stats "$tgt_pid" 2>/dev/null |
     grep -o 'mapped_bytes=[0-9]* copy_calls=[0-9]*' || true)
   kill -INT "$tgt_pid"; wait "$tgt_pid" 2>/dev/null || true; tgt_pid=
-  printf '%-10s round %s: IOPS %-10s target %s (load %s)\n' "$label" "$round" "${iops:-FAILED}" \
+  printf '%-10s round %s: IOPS %-10s CPU %5s s  I/Os per CPU s %-8s target %s (load %s)\n' \
+    "$label" "$round" "${iops:-FAILED}" "${cpu:-?}" \
+    "$(awk -v i="${iops:-0}" -v s="$SECS" -v c="${cpu:-0}" 'BEGIN {if (c > 0) printf "%.0f", i * s / c}')" \
     "${stats:-?}" "$(cut -d' ' -f1 /proc/loadavg)"
   [ -n "$iops" ] || tail -5 "$dir/perf.log" >&2
 }
