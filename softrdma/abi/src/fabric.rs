@@ -253,7 +253,8 @@ pub struct CqRec {
     pub owner: AtomicU32,
     /// Producer lock (holder pid).
     pub lock: AtomicU32,
-    /// Armed for a completion event (1) or not (0).
+    /// Armed for a completion event (1) or not (0); 2: armed while the owner owes the
+    /// consumer an event for entries present at arming (producers raise none, as for 0).
     pub armed: AtomicU32,
     /// Set when a producer found the ring full.
     pub overrun: AtomicU32,

@@ -13,7 +13,7 @@ use softrdma_abi::fabric::{Counter, CqRec, MAX_CQS};
 use softrdma_abi::verbs::*;
 use std::collections::VecDeque;
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Private wrapper of a completion channel; `ch` must stay first.
@@ -34,9 +34,9 @@ pub(crate) struct CqWrap {
     pub rec: &'static CqRec,
     /// Serialises consumers (`poll_cq`, `resize_cq`).
     pub consumer: Mutex<Held>,
-    /// Producer index at the arming that owes an event for entries already present
-    /// (0 = none owed); a poll that consumes up to it settles the debt. See [`owe_event`].
-    pub owed_to: AtomicU64,
+    /// An event is owed for entries that were present when the CQ was armed. See
+    /// [`owe_event`].
+    pub owes: AtomicBool,
 }
 
 /// Completions held back by the delay fault, in arrival order.
@@ -200,7 +200,7 @@ pub(crate) unsafe extern "C" fn create_cq(
         slot: slot as u32,
         rec,
         consumer: Mutex::new(Held { q: VecDeque::new() }),
-        owed_to: AtomicU64::new(0),
+        owes: AtomicBool::new(false),
     }));
     // SAFETY: w is a fresh allocation; channel (if any) is a live channel of ours.
     unsafe {
@@ -246,7 +246,7 @@ pub(crate) unsafe extern "C" fn destroy_cq(cq: *mut ibv_cq) -> c_int {
         .unwrap_or_else(|e| e.into_inner())
         .remove(&slot);
     // SAFETY: w is live until freed below; its channel must not name it any more.
-    settle(unsafe { &*w });
+    clear_note(unsafe { &*w });
     // SAFETY: as above.
     let rec = unsafe { (*w).rec };
     let (ring, cap) = {
@@ -392,7 +392,7 @@ pub(crate) fn push_with(
         }
         rec.tail.store(tail + 1, Ordering::Release);
     }
-    if rec.armed.swap(0, Ordering::AcqRel) == 1 {
+    if rec.armed.swap(DISARMED, Ordering::AcqRel) == ARMED {
         if owner == rt.pid {
             notify_local(rt, slot);
         } else if !rt.remote_cq_event(owner, slot, rec) {
@@ -485,11 +485,12 @@ pub(crate) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_
     if head != head0 {
         rec.head.store(head, Ordering::Release);
     }
-    let owed = w.owed_to.load(Ordering::Relaxed);
-    if owed != 0 && head >= owed {
-        settle(w);
-    }
+    let drained = head == tail && held.q.is_empty();
     drop(held);
+    if w.owes.load(Ordering::Relaxed) {
+        // SAFETY: cq is a live CQ of ours.
+        unsafe { after_owed_poll(cq, drained) };
+    }
     if out == 0 {
         crate::qp::progress_stalled(rt, w.slot);
     }
@@ -529,18 +530,27 @@ fn nonempty(w: &CqWrap) -> bool {
             .unwrap_or(true)
 }
 
+/// [`CqRec::armed`](softrdma_abi::fabric::CqRec) values: not armed; armed (the next entry
+/// raises an event); armed with an event owed by the consumer for entries present at arming
+/// (producers then add to the debt without raising anything: `swap(0) == ARMED` is false).
+const DISARMED: u32 = 0;
+const ARMED: u32 = 1;
+const OWED: u32 = 2;
+
 /// `ibv_req_notify_cq` found entries in the CQ: they are owed an event (softrdma never loses a
 /// wake-up). Consumers almost always poll right after arming (get the event, ack, arm, poll),
 /// which takes those entries, so instead of a datagram on the channel now (a system call, and
-/// another to read it) the debt is noted on the channel and the CQ stays armed: a poll that
-/// consumes the entries settles it ([`settle`]); `ibv_get_cq_event` pays it at once without
-/// a system call; otherwise the event thread raises it as a datagram on its next pass (within
-/// its 100 ms tick), so a consumer waiting on the channel fd without polling still wakes.
-/// False if the debt cannot be noted (no channel, delayed completions held, another CQ of the
-/// channel owes one): the caller raises the event now.
+/// another to read it) the debt is noted on the channel and the CQ marked `OWED`: entries that
+/// producers add meanwhile join it without a datagram; a poll that drains the CQ settles it
+/// and re-arms the CQ ([`after_owed_poll`]); `ibv_get_cq_event` pays it at once without a
+/// system call ([`take_owed`]); otherwise the event thread raises it as a datagram on its
+/// next pass (within its 100 ms tick, [`raise_owed`]), so a consumer waiting on the channel
+/// fd without draining the CQ still wakes. False if the debt cannot be noted (no channel,
+/// delayed completions held, another CQ of the channel owes one): the caller raises the event
+/// now.
 ///
 /// # Safety
-/// `cq` must be a live CQ of ours.
+/// `cq` must be a live CQ of ours, armed by the caller.
 unsafe fn owe_event(cq: *mut ibv_cq) -> bool {
     // SAFETY: per the contract; its channel, if any, is a live ChannelWrap.
     let (w, ch) = unsafe { (&*(cq as *const CqWrap), (*cq).channel as *const ChannelWrap) };
@@ -561,14 +571,22 @@ unsafe fn owe_event(cq: *mut ibv_cq) -> bool {
     {
         return false;
     }
-    w.owed_to
-        .store(w.rec.tail.load(Ordering::Acquire).max(1), Ordering::Release);
+    w.owes.store(true, Ordering::Release);
+    if w.rec
+        .armed
+        .compare_exchange(ARMED, OWED, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // A producer took the arm meanwhile and raised the event itself.
+        if w.owes.swap(false, Ordering::AcqRel) {
+            clear_note(w);
+        }
+    }
     true
 }
 
-/// The entries owed an event were consumed (or the event was paid): clear the debt.
-fn settle(w: &CqWrap) {
-    w.owed_to.store(0, Ordering::Release);
+/// Forget the channel's note of `w`'s debt.
+fn clear_note(w: &CqWrap) {
     if !w.cq.channel.is_null() {
         // SAFETY: the channel of a live CQ is a live ChannelWrap.
         let ch = unsafe { &*(w.cq.channel as *const ChannelWrap) };
@@ -581,23 +599,67 @@ fn settle(w: &CqWrap) {
     }
 }
 
-/// Raise the event `w` is owed, if any, as a datagram now.
+/// After a poll of a CQ that owes an event: once the CQ is drained the consumer has seen every
+/// entry, so the debt is settled and the CQ armed again for the next entry (arm-then-check as
+/// in `ibv_req_notify_cq`); while entries remain the debt stays and producers stay silent.
+///
+/// # Safety
+/// `cq` must be a live CQ of ours.
+unsafe fn after_owed_poll(cq: *mut ibv_cq, drained: bool) {
+    // SAFETY: per the contract.
+    let w = unsafe { &*(cq as *const CqWrap) };
+    if !drained {
+        // A producer that took the arm (0) raised nothing: the debt still covers its entry.
+        let _ = w
+            .rec
+            .armed
+            .compare_exchange(DISARMED, OWED, Ordering::AcqRel, Ordering::Relaxed);
+        return;
+    }
+    if !w.owes.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    clear_note(w);
+    // SAFETY: per the contract.
+    unsafe { arm(cq) };
+}
+
+/// Arm `cq` for the next entry, then check: entries already present are owed an event (no
+/// lost wake-ups), noted ([`owe_event`]) or raised now.
+///
+/// # Safety
+/// `cq` must be a live CQ of ours.
+unsafe fn arm(cq: *mut ibv_cq) {
+    // SAFETY: per the contract.
+    let w = unsafe { &*(cq as *const CqWrap) };
+    w.rec.armed.store(ARMED, Ordering::SeqCst);
+    if !nonempty(w) {
+        return;
+    }
+    // SAFETY: per the contract; armed just above.
+    let noted = unsafe { owe_event(cq) };
+    if !noted && w.rec.armed.swap(DISARMED, Ordering::AcqRel) == ARMED {
+        // SAFETY: w is live.
+        unsafe { notify(cq as *mut CqWrap) };
+    }
+}
+
+/// Raise the event `w` owes, if any, as a datagram now (event thread, `ibv_resize_cq`).
 ///
 /// # Safety
 /// `w` must be a live CQ of ours.
 unsafe fn raise_owed(w: *mut CqWrap) {
     // SAFETY: per the contract.
     let r = unsafe { &*w };
-    if r.owed_to.load(Ordering::Acquire) != 0 {
-        settle(r);
-        if r.rec.armed.swap(0, Ordering::AcqRel) == 1 {
-            // SAFETY: per the contract.
-            unsafe { notify(w) };
-        }
+    if r.owes.swap(false, Ordering::AcqRel) {
+        clear_note(r);
+        r.rec.armed.store(DISARMED, Ordering::SeqCst);
+        // SAFETY: per the contract.
+        unsafe { notify(w) };
     }
 }
 
-/// `ibv_get_cq_event`: pay the event a CQ of this channel is owed, if any (its CQ), without a
+/// `ibv_get_cq_event`: pay the event a CQ of this channel owes, if any (its CQ), without a
 /// system call.
 ///
 /// # Safety
@@ -610,11 +672,13 @@ unsafe fn take_owed(ch: *mut ibv_comp_channel) -> Option<*mut CqWrap> {
     if c == 0 {
         return None;
     }
-    // SAFETY: a CQ clears its debt on this channel before it is destroyed.
+    // SAFETY: a CQ clears its note on this channel before it is destroyed.
     let w = unsafe { &*(c as *const CqWrap) };
-    // Still owed and still armed (not already raised by a producer: that datagram is read).
-    (w.owed_to.swap(0, Ordering::AcqRel) != 0 && w.rec.armed.swap(0, Ordering::AcqRel) == 1)
-        .then_some(c as *mut CqWrap)
+    if !w.owes.swap(false, Ordering::AcqRel) {
+        return None;
+    }
+    w.rec.armed.store(DISARMED, Ordering::SeqCst);
+    Some(c as *mut CqWrap)
 }
 
 pub(crate) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, _solicited_only: c_int) -> c_int {
@@ -626,14 +690,7 @@ pub(crate) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, _solicited_only: 
         return libc::EIO;
     }
     // SAFETY: cq is a live CQ of ours.
-    let w = unsafe { &*(cq as *const CqWrap) };
-    w.rec.armed.store(1, Ordering::SeqCst);
-    // Arm-then-check: entries already present are owed an event (no lost wake-ups).
-    // SAFETY: cq is a live CQ of ours.
-    if nonempty(w) && !unsafe { owe_event(cq) } && w.rec.armed.swap(0, Ordering::AcqRel) == 1 {
-        // SAFETY: w is live.
-        unsafe { notify(cq as *mut CqWrap) };
-    }
+    unsafe { arm(cq) };
     0
 }
 
@@ -670,7 +727,7 @@ pub(crate) fn tick(rt: &Runtime) {
             .try_lock()
             .map(|h| h.q.front().is_some_and(|x| x.0 <= now))
             .unwrap_or(false);
-        if due && w.rec.armed.swap(0, Ordering::AcqRel) == 1 {
+        if due && w.rec.armed.swap(DISARMED, Ordering::AcqRel) == ARMED {
             // SAFETY: w is live (registry lock held).
             unsafe { notify(p as *mut CqWrap) };
         }
