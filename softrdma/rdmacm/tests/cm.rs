@@ -777,15 +777,7 @@ fn server() -> Result<(), String> {
         // The application calls rdma_disconnect itself (SPDK does): the QP ends in ERR.
         rdma_disconnect(id);
         println!("QPSTATE {}", qp_state(id)?);
-        let mut wc: ibv_wc = std::mem::zeroed();
-        let mut n = 0;
-        for _ in 0..WAIT_MS {
-            n = ibv_poll_cq((*id).recv_cq, 1, &mut wc);
-            if n != 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let (n, wc) = poll_one((*id).recv_cq);
         if n != 1 || wc.wr_id != 0x5eed || wc.status != ibv_wc_status::IBV_WC_WR_FLUSH_ERR {
             return Err(format!(
                 "posted receive: poll {n}, wr_id {:#x}, status {} (want WR_FLUSH_ERR)",
@@ -905,15 +897,7 @@ fn client() -> Result<(), String> {
                 {
                     return Err("rdma_reg_msgs / rdma_post_send".into());
                 }
-                let mut wc: ibv_wc = std::mem::zeroed();
-                let mut n = 0;
-                for _ in 0..WAIT_MS {
-                    n = ibv_poll_cq((*id).send_cq, 1, &mut wc);
-                    if n != 0 {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                let (n, wc) = poll_one((*id).send_cq);
                 println!("SEND status={}", if n == 1 { wc.status as i64 } else { -1 });
                 wait_event(ch, RDMA_CM_EVENT_DISCONNECTED)?;
                 println!("DISCONNECTED");
@@ -943,6 +927,25 @@ fn client() -> Result<(), String> {
         rdma_destroy_event_channel(ch);
     }
     Ok(())
+}
+
+/// Poll `cq` for one completion for up to `WAIT_MS` ms: (poll result, the completion).
+///
+/// # Safety
+/// `cq` must be a live CQ of this process.
+unsafe fn poll_one(cq: *mut ibv_cq) -> (i32, ibv_wc) {
+    // SAFETY: all-zero is a valid ibv_wc; cq is live per the contract.
+    unsafe {
+        let mut wc: ibv_wc = std::mem::zeroed();
+        for _ in 0..WAIT_MS {
+            let n = ibv_poll_cq(cq, 1, &mut wc);
+            if n != 0 {
+                return (n, wc);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (0, wc)
+    }
 }
 
 /// Wait for the parent to write `want` on our stdin.
