@@ -13,9 +13,14 @@ for b in rping ucmatose; do
   command -v "$b" >/dev/null || { echo "21-softrdma-cm: $b not installed (apt-get install rdmacm-utils)" >&2; exit 1; }
 done
 export LD_LIBRARY_PATH=$lib
+# A private fabric (and CM name space) so runs never meet other runs' processes or state.
+export SOFTRDMA_SHM_DIR=$(mktemp -d /dev/shm/softrdma-test.XXXXXX)
 log=$(mktemp -d /tmp/softrdma-cm.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  rm -rf "$SOFTRDMA_SHM_DIR"
+}
 trap cleanup EXIT
 
 # Wait (bounded) until a softrdma CM listener is bound on <port>.

@@ -11,7 +11,7 @@ use std::ffi::CString;
 use std::io;
 
 /// Magic + layout version stored in [`FabricHeader::magic`].
-pub const FABRIC_MAGIC: u64 = 0x534f_4654_5244_4d03;
+pub const FABRIC_MAGIC: u64 = 0x534f_4654_5244_4d04;
 /// Node (process) slots.
 pub const MAX_NODES: usize = 4096;
 /// QP records. QPN = `(generation << 16) | slot` with generation in 1..=255.
@@ -253,7 +253,8 @@ pub struct CqRec {
     pub owner: AtomicU32,
     /// Producer lock (holder pid).
     pub lock: AtomicU32,
-    /// Armed for a completion event (1) or not (0).
+    /// Armed for a completion event (1) or not (0); 2: armed while the owner owes the
+    /// consumer an event for entries present at arming (producers raise none, as for 0).
     pub armed: AtomicU32,
     /// Set when a producer found the ring full.
     pub overrun: AtomicU32,
@@ -321,12 +322,35 @@ pub struct MrRec {
     pub len: AtomicU64,
     /// I/O virtual address that `addr` corresponds to.
     pub iova: AtomicU64,
-    /// The owner's fd of the shared file backing the region, plus 1 (0 = anonymous memory or
-    /// not shareable: peers use `process_vm_*`). Peers duplicate it with `pidfd_getfd` and map
-    /// the region once.
-    pub backing_fd: AtomicU32,
-    /// Offset in that file of the region's first byte (`addr`).
-    pub backing_off: AtomicU64,
+    /// Entries in the owner's table of [`BackingPiece`]s (0 = anonymous memory or not
+    /// shareable: peers use `process_vm_*`). Peers read the table once, duplicate each piece's
+    /// fd with `pidfd_getfd` and map the pieces at consecutive addresses.
+    pub backing_pieces: AtomicU32,
+    /// Address of that table in the owner's address space (valid while the key is).
+    pub backing_table: AtomicU64,
+}
+
+/// One piece of the shared files behind a memory region: a page-aligned range of one file,
+/// mapped by the owner at `vaddr`. A region's pieces are in address order and contiguous, so a
+/// peer that maps each at the same distance from the first reproduces the owner's layout (a
+/// region over DPDK's one-file-per-hugepage memory has one piece per hugepage).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackingPiece {
+    /// The owner's fd of the file.
+    pub fd: u32,
+    /// Page size of the file's filesystem (the alignment a mapping of it needs).
+    pub page: u32,
+    /// Device of the file (`st_dev`), checked by the peer after duplicating `fd`.
+    pub dev: u64,
+    /// Inode of the file (`st_ino`), checked likewise.
+    pub ino: u64,
+    /// Owner virtual address of the piece's first byte (a multiple of `page`).
+    pub vaddr: u64,
+    /// Offset in the file of that byte (a multiple of `page`).
+    pub off: u64,
+    /// Length in bytes (a multiple of `page`).
+    pub len: u64,
 }
 
 /// Maximum SGEs in a receive WQE.

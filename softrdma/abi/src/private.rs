@@ -16,6 +16,11 @@ pub const SOFTRDMA_PRIVATE_SYMBOL: &str = "softrdma_private_v1";
 /// `qpn` is the QP number the fault targets, or 0 for "every connection".
 pub type CmDropHandler = unsafe extern "C" fn(arg: *mut c_void, qpn: u32);
 
+/// Callback invoked (from libibverbs' event thread) when the device is removed (fault
+/// `device_remove`): `removed_ctx` is the shared context that went away; librdmacm reports
+/// `RDMA_CM_EVENT_DEVICE_REMOVAL` on the ids bound to it and drops it from its device list.
+pub type DeviceHandler = unsafe extern "C" fn(arg: *mut c_void, removed_ctx: *mut ibv_context);
+
 /// Index of a counter in a node's counter array (see [`crate::fabric::Counter`]).
 pub type CounterIndex = u32;
 
@@ -26,7 +31,8 @@ pub struct SoftrdmaPrivateV1 {
     pub abi_version: u32,
     /// `size_of::<SoftrdmaPrivateV1>()` as seen by libibverbs.
     pub size: u32,
-    /// The process-wide `ibv_context` for the softrdma device (opened once, never closed). This is
+    /// The process-wide `ibv_context` for the softrdma device (opened once, never closed; a new
+    /// one after the device was removed and came back; NULL while it is removed). This is
     /// what `rdma_get_devices()` must return and what `cm_id->verbs` must point to.
     pub shared_context: unsafe extern "C" fn() -> *mut ibv_context,
     /// Register the handler for the "drop CM connection" fault (kind f). Replaces any previous one.
@@ -44,4 +50,7 @@ pub struct SoftrdmaPrivateV1 {
     pub qp_owner_pid: unsafe extern "C" fn(qpn: u32) -> i32,
     /// Record that a fault was injected on the CM side (bumps the counter and logs it).
     pub note_cm_fault: unsafe extern "C" fn(qpn: u32, what: *const c_char),
+    /// Register the device-removal handler. Replaces any previous one. While the device is
+    /// removed, `shared_context` returns NULL; once it is back, it opens a new context.
+    pub set_device_handler: unsafe extern "C" fn(handler: Option<DeviceHandler>, arg: *mut c_void),
 }

@@ -13,7 +13,7 @@ use softrdma_abi::fabric::{Counter, CqRec, MAX_CQS};
 use softrdma_abi::verbs::*;
 use std::collections::VecDeque;
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Private wrapper of a completion channel; `ch` must stay first.
@@ -21,6 +21,9 @@ use std::sync::Mutex;
 pub(crate) struct ChannelWrap {
     pub ch: ibv_comp_channel,
     pub wr_fd: c_int,
+    /// A CQ of this channel (`*mut CqWrap`, 0 = none) owed an event for entries it held
+    /// when it was armed; see [`owe_event`].
+    pub owed: AtomicU64,
 }
 
 /// Private wrapper of a CQ; `cq` must stay first.
@@ -31,6 +34,9 @@ pub(crate) struct CqWrap {
     pub rec: &'static CqRec,
     /// Serialises consumers (`poll_cq`, `resize_cq`).
     pub consumer: Mutex<Held>,
+    /// An event is owed for entries that were present when the CQ was armed. See
+    /// [`owe_event`].
+    pub owes: AtomicBool,
 }
 
 /// Completions held back by the delay fault, in arrival order.
@@ -78,6 +84,11 @@ pub(crate) unsafe extern "C" fn create_comp_channel(
         set_errno(libc::ENODEV);
         return std::ptr::null_mut();
     };
+    // SAFETY: ctx is NULL or a context of ours.
+    if unsafe { crate::device::gone(ctx) } {
+        set_errno(libc::EIO);
+        return std::ptr::null_mut();
+    }
     let (rd, wr) = match make_event_socket() {
         Ok(p) => p,
         Err(e) => {
@@ -93,6 +104,7 @@ pub(crate) unsafe extern "C" fn create_comp_channel(
             refcnt: 0,
         },
         wr_fd: wr,
+        owed: AtomicU64::new(0),
     });
     Box::into_raw(w) as *mut ibv_comp_channel
 }
@@ -150,6 +162,11 @@ pub(crate) unsafe extern "C" fn create_cq(
         set_errno(libc::EINVAL);
         return std::ptr::null_mut();
     }
+    // SAFETY: ctx is a context of ours.
+    if unsafe { crate::device::gone(ctx) } {
+        set_errno(libc::EIO);
+        return std::ptr::null_mut();
+    }
     if let Some(e) = rt.faults.on_create(crate::faults::CreateObj::Cq) {
         set_errno(e);
         return std::ptr::null_mut();
@@ -183,6 +200,7 @@ pub(crate) unsafe extern "C" fn create_cq(
         slot: slot as u32,
         rec,
         consumer: Mutex::new(Held { q: VecDeque::new() }),
+        owes: AtomicBool::new(false),
     }));
     // SAFETY: w is a fresh allocation; channel (if any) is a live channel of ours.
     unsafe {
@@ -227,7 +245,9 @@ pub(crate) unsafe extern "C" fn destroy_cq(cq: *mut ibv_cq) -> c_int {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&slot);
-    // SAFETY: w is live until freed below.
+    // SAFETY: w is live until freed below; its channel must not name it any more.
+    clear_note(unsafe { &*w });
+    // SAFETY: as above.
     let rec = unsafe { (*w).rec };
     let (ring, cap) = {
         let _l = SharedLock::lock(&rec.lock, rt.pid);
@@ -260,6 +280,13 @@ pub(crate) unsafe extern "C" fn resize_cq(cq: *mut ibv_cq, cqe: c_int) -> c_int 
     let Some(rt) = runtime::get() else {
         return libc::EINVAL;
     };
+    // SAFETY: cq is a live CQ of ours, so its context is live too.
+    if unsafe { crate::device::gone((*cq).context) } {
+        return libc::EIO;
+    }
+    // The ring is rebuilt: an event owed for its entries is raised now.
+    // SAFETY: cq is a live CQ of ours.
+    unsafe { raise_owed(cq as *mut CqWrap) };
     // SAFETY: cq is a live CQ of ours.
     let w = unsafe { &*(cq as *const CqWrap) };
     let _c = w.consumer.lock().unwrap_or_else(|e| e.into_inner());
@@ -365,7 +392,7 @@ pub(crate) fn push_with(
         }
         rec.tail.store(tail + 1, Ordering::Release);
     }
-    if rec.armed.swap(0, Ordering::AcqRel) == 1 {
+    if rec.armed.swap(DISARMED, Ordering::AcqRel) == ARMED {
         if owner == rt.pid {
             notify_local(rt, slot);
         } else if !rt.remote_cq_event(owner, slot, rec) {
@@ -458,7 +485,12 @@ pub(crate) unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_
     if head != head0 {
         rec.head.store(head, Ordering::Release);
     }
+    let drained = head == tail && held.q.is_empty();
     drop(held);
+    if w.owes.load(Ordering::Relaxed) {
+        // SAFETY: cq is a live CQ of ours.
+        unsafe { after_owed_poll(cq, drained) };
+    }
     if out == 0 {
         crate::qp::progress_stalled(rt, w.slot);
     }
@@ -498,19 +530,189 @@ fn nonempty(w: &CqWrap) -> bool {
             .unwrap_or(true)
 }
 
+/// [`CqRec::armed`](softrdma_abi::fabric::CqRec) values: not armed; armed (the next entry
+/// raises an event); armed with an event owed by the consumer for entries present at arming
+/// (producers then add to the debt without raising anything: `swap(0) == ARMED` is false).
+const DISARMED: u32 = 0;
+const ARMED: u32 = 1;
+const OWED: u32 = 2;
+
+/// `ibv_req_notify_cq` found entries in the CQ: they are owed an event (softrdma never loses a
+/// wake-up). Consumers almost always poll right after arming (get the event, ack, arm, poll),
+/// which takes those entries, so instead of a datagram on the channel now (a system call, and
+/// another to read it) the debt is noted on the channel and the CQ marked `OWED`: entries that
+/// producers add meanwhile join it without a datagram; a poll that drains the CQ settles it
+/// and re-arms the CQ ([`after_owed_poll`]); `ibv_get_cq_event` pays it at once without a
+/// system call ([`take_owed`]); otherwise the event thread raises it as a datagram on its
+/// next pass (within its 100 ms tick, [`raise_owed`]), so a consumer waiting on the channel
+/// fd without draining the CQ still wakes. False if the debt cannot be noted (no channel,
+/// delayed completions held, another CQ of the channel owes one): the caller raises the event
+/// now.
+///
+/// # Safety
+/// `cq` must be a live CQ of ours, armed by the caller.
+unsafe fn owe_event(cq: *mut ibv_cq) -> bool {
+    // SAFETY: per the contract; its channel, if any, is a live ChannelWrap.
+    let (w, ch) = unsafe { (&*(cq as *const CqWrap), (*cq).channel as *const ChannelWrap) };
+    let held_empty = w
+        .consumer
+        .try_lock()
+        .map(|h| h.q.is_empty())
+        .unwrap_or(false);
+    if ch.is_null() || !held_empty {
+        return false;
+    }
+    // SAFETY: as above.
+    let owed = unsafe { &(*ch).owed };
+    let me = cq as u64;
+    if owed
+        .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+        .is_err_and(|cur| cur != me)
+    {
+        return false;
+    }
+    w.owes.store(true, Ordering::Release);
+    if w.rec
+        .armed
+        .compare_exchange(ARMED, OWED, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // A producer took the arm meanwhile and raised the event itself.
+        if w.owes.swap(false, Ordering::AcqRel) {
+            clear_note(w);
+        }
+    }
+    true
+}
+
+/// Forget the channel's note of `w`'s debt.
+fn clear_note(w: &CqWrap) {
+    if !w.cq.channel.is_null() {
+        // SAFETY: the channel of a live CQ is a live ChannelWrap.
+        let ch = unsafe { &*(w.cq.channel as *const ChannelWrap) };
+        let _ = ch.owed.compare_exchange(
+            w as *const CqWrap as u64,
+            0,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// After a poll of a CQ that owes an event: once the CQ is drained the consumer has seen every
+/// entry, so the debt is settled and the CQ armed again for the next entry (arm-then-check as
+/// in `ibv_req_notify_cq`); while entries remain the debt stays and producers stay silent.
+///
+/// # Safety
+/// `cq` must be a live CQ of ours.
+unsafe fn after_owed_poll(cq: *mut ibv_cq, drained: bool) {
+    // SAFETY: per the contract.
+    let w = unsafe { &*(cq as *const CqWrap) };
+    if !drained {
+        // A producer that took the arm (0) raised nothing: the debt still covers its entry.
+        let _ = w
+            .rec
+            .armed
+            .compare_exchange(DISARMED, OWED, Ordering::AcqRel, Ordering::Relaxed);
+        return;
+    }
+    if !w.owes.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    clear_note(w);
+    // SAFETY: per the contract.
+    unsafe { arm(cq) };
+}
+
+/// Arm `cq` for the next entry, then check: entries already present are owed an event (no
+/// lost wake-ups), noted ([`owe_event`]) or raised now.
+///
+/// # Safety
+/// `cq` must be a live CQ of ours.
+unsafe fn arm(cq: *mut ibv_cq) {
+    // SAFETY: per the contract.
+    let w = unsafe { &*(cq as *const CqWrap) };
+    w.rec.armed.store(ARMED, Ordering::SeqCst);
+    if !nonempty(w) {
+        return;
+    }
+    // SAFETY: per the contract; armed just above.
+    let noted = unsafe { owe_event(cq) };
+    if !noted && w.rec.armed.swap(DISARMED, Ordering::AcqRel) == ARMED {
+        // SAFETY: w is live.
+        unsafe { notify(cq as *mut CqWrap) };
+    }
+}
+
+/// Raise the event `w` owes, if any, as a datagram now (event thread, `ibv_resize_cq`).
+///
+/// # Safety
+/// `w` must be a live CQ of ours.
+unsafe fn raise_owed(w: *mut CqWrap) {
+    // SAFETY: per the contract.
+    let r = unsafe { &*w };
+    if r.owes.swap(false, Ordering::AcqRel) {
+        clear_note(r);
+        r.rec.armed.store(DISARMED, Ordering::SeqCst);
+        // SAFETY: per the contract.
+        unsafe { notify(w) };
+    }
+}
+
+/// `ibv_get_cq_event`: pay the event a CQ of this channel owes, if any (its CQ), without a
+/// system call.
+///
+/// # Safety
+/// `ch` must be a live channel of ours whose CQs are live.
+unsafe fn take_owed(ch: *mut ibv_comp_channel) -> Option<*mut CqWrap> {
+    // SAFETY: per the contract.
+    let c = unsafe { &*(ch as *const ChannelWrap) }
+        .owed
+        .swap(0, Ordering::AcqRel);
+    if c == 0 {
+        return None;
+    }
+    // SAFETY: a CQ clears its note on this channel before it is destroyed.
+    let w = unsafe { &*(c as *const CqWrap) };
+    if !w.owes.swap(false, Ordering::AcqRel) {
+        return None;
+    }
+    w.rec.armed.store(DISARMED, Ordering::SeqCst);
+    Some(c as *mut CqWrap)
+}
+
 pub(crate) unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, _solicited_only: c_int) -> c_int {
     if cq.is_null() {
         return libc::EINVAL;
     }
-    // SAFETY: cq is a live CQ of ours.
-    let w = unsafe { &*(cq as *const CqWrap) };
-    w.rec.armed.store(1, Ordering::SeqCst);
-    // Arm-then-check: entries already present generate an event now (no lost wake-ups).
-    if nonempty(w) && w.rec.armed.swap(0, Ordering::AcqRel) == 1 {
-        // SAFETY: w is live.
-        unsafe { notify(cq as *mut CqWrap) };
+    // SAFETY: cq is a live CQ of ours, so its context is live too.
+    if unsafe { crate::device::gone((*cq).context) } {
+        return libc::EIO;
     }
+    // SAFETY: cq is a live CQ of ours.
+    unsafe { arm(cq) };
     0
+}
+
+/// Device removal: readers of the completion channels of CQs on the removed device get EIO
+/// (`ibv_get_cq_event` fails) once the events already queued are read, as when the kernel
+/// closes the event queue of a disassociated device; the CQs raise no more events.
+pub(crate) fn close_channels(rt: &Runtime) {
+    let g = rt.cqs.lock().unwrap_or_else(|e| e.into_inner());
+    for &p in g.values() {
+        // SAFETY: registered CQs are live while the registry lock is held, and so are their
+        // contexts and channels.
+        unsafe {
+            let w = &*(p as *const CqWrap);
+            if !crate::device::gone(w.cq.context) {
+                continue;
+            }
+            w.rec.armed.store(0, Ordering::SeqCst);
+            if !w.cq.channel.is_null() {
+                libc::shutdown((*w.cq.channel).fd, libc::SHUT_RD);
+            }
+        }
+    }
 }
 
 /// Event-thread hook: CQs with due held completions and armed → notify.
@@ -525,10 +727,13 @@ pub(crate) fn tick(rt: &Runtime) {
             .try_lock()
             .map(|h| h.q.front().is_some_and(|x| x.0 <= now))
             .unwrap_or(false);
-        if due && w.rec.armed.swap(0, Ordering::AcqRel) == 1 {
+        if due && w.rec.armed.swap(DISARMED, Ordering::AcqRel) == ARMED {
             // SAFETY: w is live (registry lock held).
             unsafe { notify(p as *mut CqWrap) };
         }
+        // An event still owed for entries present at arming (the consumer did not poll them).
+        // SAFETY: w is live (registry lock held).
+        unsafe { raise_owed(p as *mut CqWrap) };
     }
 }
 
@@ -542,13 +747,18 @@ pub(crate) unsafe extern "C" fn get_cq_event(
         return -1;
     }
     let mut p: u64 = 0;
-    // SAFETY: ch is a live channel; reading 8 bytes into a local.
-    let r = unsafe { libc::read((*ch).fd, &mut p as *mut u64 as *mut c_void, 8) };
-    if r != 8 {
-        if r >= 0 {
-            set_errno(libc::EIO);
+    // SAFETY: ch is a live channel of ours.
+    if let Some(c) = unsafe { take_owed(ch) } {
+        p = c as u64;
+    } else {
+        // SAFETY: ch is a live channel; reading 8 bytes into a local.
+        let r = unsafe { libc::read((*ch).fd, &mut p as *mut u64 as *mut c_void, 8) };
+        if r != 8 {
+            if r >= 0 {
+                set_errno(libc::EIO);
+            }
+            return -1;
         }
-        return -1;
     }
     let c = p as *mut ibv_cq;
     // SAFETY: the record holds a CQ pointer written by notify(); the application must not destroy

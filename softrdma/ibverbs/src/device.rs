@@ -6,6 +6,7 @@ use crate::util::set_errno;
 use softrdma_abi::fabric::Counter;
 use softrdma_abi::verbs::*;
 use std::ffi::{c_char, c_int, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// Vendor id reported by the device (not 0 / 0xFFFFFF, which SPDK treats as Soft-RoCE).
@@ -56,6 +57,84 @@ pub(crate) fn device() -> *mut ibv_device {
 pub(crate) struct CtxWrap {
     pub vctx: verbs_context,
     pub async_q: events::AsyncQueue,
+    /// The device was removed under this context (fault `device_remove`): every verb on it
+    /// except the destroy / dealloc / dereg / close calls fails with EIO, as after a hot
+    /// removal on hardware. A context opened after `device_add` is a new one.
+    pub removed: AtomicBool,
+}
+
+/// The device is present: false between an injected `device_remove` and `device_add`.
+static PRESENT: AtomicBool = AtomicBool::new(true);
+/// Some context was removed, ever (until then [`gone`] costs one load).
+static ANY_REMOVED: AtomicBool = AtomicBool::new(false);
+
+/// True if the device is present (listed, openable).
+pub(crate) fn present() -> bool {
+    PRESENT.load(Ordering::Acquire)
+}
+
+/// True if `ctx` is a context of a removed device (verbs on it fail with EIO).
+///
+/// # Safety
+/// `ctx` must be NULL or a context returned by [`open_device`] and not yet closed.
+pub(crate) unsafe fn gone(ctx: *mut ibv_context) -> bool {
+    // SAFETY: per the contract, a non-NULL ctx is a live context of ours.
+    ANY_REMOVED.load(Ordering::Relaxed)
+        && !ctx.is_null()
+        && unsafe { ctx_wrap(ctx) }.removed.load(Ordering::Acquire)
+}
+
+/// Remove the device (fault `device_remove`), as a hot unplug does on hardware: every open
+/// context gets `IBV_EVENT_DEVICE_FATAL` and is dead from now on ([`gone`]); the process's QPs
+/// leave the fabric (their records go to ERR, so peers' WRs to them time out with
+/// `RETRY_EXC_ERR`; no local completion is produced any more — the hardware is gone);
+/// completion channels of CQs on the device report EIO to readers once drained; the device
+/// leaves `ibv_get_device_list` and librdmacm (through its handler) reports
+/// `RDMA_CM_EVENT_DEVICE_REMOVAL` on the ids bound to it. False if it was already removed.
+pub(crate) fn remove() -> bool {
+    let Some(rt) = runtime::get() else {
+        return false;
+    };
+    if !PRESENT.swap(false, Ordering::AcqRel) {
+        return false;
+    }
+    ANY_REMOVED.store(true, Ordering::Release);
+    for &w in rt.contexts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        // SAFETY: registered contexts are live while the registry lock is held.
+        unsafe {
+            (*(w as *const CtxWrap))
+                .removed
+                .store(true, Ordering::Release)
+        };
+    }
+    events::raise_device_event(IBV_EVENT_DEVICE_FATAL);
+    crate::qp::detach_all(rt);
+    crate::cq::close_channels(rt);
+    // librdmacm's shared context is never closed: it stops counting as live here, stays
+    // allocated (ids of the removed device still name it) and a new one is opened on next use.
+    let shared = std::mem::take(&mut *rt.shared_ctx.lock().unwrap_or_else(|e| e.into_inner()));
+    if shared != 0 {
+        rt.contexts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&w| w != shared - std::mem::offset_of!(verbs_context, context));
+        rt.count(Counter::Contexts, -1);
+    }
+    let handler = *rt.device_handler.lock().unwrap_or_else(|e| e.into_inner());
+    if let (Some((f, arg)), true) = (handler, shared != 0) {
+        // SAFETY: handler and arg were registered together by librdmacm through the vtable;
+        // the removed context stays allocated (contexts of a removed device are never freed
+        // while librdmacm may name them).
+        unsafe { f(arg as *mut c_void, shared as *mut ibv_context) };
+    }
+    true
+}
+
+/// Bring the device back (fault `device_add`): it is listed again and `ibv_open_device` (and
+/// librdmacm's `rdma_get_devices`) give a new context; removed contexts stay dead. False if it
+/// was present.
+pub(crate) fn add() -> bool {
+    !PRESENT.swap(true, Ordering::AcqRel)
 }
 
 /// `ibv_context*` → wrapper.
@@ -75,6 +154,7 @@ pub(crate) unsafe extern "C" fn get_device_list(num: *mut c_int) -> *mut *mut ib
         set_errno(libc::ENOSYS);
         return std::ptr::null_mut();
     }
+    let n = present() as usize;
     // SAFETY: allocating 2 pointers with malloc so that free_device_list (or the app) can free().
     let list =
         unsafe { libc::calloc(2, std::mem::size_of::<*mut ibv_device>()) } as *mut *mut ibv_device;
@@ -82,11 +162,13 @@ pub(crate) unsafe extern "C" fn get_device_list(num: *mut c_int) -> *mut *mut ib
         set_errno(libc::ENOMEM);
         return list;
     }
-    // SAFETY: list has room for 2 entries; the second stays NULL (terminator).
-    unsafe { *list = device() };
+    if n == 1 {
+        // SAFETY: list has room for 2 entries; the second stays NULL (terminator).
+        unsafe { *list = device() };
+    }
     if !num.is_null() {
         // SAFETY: caller-provided out pointer.
-        unsafe { *num = 1 };
+        unsafe { *num = n as c_int };
     }
     list
 }
@@ -172,7 +254,7 @@ pub(crate) unsafe extern "C" fn open_device(dev: *mut ibv_device) -> *mut ibv_co
         set_errno(libc::ENODEV);
         return std::ptr::null_mut();
     };
-    if dev != device() {
+    if dev != device() || !present() {
         set_errno(libc::ENODEV);
         return std::ptr::null_mut();
     }
@@ -186,6 +268,7 @@ pub(crate) unsafe extern "C" fn open_device(dev: *mut ibv_device) -> *mut ibv_co
     let mut w = Box::new(CtxWrap {
         vctx: Default::default(),
         async_q,
+        removed: AtomicBool::new(false),
     });
     let v = &mut w.vctx;
     v.query_port = Some(query_port_ex);
@@ -329,6 +412,10 @@ pub(crate) unsafe extern "C" fn query_device(
     if ctx.is_null() || attr.is_null() {
         return libc::EINVAL;
     }
+    // SAFETY: ctx is a context of ours.
+    if unsafe { gone(ctx) } {
+        return libc::EIO;
+    }
     // SAFETY: attr is the caller's writable ibv_device_attr.
     fill_device_attr(unsafe { &mut *attr });
     0
@@ -342,6 +429,10 @@ unsafe extern "C" fn query_device_ex(
 ) -> c_int {
     if ctx.is_null() || attr.is_null() {
         return libc::EINVAL;
+    }
+    // SAFETY: ctx is a context of ours.
+    if unsafe { gone(ctx) } {
+        return libc::EIO;
     }
     // SAFETY: input, if non-NULL, is the caller's struct.
     if !input.is_null() && unsafe { (*input).comp_mask } != 0 {
@@ -387,6 +478,10 @@ unsafe extern "C" fn query_port_ex(
     if ctx.is_null() || attr.is_null() || port != 1 {
         return libc::EINVAL;
     }
+    // SAFETY: ctx is a context of ours.
+    if unsafe { gone(ctx) } {
+        return libc::EIO;
+    }
     let mut full = ibv_port_attr::default();
     fill_port_attr(&mut full);
     let n = len.min(std::mem::size_of::<ibv_port_attr>());
@@ -430,6 +525,11 @@ pub(crate) unsafe extern "C" fn query_gid(
         set_errno(libc::EINVAL);
         return -1;
     }
+    // SAFETY: ctx is a context of ours.
+    if unsafe { gone(ctx) } {
+        set_errno(libc::EIO);
+        return -1;
+    }
     // SAFETY: gid is the caller's out pointer.
     unsafe { *gid = port_gid() };
     0
@@ -445,6 +545,10 @@ pub(crate) unsafe extern "C" fn query_gid_ex(
 ) -> c_int {
     if ctx.is_null() || entry.is_null() || port != 1 || index != 0 {
         return libc::EINVAL;
+    }
+    // SAFETY: ctx is a context of ours.
+    if unsafe { gone(ctx) } {
+        return libc::EIO;
     }
     let mut e = ibv_gid_entry {
         gid: port_gid(),
@@ -486,6 +590,11 @@ pub(crate) unsafe extern "C" fn query_pkey(
 ) -> c_int {
     if ctx.is_null() || pkey.is_null() || port != 1 || index != 0 {
         set_errno(libc::EINVAL);
+        return -1;
+    }
+    // SAFETY: ctx is a context of ours.
+    if unsafe { gone(ctx) } {
+        set_errno(libc::EIO);
         return -1;
     }
     // SAFETY: pkey is the caller's out pointer.

@@ -98,9 +98,18 @@ fn parse_status(s: &str) -> Result<u32, String> {
     })
 }
 
+/// Pseudo async event `device_remove`: the device disappears ([`crate::device::remove`]).
+pub(crate) const DEVICE_REMOVE: u32 = 0x1_0000;
+/// Pseudo async event `device_add`: the device comes back ([`crate::device::add`]).
+pub(crate) const DEVICE_ADD: u32 = 0x1_0001;
+// Above every ibv_event_type, so they never shadow a numeric event.
+const _: () = assert!(DEVICE_REMOVE > IBV_EVENT_GID_CHANGE && DEVICE_ADD > DEVICE_REMOVE);
+
 /// Parse an async event name or number.
 pub(crate) fn parse_event(s: &str) -> Result<u32, String> {
     Ok(match s {
+        "device_remove" => DEVICE_REMOVE,
+        "device_add" => DEVICE_ADD,
         "port_err" => IBV_EVENT_PORT_ERR,
         "port_active" => IBV_EVENT_PORT_ACTIVE,
         "device_fatal" => IBV_EVENT_DEVICE_FATAL,
@@ -657,7 +666,8 @@ impl Faults {
                 fired,
             } = r
             {
-                if !*fired && *at_ms <= now && have_contexts {
+                // Device removal and return need no open context.
+                if !*fired && *at_ms <= now && (have_contexts || *event >= DEVICE_REMOVE) {
                     *fired = true;
                     events.push(*event);
                 }
@@ -676,9 +686,23 @@ fn qp_seq(rt: &crate::runtime::Runtime, qpn: u32) -> Option<u32> {
     (w.qpn == qpn).then_some(w.seq)
 }
 
-/// Raise an injected async event on every context (and track port state).
+/// Raise an injected async event on every context (and track port state), or remove / bring
+/// back the device.
 pub(crate) fn raise_async(event: u32) {
     match event {
+        DEVICE_REMOVE | DEVICE_ADD => {
+            let (what, changed) = if event == DEVICE_REMOVE {
+                ("device_remove", crate::device::remove())
+            } else {
+                ("device_add", crate::device::add())
+            };
+            if changed {
+                note(format!("kind={what} qp=- wr_id=-"));
+            } else {
+                crate::log::warn(&format!("{what}: the device is already in that state"));
+            }
+            return;
+        }
         IBV_EVENT_PORT_ERR => set_port_down(true),
         IBV_EVENT_PORT_ACTIVE => set_port_down(false),
         _ => {}
@@ -810,5 +834,16 @@ mod tests {
         assert!(f.add("fail:op=read,nth=x").is_err());
         assert!(f.add("random:rate=2").is_err());
         assert!(f.add("fail:op=read,nth").is_err());
+    }
+
+    #[test]
+    fn device_removal_events_are_not_real_event_numbers() {
+        assert_eq!(parse_event("device_remove"), Ok(DEVICE_REMOVE));
+        assert_eq!(parse_event("device_add"), Ok(DEVICE_ADD));
+        let f = faults();
+        assert!(f.add("async:event=device_remove,after_ms=5").is_ok());
+        // Due without any open context (the device may be removed with none open).
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        assert_eq!(f.tick(false).0, vec![DEVICE_REMOVE]);
     }
 }

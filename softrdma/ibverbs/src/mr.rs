@@ -42,6 +42,11 @@ unsafe fn reg(
         set_errno(libc::ENODEV);
         return std::ptr::null_mut();
     };
+    // SAFETY: pd is NULL or a live PD of ours, whose context is live.
+    if !pd.is_null() && unsafe { crate::device::gone((*pd).context) } {
+        set_errno(libc::EIO);
+        return std::ptr::null_mut();
+    }
     let access = access & !(0x3ff << 20) & KNOWN_ACCESS;
     if pd.is_null()
         || ((access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC)) != 0
@@ -74,18 +79,20 @@ unsafe fn reg(
     let backing = crate::mrmap::detect(addr as u64, len as u64);
     match &backing {
         Some(b) => {
-            rt.maps.insert_own(slot as u32, rt.pid, key, b, len as u64);
-            rec.backing_off.store(b.off, Ordering::Relaxed);
-            rec.backing_fd.store(b.fd as u32 + 1, Ordering::Relaxed);
+            rt.maps
+                .insert_own(slot as u32, rt.pid, key, b, addr as u64, len as u64);
+            rec.backing_table
+                .store(b.pieces.as_ptr() as u64, Ordering::Relaxed);
+            rec.backing_pieces
+                .store(b.pieces.len() as u32, Ordering::Relaxed);
         }
-        None => rec.backing_fd.store(0, Ordering::Relaxed),
+        None => rec.backing_pieces.store(0, Ordering::Relaxed),
     }
     crate::log::debug(&format!(
         "MR key {key:#x} addr {addr:p} len {len}: {}",
-        if backing.is_some() {
-            "shared-file backed (memcpy path)"
-        } else {
-            "anonymous (process_vm_* path)"
+        match &backing {
+            Some(b) => format!("shared files, {} pieces (memcpy path)", b.pieces.len()),
+            None => "anonymous (process_vm_* path)".to_string(),
         }
     ));
     rec.key.store(key, Ordering::Release);
@@ -156,7 +163,7 @@ pub(crate) unsafe extern "C" fn dereg_mr(mr: *mut ibv_mr) -> c_int {
         std::thread::yield_now();
     }
     rt.maps.remove(w.slot);
-    rec.backing_fd.store(0, Ordering::Relaxed);
+    rec.backing_pieces.store(0, Ordering::Relaxed);
     drop(w);
     rec.owner.store(0, Ordering::Release);
     rt.count(Counter::Mrs, -1);
@@ -258,7 +265,7 @@ pub(crate) fn check(
     }
     let mr_addr = rec.addr.load(Ordering::Relaxed);
     acc.addr = mr_addr + (va - iova);
-    // The in-flight count we hold keeps the region (and its backing fd) registered meanwhile.
+    // The in-flight count we hold keeps the region (and its piece table) registered meanwhile.
     if let Some(m) = rt.maps.get(slot as u32, owner, key, rec) {
         acc.mapped = m.ptr(mr_addr, acc.addr, len);
         acc._map = Some(m);

@@ -33,6 +33,11 @@ pub(crate) unsafe extern "C" fn alloc_pd(ctx: *mut ibv_context) -> *mut ibv_pd {
         set_errno(libc::EINVAL);
         return std::ptr::null_mut();
     }
+    // SAFETY: ctx is a context of ours.
+    if unsafe { crate::device::gone(ctx) } {
+        set_errno(libc::EIO);
+        return std::ptr::null_mut();
+    }
     let id = rt
         .fabric
         .header()

@@ -2,7 +2,9 @@
 
 use crate::runtime;
 use softrdma_abi::fabric::{self, Counter};
-use softrdma_abi::private::{CmDropHandler, SoftrdmaPrivateV1, SOFTRDMA_PRIVATE_ABI_VERSION};
+use softrdma_abi::private::{
+    CmDropHandler, DeviceHandler, SoftrdmaPrivateV1, SOFTRDMA_PRIVATE_ABI_VERSION,
+};
 use softrdma_abi::verbs::ibv_context;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::atomic::Ordering;
@@ -12,7 +14,7 @@ unsafe extern "C" fn shared_context() -> *mut ibv_context {
         return std::ptr::null_mut();
     };
     let mut g = rt.shared_ctx.lock().unwrap_or_else(|e| e.into_inner());
-    if *g == 0 {
+    if *g == 0 && crate::device::present() {
         // SAFETY: opening our own device.
         let c = unsafe { crate::device::open_device(crate::device::device()) };
         *g = c as usize;
@@ -23,6 +25,12 @@ unsafe extern "C" fn shared_context() -> *mut ibv_context {
 unsafe extern "C" fn set_cm_drop_handler(h: Option<CmDropHandler>, arg: *mut c_void) {
     if let Some(rt) = runtime::get() {
         *rt.cm_drop.lock().unwrap_or_else(|e| e.into_inner()) = h.map(|f| (f, arg as usize));
+    }
+}
+
+unsafe extern "C" fn set_device_handler(h: Option<DeviceHandler>, arg: *mut c_void) {
+    if let Some(rt) = runtime::get() {
+        *rt.device_handler.lock().unwrap_or_else(|e| e.into_inner()) = h.map(|f| (f, arg as usize));
     }
 }
 
@@ -86,6 +94,7 @@ static VTABLE: SoftrdmaPrivateV1 = SoftrdmaPrivateV1 {
     qp_alive,
     qp_owner_pid,
     note_cm_fault,
+    set_device_handler,
 };
 
 /// Exported as `softrdma_private_v1@@SOFTRDMA_PRIVATE_1`.

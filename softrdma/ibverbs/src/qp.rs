@@ -113,6 +113,11 @@ pub(crate) unsafe extern "C" fn create_qp(
         set_errno(libc::EINVAL);
         return std::ptr::null_mut();
     }
+    // SAFETY: pd is a live PD of ours, so its context is live too.
+    if unsafe { crate::device::gone((*pd).context) } {
+        set_errno(libc::EIO);
+        return std::ptr::null_mut();
+    }
     if let Some(e) = rt.faults.on_create(crate::faults::CreateObj::Qp) {
         set_errno(e);
         return std::ptr::null_mut();
@@ -326,6 +331,10 @@ pub(crate) unsafe extern "C" fn modify_qp(
     let Some(rt) = runtime::get() else {
         return libc::EINVAL;
     };
+    // SAFETY: qp is a live QP of ours, so its context is live too.
+    if unsafe { crate::device::gone((*qp).context) } {
+        return libc::EIO;
+    }
     // SAFETY: qp is a live QP of ours; attr is the caller's struct.
     let (w, a) = unsafe { (wrap(qp), &*attr) };
     let mask = mask as u32;
@@ -425,12 +434,7 @@ pub(crate) unsafe extern "C" fn modify_qp(
             }
             IBV_QPS_RESET => {
                 let mut sq = w.sq.lock().unwrap_or_else(|e| e.into_inner());
-                w.rec.state.store(IBV_QPS_RESET, Ordering::SeqCst);
-                wait_no_delivery(w.rec);
-                rt.count(Counter::OutstandingSends, -(sq.pending.len() as i64));
-                sq.pending.clear();
-                sq.stall = None;
-                w.set_stalled(false);
+                drop_silently(rt, w, &mut sq, IBV_QPS_RESET);
                 let _l = SharedLock::lock(&w.rec.rq_lock, rt.pid);
                 let t = w.rec.rq_tail.load(Ordering::Relaxed);
                 w.rec.rq_head.store(t, Ordering::Relaxed);
@@ -443,6 +447,42 @@ pub(crate) unsafe extern "C" fn modify_qp(
         unsafe { (*qp).state = new };
     }
     0
+}
+
+/// Report `wr` as the failed WR of a post call.
+///
+/// # Safety
+/// `bad` must be NULL or writable.
+pub(crate) unsafe fn set_bad<T>(bad: *mut *mut T, wr: *mut T) {
+    if !bad.is_null() {
+        // SAFETY: per the contract.
+        unsafe { *bad = wr };
+    }
+}
+
+/// Device removal: every local QP leaves the fabric as if its hardware were gone: the record
+/// goes to ERR (peers' WRs to it are retried until their transport timeout, then
+/// `RETRY_EXC_ERR`), nothing is delivered into it any more and its unexecuted send WRs are
+/// dropped without completions (a removed device produces none).
+pub(crate) fn detach_all(rt: &Runtime) {
+    let g = rt.qps.lock().unwrap_or_else(|e| e.into_inner());
+    for &p in g.values() {
+        // SAFETY: registered QPs are live while the registry lock is held.
+        let w = unsafe { &*(p as *const QpWrap) };
+        let mut sq = w.sq.lock().unwrap_or_else(|e| e.into_inner());
+        drop_silently(rt, w, &mut sq, IBV_QPS_ERR);
+    }
+}
+
+/// Move the QP to `state` (RESET, or ERR for a removed device) with no completion for its
+/// unexecuted send WRs: peers stop delivering (waited for) and the send queue is emptied.
+fn drop_silently(rt: &Runtime, w: &QpWrap, sq: &mut Sq, state: u32) {
+    w.rec.state.store(state, Ordering::SeqCst);
+    wait_no_delivery(w.rec);
+    rt.count(Counter::OutstandingSends, -(sq.pending.len() as i64));
+    sq.pending.clear();
+    sq.stall = None;
+    w.set_stalled(false);
 }
 
 /// Wait (bounded) until no peer is in the middle of delivering into this QP.
@@ -461,6 +501,10 @@ pub(crate) unsafe extern "C" fn query_qp(
 ) -> c_int {
     if qp.is_null() || attr.is_null() {
         return libc::EINVAL;
+    }
+    // SAFETY: qp is a live QP of ours, so its context is live too.
+    if unsafe { crate::device::gone((*qp).context) } {
+        return libc::EIO;
     }
     // SAFETY: qp is live; attr/init are the caller's out structs.
     unsafe {
@@ -594,6 +638,12 @@ pub(crate) unsafe extern "C" fn post_recv(
     if qp.is_null() {
         return libc::EINVAL;
     }
+    // SAFETY: qp is a live QP of ours, so its context is live too.
+    if unsafe { crate::device::gone((*qp).context) } {
+        // SAFETY: bad is NULL or the caller's out pointer.
+        unsafe { set_bad(bad, wr) };
+        return libc::EIO;
+    }
     // SAFETY: qp is live.
     let w = unsafe { wrap(qp) };
     let mut cur = wr;
@@ -666,6 +716,12 @@ pub(crate) unsafe extern "C" fn post_send(
     };
     if qp.is_null() {
         return libc::EINVAL;
+    }
+    // SAFETY: qp is a live QP of ours, so its context is live too.
+    if unsafe { crate::device::gone((*qp).context) } {
+        // SAFETY: bad is NULL or the caller's out pointer.
+        unsafe { set_bad(bad, wr) };
+        return libc::EIO;
     }
     // SAFETY: qp is live.
     let w = unsafe { wrap(qp) };

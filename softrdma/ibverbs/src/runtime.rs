@@ -35,6 +35,8 @@ pub(crate) struct Runtime {
     pub shared_ctx: Mutex<usize>,
     /// CM drop handler registered by librdmacm.
     pub cm_drop: Mutex<Option<(softrdma_abi::private::CmDropHandler, usize)>>,
+    /// Device-removal handler registered by librdmacm.
+    pub device_handler: Mutex<Option<(softrdma_abi::private::DeviceHandler, usize)>>,
     /// Number of QPs created so far in this process (for `qp=#N` filters).
     pub qp_seq: AtomicU32,
     /// Peer event sockets duplicated with pidfd_getfd: (pid, cq slot, cq generation) → our fd.
@@ -160,6 +162,7 @@ impl Runtime {
             sock,
             shared_ctx: Mutex::new(0),
             cm_drop: Mutex::new(None),
+            device_handler: Mutex::new(None),
             qp_seq: AtomicU32::new(0),
             peer_fds: Mutex::new(HashMap::new()),
             peer_addrs: Mutex::new(HashMap::new()),

@@ -32,6 +32,11 @@ pub(crate) unsafe extern "C" fn create_srq(
         set_errno(libc::EINVAL);
         return std::ptr::null_mut();
     }
+    // SAFETY: pd is a live PD of ours, so its context is live too.
+    if unsafe { crate::device::gone((*pd).context) } {
+        set_errno(libc::EIO);
+        return std::ptr::null_mut();
+    }
     // SAFETY: ia is the caller's struct.
     let a = unsafe { &mut *ia };
     if a.attr.max_wr > crate::device::MAX_SRQ_WR || a.attr.max_sge > MAX_RECV_SGE as u32 {
@@ -98,6 +103,10 @@ pub(crate) unsafe extern "C" fn modify_srq(
     if srq.is_null() || attr.is_null() {
         return libc::EINVAL;
     }
+    // SAFETY: srq is a live SRQ of ours, so its context is live too.
+    if unsafe { crate::device::gone((*srq).context) } {
+        return libc::EIO;
+    }
     // SAFETY: live SRQ of ours; caller's attr.
     let (w, a) = unsafe { (&*(srq as *const SrqWrap), &*attr) };
     if mask as u32 & IBV_SRQ_MAX_WR != 0 {
@@ -112,6 +121,10 @@ pub(crate) unsafe extern "C" fn modify_srq(
 pub(crate) unsafe extern "C" fn query_srq(srq: *mut ibv_srq, attr: *mut ibv_srq_attr) -> c_int {
     if srq.is_null() || attr.is_null() {
         return libc::EINVAL;
+    }
+    // SAFETY: srq is a live SRQ of ours, so its context is live too.
+    if unsafe { crate::device::gone((*srq).context) } {
+        return libc::EIO;
     }
     // SAFETY: live SRQ of ours; caller's out struct.
     unsafe {
@@ -162,6 +175,12 @@ pub(crate) unsafe extern "C" fn post_srq_recv(
     };
     if srq.is_null() {
         return libc::EINVAL;
+    }
+    // SAFETY: srq is a live SRQ of ours, so its context is live too.
+    if unsafe { crate::device::gone((*srq).context) } {
+        // SAFETY: bad is NULL or the caller's out pointer.
+        unsafe { crate::qp::set_bad(bad, wr) };
+        return libc::EIO;
     }
     // SAFETY: live SRQ of ours.
     let w = unsafe { &*(srq as *const SrqWrap) };

@@ -1,6 +1,7 @@
 //! Small helpers: errno, cross-process copies, shared spin locks.
 
 use core::sync::atomic::{AtomicU32, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// Set the calling thread's errno.
@@ -18,28 +19,36 @@ pub(crate) fn errno() -> i32 {
 /// (needs the same permission as `process_vm_*`); None if the process or fd is gone or it is
 /// not allowed.
 pub(crate) fn pidfd_getfd(pid: u32, fd: u32) -> Option<i32> {
-    // SAFETY: plain syscalls; failures are reported as -1.
+    pidfd_getfd_from(&pidfd_open(pid)?, fd).map(IntoRawFd::into_raw_fd)
+}
+
+/// A pidfd of process `pid` (for several [`pidfd_getfd_from`] calls); None if it is gone.
+pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; failure is reported as -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0) } as i32;
+    // SAFETY: a new fd that nothing else owns.
+    (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) })
+}
+
+/// Duplicate fd `fd` of the process behind `pidfd` into this process (close-on-exec).
+pub(crate) fn pidfd_getfd_from(pidfd: &OwnedFd, fd: u32) -> Option<OwnedFd> {
+    // SAFETY: plain syscall on a pidfd we hold; failure is reported as -1.
     let d = unsafe {
-        let pidfd =
-            libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) as i32;
-        if pidfd < 0 {
-            return None;
-        }
-        let d = libc::syscall(
+        libc::syscall(
             libc::SYS_pidfd_getfd,
-            pidfd as libc::c_long,
+            pidfd.as_raw_fd() as libc::c_long,
             fd as libc::c_long,
             0 as libc::c_long,
-        ) as i32;
-        libc::close(pidfd);
-        d
-    };
+        )
+    } as i32;
     if d < 0 {
         return None;
     }
-    // SAFETY: setting close-on-exec on our new fd.
-    unsafe { libc::fcntl(d, libc::F_SETFD, libc::FD_CLOEXEC) };
-    Some(d)
+    // SAFETY: setting close-on-exec on our new fd, which nothing else owns.
+    unsafe {
+        libc::fcntl(d, libc::F_SETFD, libc::FD_CLOEXEC);
+        Some(OwnedFd::from_raw_fd(d))
+    }
 }
 
 /// Why a cross-process copy failed.

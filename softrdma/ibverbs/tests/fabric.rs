@@ -55,10 +55,16 @@ fn open_dev() -> Dev {
     }
 }
 
-/// Registered memory: heap (anonymous) or a shared memfd mapping (the memcpy fast path).
+/// Registered memory: heap (anonymous) or shared memfd mappings (the memcpy fast path): one
+/// memfd, or several mapped at consecutive addresses (as DPDK maps one file per hugepage).
 enum Mem {
     Heap(Vec<u8>),
-    Shared { ptr: *mut u8, len: usize, fd: i32 },
+    Shared {
+        ptr: *mut u8,
+        len: usize,
+        map_len: usize,
+        fds: Vec<i32>,
+    },
 }
 
 impl std::ops::Deref for Mem {
@@ -82,10 +88,15 @@ impl std::ops::DerefMut for Mem {
 
 impl Drop for Mem {
     fn drop(&mut self) {
-        if let Mem::Shared { ptr, len, fd } = *self {
+        if let Mem::Shared {
+            ptr, map_len, fds, ..
+        } = self
+        {
             unsafe {
-                libc::munmap(ptr as *mut _, len);
-                libc::close(fd);
+                libc::munmap(*ptr as *mut _, *map_len);
+                for fd in fds {
+                    libc::close(*fd);
+                }
             }
         }
     }
@@ -120,19 +131,41 @@ fn reg(d: &Dev, len: usize, access: u32) -> Buf {
 
 /// Register `len` bytes of a memfd mapped MAP_SHARED (the fd stays open, as applications keep it).
 fn reg_memfd(d: &Dev, len: usize, access: u32) -> Buf {
+    reg_memfds(d, len, len, access)
+}
+
+/// Register `len` bytes of memfds of `piece` bytes each, mapped MAP_SHARED at consecutive
+/// addresses (one region over several files, like DPDK's hugepages); the fds stay open.
+fn reg_memfds(d: &Dev, len: usize, piece: usize, access: u32) -> Buf {
+    let n = len.div_ceil(piece);
+    let map_len = n * piece;
     unsafe {
-        let fd = libc::memfd_create(c"softrdma-test".as_ptr(), libc::MFD_CLOEXEC);
-        assert!(fd >= 0, "memfd_create");
-        assert_eq!(libc::ftruncate(fd, len as i64), 0);
         let p = libc::mmap(
             null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
+            map_len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
             0,
         );
         assert_ne!(p, libc::MAP_FAILED);
+        let mut fds = Vec::new();
+        for i in 0..n {
+            let fd = libc::memfd_create(c"softrdma-test".as_ptr(), libc::MFD_CLOEXEC);
+            assert!(fd >= 0, "memfd_create");
+            assert_eq!(libc::ftruncate(fd, piece as i64), 0);
+            let at = (p as *mut u8).add(i * piece) as *mut libc::c_void;
+            let q = libc::mmap(
+                at,
+                piece,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                0,
+            );
+            assert_eq!(q, at, "mapping memfd {i}");
+            fds.push(fd);
+        }
         let mr = ibv_reg_mr(d.pd, p, len, access as i32);
         assert!(!mr.is_null(), "ibv_reg_mr (memfd) failed");
         Buf {
@@ -140,7 +173,8 @@ fn reg_memfd(d: &Dev, len: usize, access: u32) -> Buf {
             mem: Mem::Shared {
                 ptr: p as *mut u8,
                 len,
-                fd,
+                map_len,
+                fds,
             },
         }
     }
@@ -776,6 +810,38 @@ fn sc_opcodes() {
         assert!((*cq2).cqe >= 100);
         assert_eq!(statuses(&poll(cq2, 1, 1000)), vec![(40, 0)]);
         assert_eq!(statuses(&poll(d.cq, 1, 1000)), vec![(41, 0)]);
+        // Arming a CQ that holds an entry owes an event (no lost wake-up): ibv_get_cq_event
+        // pays it at once; a consumer that waits on the fd without polling is woken by the
+        // event thread; a poll that takes the entry settles it (no event, fd not readable).
+        post_recv(q1, 44, &rx, 0, 64);
+        assert_eq!(post_send(q2, 45, op::IBV_WR_SEND, &tx, 0, 8, None), 0);
+        assert_eq!(statuses(&poll(d.cq, 1, 1000)), vec![(45, 0)]);
+        assert_eq!(ibv_req_notify_cq(cq2, 0), 0);
+        assert_eq!(ibv_get_cq_event(ch, &mut ecq, &mut ectx), 0, "owed event");
+        assert_eq!(ecq, cq2);
+        ibv_ack_cq_events(cq2, 1);
+        assert_eq!(ibv_req_notify_cq(cq2, 0), 0);
+        let t0 = std::time::Instant::now();
+        assert_eq!(
+            libc::poll(&mut p, 1, 5000),
+            1,
+            "owed event raised on the fd"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "within the event thread's tick"
+        );
+        assert_eq!(ibv_get_cq_event(ch, &mut ecq, &mut ectx), 0);
+        assert_eq!(ecq, cq2);
+        ibv_ack_cq_events(cq2, 1);
+        assert_eq!(ibv_req_notify_cq(cq2, 0), 0);
+        assert_eq!(statuses(&poll(cq2, 1, 1000)), vec![(44, 0)]);
+        assert_eq!(
+            libc::poll(&mut p, 1, 300),
+            0,
+            "settled by the poll: no event"
+        );
+        assert_eq!(ibv_get_cq_event(ch, &mut ecq, &mut ectx), -1);
         // Receive buffer too small: LOC_LEN_ERR at the responder, REM_INV_REQ_ERR at the requester.
         post_recv(q1, 42, &rx, 0, 4);
         assert_eq!(post_send(q2, 43, op::IBV_WR_SEND, &tx, 0, 8, None), 0);
@@ -1325,10 +1391,14 @@ fn sc_peer(role: &str) {
 }
 
 // Shared-memory fast path across two processes: memfd-backed MRs on both sides move SEND,
-// WRITE and READ payload by memcpy (counted in mapped_bytes); an anonymous local buffer falls
-// back to process_vm_*; keys and bounds are checked exactly as before (out of range and a
-// deregistered rkey fail with REM_ACCESS_ERR).
+// WRITE and READ payload by memcpy (counted in mapped_bytes), also when each region is made of
+// several files (24 KiB memfds at consecutive addresses, so the WRITE and the READ cross file
+// boundaries on both sides); an anonymous local buffer falls back to process_vm_*; keys and
+// bounds are checked exactly as before (out of range and a deregistered rkey fail with
+// REM_ACCESS_ERR).
 const SHM_LEN: usize = 128 << 10;
+/// Size of each memfd behind the shared regions of `sc_shm`.
+const SHM_PIECE: usize = 24 << 10;
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
@@ -1341,7 +1411,7 @@ fn sc_shm(role: &str) {
     let q = create_qp(&d, null_mut());
     let mut line = String::new();
     if role == "responder" {
-        let mut rx = reg_memfd(&d, SHM_LEN, LW | RW | RR);
+        let mut rx = reg_memfds(&d, SHM_LEN, SHM_PIECE, LW | RW | RR);
         rx.mem[64 << 10..80 << 10].copy_from_slice(&pattern(7, 16 << 10));
         println!("QPN {} {} {}", qpn(q), rx.addr(), rx.rkey());
         std::io::stdout().flush().unwrap();
@@ -1382,7 +1452,7 @@ fn sc_shm(role: &str) {
         drop(rx);
         return;
     }
-    let mut tx = reg_memfd(&d, SHM_LEN, LW);
+    let mut tx = reg_memfds(&d, SHM_LEN, SHM_PIECE, LW);
     let mut anon = reg(&d, 4096, LW);
     println!("QPN {}", qpn(q));
     std::io::stdout().flush().unwrap();
@@ -1679,7 +1749,8 @@ fn sc_write_chain() {
             mem: Mem::Shared {
                 ptr: p as *mut u8,
                 len: 3 * pg,
-                fd: -1,
+                map_len: 3 * pg,
+                fds: Vec::new(),
             },
         }
     };

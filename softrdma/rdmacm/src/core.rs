@@ -84,13 +84,38 @@ impl Device {
     }
 }
 
-/// Open (once) and return the devices.
-pub fn devices() -> Result<&'static [Device], c_int> {
-    static DEVS: OnceLock<Result<Vec<Device>, c_int>> = OnceLock::new();
-    DEVS.get_or_init(open_devices)
-        .as_ref()
-        .map(|v| v.as_slice())
-        .map_err(|e| *e)
+/// The device list: None until first use; then the result of the first open (an error is
+/// final, like `ucma_init`'s) minus removed devices.
+static DEVS: Mutex<Option<Result<Vec<&'static Device>, c_int>>> = Mutex::new(None);
+
+/// The devices: opened on first use; a device removed later ([`remove_device`]) leaves the
+/// list, and while the list is empty every call looks again, so a device that came back is
+/// found as a new context (librdmacm's hot-plug behaviour).
+pub fn devices() -> Result<Vec<&'static Device>, c_int> {
+    let mut g = lock(&DEVS);
+    let r = g.get_or_insert_with(|| open_devices().map(|v| v.into_iter().map(leak).collect()));
+    if let Ok(list) = r {
+        if list.is_empty() {
+            if let Ok(v) = open_devices() {
+                *list = v.into_iter().map(leak).collect();
+                debug!("device back: new context {:p}", list[0].ctx);
+            }
+        }
+    }
+    r.clone()
+}
+
+/// Devices live for the process: ids keep `&'static` references, also to removed ones.
+fn leak(d: Device) -> &'static Device {
+    Box::leak(Box::new(d))
+}
+
+/// Forget the device whose context is `ctx` (it was removed); returns it.
+fn remove_device(ctx: *mut ibv_context) -> Option<&'static Device> {
+    let mut g = lock(&DEVS);
+    let list = g.as_mut()?.as_mut().ok()?;
+    let pos = list.iter().position(|d| d.ctx == ctx)?;
+    Some(list.remove(pos))
 }
 
 fn open_devices() -> Result<Vec<Device>, c_int> {
@@ -169,7 +194,7 @@ fn open_devices() -> Result<Vec<Device>, c_int> {
 
 /// The device an IP address maps to: there is one fabric, so always the first device.
 pub fn device_for(_ip: &std::net::IpAddr) -> Result<&'static Device, c_int> {
-    devices()?.first().ok_or(libc::ENODEV)
+    devices()?.first().copied().ok_or(libc::ENODEV)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -491,6 +516,9 @@ pub struct IdState {
     pub destroyed: bool,
     /// QPN of the QP `rdma_create_qp` attached (0: none).
     pub qpn: u32,
+    /// The id's device was removed: it got RDMA_CM_EVENT_DEVICE_REMOVAL and gets no other
+    /// event; a removed listener refuses connection requests.
+    pub removed: bool,
 }
 
 /// `struct rdma_cm_id` plus its state.
@@ -548,6 +576,7 @@ impl IdBox {
                 ep_pd: 0,
                 destroyed: false,
                 qpn: 0,
+                removed: false,
             }),
         })
     }
@@ -615,8 +644,17 @@ impl IdBox {
         });
     }
 
-    /// Queue an event on the id's channel.
+    /// Queue an event on the id's channel (none after DEVICE_REMOVAL: the kernel's id is
+    /// detached from the device then).
     pub fn queue(self: &Arc<Self>, st: &IdState, ev: Box<EventBox>) {
+        if st.removed {
+            debug!(
+                "cm_id {:p}: device removed; dropping event {}",
+                self.c_ptr(),
+                ev.ev.event
+            );
+            return;
+        }
         st.channel.push(ev);
     }
 
@@ -1061,6 +1099,18 @@ impl Runtime {
         self.register(fd.as_raw_fd(), Handler::Conn(id.clone(), fd.clone()))
     }
 
+    /// Every id with a listening socket, a connection, or a REQ being received, once each.
+    fn ids(&self) -> Vec<Arc<IdBox>> {
+        let mut v: Vec<Arc<IdBox>> = Vec::new();
+        for h in lock(&self.handlers).1.values() {
+            let (Handler::Listen(id, _) | Handler::PendingReq(id, _) | Handler::Conn(id, _)) = h;
+            if !v.iter().any(|x| Arc::ptr_eq(x, id)) {
+                v.push(id.clone());
+            }
+        }
+        v
+    }
+
     /// All connection handlers (fault injection).
     fn conns(&self) -> Vec<Arc<IdBox>> {
         lock(&self.handlers)
@@ -1160,14 +1210,22 @@ impl Runtime {
             self.deregister(key, fd.as_raw_fd());
             return;
         }
-        // An IPv6 wildcard listener with RDMA_OPTION_ID_AFONLY does not take IPv4 peers.
+        // An IPv6 wildcard listener with RDMA_OPTION_ID_AFONLY does not take IPv4 peers; a
+        // listener whose device was removed takes none (nothing listens there any more).
         let v6_only = lst.opts.afonly
             && lst
                 .local
                 .is_some_and(|a| a.is_ipv6() && a.ip().is_unspecified());
-        if v6_only && (req.dst.is_ipv4() || addr::is_v4_mapped(&req.dst)) {
+        let why = if lst.removed {
+            Some("device removed")
+        } else if v6_only && (req.dst.is_ipv4() || addr::is_v4_mapped(&req.dst)) {
+            Some("AFONLY, IPv4 peer")
+        } else {
+            None
+        };
+        if let Some(why) = why {
             debug!(
-                "listener {:p}: AFONLY; refusing IPv4 REQ from {}",
+                "listener {:p}: {why}; refusing REQ from {}",
                 listener.c_ptr(),
                 req.src
             );
@@ -1457,10 +1515,33 @@ unsafe extern "C" fn fault_handler(_arg: *mut std::ffi::c_void, qpn: u32) {
     }
 }
 
+/// libibverbs removed the device whose shared context is `ctx`: every id bound to it gets
+/// RDMA_CM_EVENT_DEVICE_REMOVAL (once, and nothing after it) and the device leaves the list.
+unsafe extern "C" fn device_removed(_arg: *mut std::ffi::c_void, ctx: *mut ibv_context) {
+    let Some(dev) = remove_device(ctx) else {
+        return;
+    };
+    let mut n = 0;
+    for id in runtime().ids() {
+        let mut st = lock(&id.st);
+        if st.destroyed || st.removed || !st.dev.is_some_and(|d| std::ptr::eq(d, dev)) {
+            continue;
+        }
+        let ev = EventBox::new(&id, RDMA_CM_EVENT_DEVICE_REMOVAL, 0);
+        id.queue(&st, ev);
+        st.removed = true;
+        n += 1;
+    }
+    debug!("device context {ctx:p} removed: DEVICE_REMOVAL on {n} cm ids");
+}
+
 fn install_fault_handler() {
     if let Some(p) = ffi::private() {
-        // SAFETY: vtable function; the handler is a static function valid forever.
-        unsafe { (p.set_cm_drop_handler)(Some(fault_handler), std::ptr::null_mut()) };
+        // SAFETY: vtable functions; the handlers are static functions valid forever.
+        unsafe {
+            (p.set_cm_drop_handler)(Some(fault_handler), std::ptr::null_mut());
+            (p.set_device_handler)(Some(device_removed), std::ptr::null_mut());
+        }
     }
 }
 

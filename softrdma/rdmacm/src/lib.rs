@@ -8,7 +8,7 @@
 //! private vtable `softrdma_private_v1` (`softrdma_abi::private`), looked up with `dlsym`.
 //!
 //! Private-vtable entries used: `shared_context`, `set_cm_drop_handler`, `cm_should_drop`,
-//! `log`. No further entries are needed.
+//! `log`, `set_device_handler` (device removal: RDMA_CM_EVENT_DEVICE_REMOVAL).
 //!
 //! Layout: [`proto`] (wire messages) and [`conn`] (connection state machine) are sans-IO;
 //! [`addr`] maps addresses to socket names; `core` holds channels, ids and the event

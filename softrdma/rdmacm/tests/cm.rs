@@ -41,6 +41,17 @@ fn lib_dir() -> PathBuf {
     dir
 }
 
+/// The fabric directory of this test run (`$SOFTRDMA_SHM_DIR`, else a private one), so the
+/// children never meet other runs' processes or a fabric file of another softrdma version.
+fn shm_dir() -> String {
+    std::env::var("SOFTRDMA_SHM_DIR").unwrap_or_else(|_| {
+        std::env::temp_dir()
+            .join(format!("softrdma-cm-test-{}", std::process::id()))
+            .display()
+            .to_string()
+    })
+}
+
 struct Proc {
     name: &'static str,
     child: Child,
@@ -54,6 +65,7 @@ impl Proc {
         cmd.args(["child_main", "--exact", "--nocapture", "--test-threads=1"])
             .env(ROLE, role)
             .env("LD_LIBRARY_PATH", lib_dir())
+            .env("SOFTRDMA_SHM_DIR", shm_dir())
             .env_remove("SOFTRDMA_FAULTS")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -177,6 +189,7 @@ fn run_pair(ip: &str, server_mode: &str, client_then: &str, client_env: &[(&str,
                 let pid = client.expect("READY ");
                 let ctl = lib_dir().join("softrdma-ctl");
                 let out = Command::new(&ctl)
+                    .env("SOFTRDMA_SHM_DIR", shm_dir())
                     .args(["send", &pid, "cmdrop", "qp=*"])
                     .output()
                     .unwrap_or_else(|e| panic!("run {}: {e}", ctl.display()));
@@ -295,6 +308,62 @@ fn peer_death_after_app_freed_the_qp() {
     server.finish();
 }
 
+/// `softrdma-ctl send <pid> <cmd…>` must succeed (the command is in force when it returns).
+fn ctl(pid: &str, cmd: &[&str]) {
+    let ctl = lib_dir().join("softrdma-ctl");
+    let out = Command::new(&ctl)
+        .env("SOFTRDMA_SHM_DIR", shm_dir())
+        .args(["send", pid])
+        .args(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", ctl.display()));
+    assert!(out.status.success(), "softrdma-ctl {cmd:?} failed: {out:?}");
+}
+
+impl Proc {
+    /// Write one line to the child's stdin.
+    fn tell(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write to child");
+    }
+}
+
+/// Device removal under an established connection (fault `async device_remove` through the
+/// control channel) and its return (`async device_add`): the listener and the connection ids
+/// get RDMA_CM_EVENT_DEVICE_REMOVAL, the context gets IBV_EVENT_DEVICE_FATAL, the device
+/// leaves ibv_get_device_list / rdma_get_devices, verbs on the old context fail with EIO while
+/// destroying everything works; the peer's SEND to the removed QP times out
+/// (RETRY_EXC_ERR) and it gets DISCONNECTED when the ids are destroyed; once back, the device
+/// is a new context that a new listener binds to.
+#[test]
+fn device_removal_and_return() {
+    let (mut server, mut client) = spawn_pair("127.0.0.1", "device_removal", "removal", &[]);
+    server.expect("REQ ");
+    server.expect("ESTABLISHED");
+    client.expect("ESTABLISHED ");
+    let pid = server.expect("READY ");
+    ctl(&pid, &["async", "device_remove"]);
+    assert_eq!(
+        server.expect("REMOVED "),
+        "conn=1 listen=1 fatal=1 devices=0/0 eio=1 cq_event_eio=1"
+    );
+    client.tell("go");
+    let retry_exc = ibv_wc_status::IBV_WC_RETRY_EXC_ERR;
+    assert_eq!(client.expect("SEND status="), retry_exc.to_string());
+    server.tell("cleanup");
+    server.expect("CLEANED");
+    client.expect("DISCONNECTED");
+    ctl(&pid, &["async", "device_add"]);
+    server.tell("added");
+    assert_eq!(
+        server.expect("BACK "),
+        "devices=1/1 new_ctx=1 old_ctx_still_gone=1 listen=1 pd=1"
+    );
+    client.finish();
+    server.finish();
+}
+
 /// One process: non-blocking channel (EAGAIN), bind conflicts, listen backlog (a REQ beyond
 /// the backlog of not-yet-retrieved CONNECT_REQUESTs is rejected with status 1), rejecting a
 /// QP-less connection, and destroying a listener with a pending request.
@@ -308,6 +377,7 @@ fn nonblocking_channel_bind_conflicts_and_backlog() {
     let mut text = String::new();
     for _ in 0..200 {
         let out = Command::new(&ctl)
+            .env("SOFTRDMA_SHM_DIR", shm_dir())
             .args(["stats", &pid])
             .output()
             .unwrap_or_else(|e| panic!("run {}: {e}", ctl.display()));
@@ -667,6 +737,9 @@ fn server() -> Result<(), String> {
         }
         wait_event(ch, RDMA_CM_EVENT_ESTABLISHED)?;
         println!("ESTABLISHED");
+        if mode == "device_removal" {
+            return device_removal(ch, listen, id, mr);
+        }
         if mode == "free_qp" {
             // Like rping: free the QP with plain ibv_destroy_qp while the id lives on; the
             // peer's death must then not make librdmacm touch the freed QP.
@@ -704,15 +777,7 @@ fn server() -> Result<(), String> {
         // The application calls rdma_disconnect itself (SPDK does): the QP ends in ERR.
         rdma_disconnect(id);
         println!("QPSTATE {}", qp_state(id)?);
-        let mut wc: ibv_wc = std::mem::zeroed();
-        let mut n = 0;
-        for _ in 0..WAIT_MS {
-            n = ibv_poll_cq((*id).recv_cq, 1, &mut wc);
-            if n != 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let (n, wc) = poll_one((*id).recv_cq);
         if n != 1 || wc.wr_id != 0x5eed || wc.status != ibv_wc_status::IBV_WC_WR_FLUSH_ERR {
             return Err(format!(
                 "posted receive: poll {n}, wr_id {:#x}, status {} (want WR_FLUSH_ERR)",
@@ -820,6 +885,28 @@ fn client() -> Result<(), String> {
                 println!("READY {}", std::process::id());
                 wait_event(ch, RDMA_CM_EVENT_DISCONNECTED)?;
             }
+            "removal" => {
+                // The server's device is removed: a SEND to its QP is retried until the
+                // transport timeout (nothing answers), then RETRY_EXC_ERR.
+                read_stdin_line("go")?;
+                let mut buf = vec![7u8; 16];
+                let mr = rdma_reg_msgs(id, buf.as_mut_ptr().cast(), buf.len());
+                if mr.is_null()
+                    || rdma_post_send(id, 0x51 as *mut c_void, buf.as_mut_ptr().cast(), 16, mr, 0)
+                        != 0
+                {
+                    return Err("rdma_reg_msgs / rdma_post_send".into());
+                }
+                let (n, wc) = poll_one((*id).send_cq);
+                println!("SEND status={}", if n == 1 { wc.status as i64 } else { -1 });
+                wait_event(ch, RDMA_CM_EVENT_DISCONNECTED)?;
+                println!("DISCONNECTED");
+                ibv_dereg_mr(mr);
+                rdma_destroy_qp(id);
+                rdma_destroy_id(id);
+                rdma_destroy_event_channel(ch);
+                return Ok(());
+            }
             _ => {
                 if rdma_disconnect(id) != 0 {
                     return Err("rdma_disconnect".into());
@@ -837,6 +924,182 @@ fn client() -> Result<(), String> {
         println!("TIMEWAIT_EXIT");
         rdma_destroy_qp(id);
         rdma_destroy_id(id);
+        rdma_destroy_event_channel(ch);
+    }
+    Ok(())
+}
+
+/// Poll `cq` for one completion for up to `WAIT_MS` ms: (poll result, the completion).
+///
+/// # Safety
+/// `cq` must be a live CQ of this process.
+unsafe fn poll_one(cq: *mut ibv_cq) -> (i32, ibv_wc) {
+    // SAFETY: all-zero is a valid ibv_wc; cq is live per the contract.
+    unsafe {
+        let mut wc: ibv_wc = std::mem::zeroed();
+        for _ in 0..WAIT_MS {
+            let n = ibv_poll_cq(cq, 1, &mut wc);
+            if n != 0 {
+                return (n, wc);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (0, wc)
+    }
+}
+
+/// Wait for the parent to write `want` on our stdin.
+fn read_stdin_line(want: &str) -> Result<(), String> {
+    let mut l = String::new();
+    std::io::stdin()
+        .read_line(&mut l)
+        .map_err(|e| format!("stdin: {e}"))?;
+    if l.trim() != want {
+        return Err(format!("expected '{want}' on stdin, got '{}'", l.trim()));
+    }
+    Ok(())
+}
+
+/// The server side of `device_removal_and_return` (after ESTABLISHED).
+///
+/// # Safety
+/// `ch`, `listen`, `id` and `mr` are live objects of this process.
+unsafe fn device_removal(
+    ch: *mut rdma_event_channel,
+    listen: *mut rdma_cm_id,
+    id: *mut rdma_cm_id,
+    mr: *mut ibv_mr,
+) -> Result<(), String> {
+    use rdma_cm_event_type::*;
+    // SAFETY: per the contract; every pointer used below is live until destroyed here.
+    unsafe {
+        let ctx = (*id).verbs;
+        println!("READY {}", std::process::id());
+        // Both ids bound to the device get DEVICE_REMOVAL, once each.
+        let (a, b) = (wait_any(ch)?, wait_any(ch)?);
+        let removal = |e: &Ev, who: *mut rdma_cm_id| {
+            (e.kind == RDMA_CM_EVENT_DEVICE_REMOVAL && e.id == who) as u8
+        };
+        let conn = removal(&a, id) | removal(&b, id);
+        let lst = removal(&a, listen) | removal(&b, listen);
+        // The context gets IBV_EVENT_DEVICE_FATAL.
+        let mut pfd = libc::pollfd {
+            fd: (*ctx).async_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let mut fatal = 0;
+        if libc::poll(&mut pfd, 1, WAIT_MS) == 1 {
+            let mut ev: ibv_async_event = std::mem::zeroed();
+            if ibv_get_async_event(ctx, &mut ev) == 0 {
+                fatal = (ev.event_type == ibv_event_type::IBV_EVENT_DEVICE_FATAL) as u8;
+                ibv_ack_async_event(&mut ev);
+            }
+        }
+        // The device is gone from both lists.
+        let (mut nv, mut nc) = (-1, -1);
+        let l = ibv_get_device_list(&mut nv);
+        if !l.is_null() {
+            ibv_free_device_list(l);
+        }
+        let d = rdma_get_devices(&mut nc);
+        if !d.is_null() {
+            rdma_free_devices(d);
+        }
+        // Verbs on the old context fail with EIO.
+        let eio = |r: i32| r == libc::EIO;
+        let mut pa: ibv_port_attr = std::mem::zeroed();
+        let pd_fails = ibv_alloc_pd(ctx).is_null()
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EIO);
+        let mut bad: *mut ibv_recv_wr = std::ptr::null_mut();
+        let mut wr: ibv_recv_wr = std::mem::zeroed();
+        let all_eio = pd_fails
+            && eio(ibv_query_port(
+                ctx,
+                1,
+                &mut pa as *mut ibv_port_attr as *mut _compat_ibv_port_attr,
+            ))
+            && eio(ibv_post_recv((*id).qp, &mut wr, &mut bad))
+            && std::ptr::eq(bad, &wr)
+            && eio(ibv_req_notify_cq((*id).recv_cq, 0));
+        // A reader of the completion channel gets EIO once it is drained.
+        let mut cq: *mut ibv_cq = std::ptr::null_mut();
+        let mut cq_ctx: *mut c_void = std::ptr::null_mut();
+        let cq_event_eio = ibv_get_cq_event((*(*id).recv_cq).channel, &mut cq, &mut cq_ctx) != 0;
+        println!(
+            "REMOVED conn={conn} listen={lst} fatal={fatal} devices={nv}/{nc} eio={} cq_event_eio={}",
+            all_eio as u8, cq_event_eio as u8
+        );
+        // Nothing else arrives on the removed ids (the peer's SEND times out meanwhile).
+        read_stdin_line("cleanup")?;
+        let mut pfd = libc::pollfd {
+            fd: (*ch).fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::poll(&mut pfd, 1, 0) != 0 {
+            return Err("a CM event after DEVICE_REMOVAL".into());
+        }
+        // Destroying works.
+        if ibv_dereg_mr(mr) != 0 {
+            return Err("ibv_dereg_mr after removal".into());
+        }
+        rdma_destroy_qp(id);
+        if rdma_destroy_id(id) != 0 || rdma_destroy_id(listen) != 0 {
+            return Err("rdma_destroy_id after removal".into());
+        }
+        println!("CLEANED");
+        read_stdin_line("added")?;
+        // Back as a new context; a new listener binds to it and it works.
+        let (mut nv, mut nc) = (-1, -1);
+        let l = ibv_get_device_list(&mut nv);
+        if !l.is_null() {
+            ibv_free_device_list(l);
+        }
+        let d = rdma_get_devices(&mut nc);
+        let new_ctx = if d.is_null() || nc < 1 {
+            std::ptr::null_mut()
+        } else {
+            *d
+        };
+        if !d.is_null() {
+            rdma_free_devices(d);
+        }
+        let mut pa: ibv_port_attr = std::mem::zeroed();
+        let old_gone = eio(ibv_query_port(
+            ctx,
+            1,
+            &mut pa as *mut ibv_port_attr as *mut _compat_ibv_port_attr,
+        ));
+        let mut l2: *mut rdma_cm_id = std::ptr::null_mut();
+        let mut sa = sockaddr(&"127.0.0.1:0".parse().unwrap());
+        let listen_ok = rdma_create_id(
+            ch,
+            &mut l2,
+            std::ptr::null_mut(),
+            rdma_port_space::RDMA_PS_TCP,
+        ) == 0
+            && rdma_bind_addr(l2, &mut sa as *mut _ as *mut libc::sockaddr) == 0
+            && (*l2).verbs == new_ctx
+            && rdma_listen(l2, 4) == 0;
+        let pd = if new_ctx.is_null() {
+            std::ptr::null_mut()
+        } else {
+            ibv_alloc_pd(new_ctx)
+        };
+        println!(
+            "BACK devices={nv}/{nc} new_ctx={} old_ctx_still_gone={} listen={} pd={}",
+            (!new_ctx.is_null() && new_ctx != ctx) as u8,
+            old_gone as u8,
+            listen_ok as u8,
+            (!pd.is_null()) as u8
+        );
+        if !pd.is_null() {
+            ibv_dealloc_pd(pd);
+        }
+        if !l2.is_null() {
+            rdma_destroy_id(l2);
+        }
         rdma_destroy_event_channel(ch);
     }
     Ok(())
