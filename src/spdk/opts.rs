@@ -122,6 +122,12 @@ pub(crate) unsafe fn decode_and_validate(
     core_count: u32,
 ) -> Result<(TransportOptions, Vec<OptionsNotice>), CreateOptionsError> {
     let mut o = from_generic(src);
+    if src.io_unit_size == 0 {
+        // SPDK v26.05 deprecated io_unit_size: 0 unless given, buffers sized
+        // by its iobuf pools (small/large buffer sizes). Validate as
+        // upstream's default; `write_back` leaves SPDK's 0 alone.
+        o.io_unit_size = TransportOptions::default().io_unit_size;
+    }
     let specific = src.transport_specific;
     if !specific.is_null() {
         // SAFETY: non-NULL `transport_specific` is SPDK's parsed params
@@ -143,7 +149,9 @@ pub(crate) unsafe fn decode_and_validate(
 pub(crate) fn write_back(o: &TransportOptions, dst: &mut sys::spdk_nvmf_transport_opts) {
     dst.max_aq_depth = o.max_aq_depth;
     dst.min_kato = o.min_kato;
-    dst.io_unit_size = o.io_unit_size;
+    if dst.io_unit_size != 0 {
+        dst.io_unit_size = o.io_unit_size;
+    }
     dst.in_capsule_data_size = o.in_capsule_data_size;
     dst.zcopy = false;
 }
