@@ -51,6 +51,11 @@ struct Scenario {
     load: Load,
     /// Whether softrdma must count an injected fault on the target.
     counts_fault: bool,
+    /// Whether a fresh host must get verified I/O afterwards. False only for
+    /// device removal: the device returns as a new context, which the
+    /// transport does not reopen yet (docs/spdk-plugin.md, "Not done yet");
+    /// the target must still survive, free the qpairs and exit cleanly.
+    recovers: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -61,6 +66,7 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: true,
+        recovers: true,
     },
     Scenario {
         name: "3463-read-retry-exc-nth3",
@@ -69,6 +75,7 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: true,
+        recovers: true,
     },
     Scenario {
         name: "3463-read-retry-exc-nth7",
@@ -77,6 +84,7 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: true,
+        recovers: true,
     },
     Scenario {
         name: "read-rem-access-err",
@@ -85,6 +93,7 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: true,
+        recovers: true,
     },
     Scenario {
         name: "write-retry-exc",
@@ -93,6 +102,7 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::RandRead,
         counts_fault: true,
+        recovers: true,
     },
     Scenario {
         name: "send-rem-op-err",
@@ -101,6 +111,7 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::RandRead,
         counts_fault: true,
+        recovers: true,
     },
     Scenario {
         name: "any-wr-rnr-retry-exc",
@@ -109,6 +120,7 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: true,
+        recovers: true,
     },
     Scenario {
         name: "qp-error-mid-io",
@@ -117,6 +129,7 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: false,
+        recovers: true,
     },
     Scenario {
         name: "qp-error-lost-flushes",
@@ -125,6 +138,7 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: false,
+        recovers: true,
     },
     Scenario {
         name: "port-error-then-active",
@@ -133,6 +147,7 @@ const SCENARIOS: &[Scenario] = &[
         after: &["async port_active"],
         load: Load::RandRead,
         counts_fault: false,
+        recovers: true,
     },
     Scenario {
         name: "device-fatal",
@@ -141,6 +156,16 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::RandRead,
         counts_fault: false,
+        recovers: true,
+    },
+    Scenario {
+        name: "device-removal-and-return",
+        at_start: None,
+        at_run: &["async device_remove"],
+        after: &["async device_add"],
+        load: Load::RandRead,
+        counts_fault: false,
+        recovers: false,
     },
     Scenario {
         name: "cm-drop",
@@ -149,6 +174,7 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: false,
+        recovers: true,
     },
     Scenario {
         name: "host-killed-mid-io",
@@ -157,6 +183,7 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::KilledHost,
         counts_fault: false,
+        recovers: true,
     },
 ];
 
@@ -277,8 +304,8 @@ fn run_scenario(spdk: &std::path::Path, sc: &Scenario, port: u16) {
     // A fresh connection's verified I/O passes (retried while the target
     // tears the faulted connection down).
     let mut last = String::new();
-    let mut passed = false;
-    for _ in 0..5 {
+    let mut passed = !sc.recovers;
+    for _ in 0..if sc.recovers { 5 } else { 0 } {
         let (ok, out) = our_perf(
             &t,
             &bin,

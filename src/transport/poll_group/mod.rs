@@ -373,6 +373,11 @@ impl<H: Host> PollGroup<H> {
             }
         }
         for p in &mut self.pollers {
+            // A dead device's SRQ refuses every post (EIO): its receives stay
+            // queued instead of failing (and logging) at every poll.
+            if p.device_dead {
+                continue;
+            }
             if let Some(srq) = p.srq.as_mut() {
                 if !srq.area.list.is_empty() || !srq.retry.is_empty() {
                     flush_srq(srq, &mut p.stats);
