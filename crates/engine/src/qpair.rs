@@ -1005,9 +1005,20 @@ impl Qpair {
         }
     }
 
-    /// Upstream `nvmf_rdma_check_fused_ordering` (§6.10).
+    /// Upstream `nvmf_rdma_check_fused_ordering` (§6.10). Inlined: a normal
+    /// command with no FIRST waiting (nearly every command) has nothing to do.
+    #[inline]
     fn check_fused(&mut self, req: ReqId) -> Result<(), EngineError> {
         let fuse = self.reqs[req.index()].cmd.fuse();
+        if fuse == Fuse::Normal && self.fused_first.is_none() {
+            return Ok(());
+        }
+        self.check_fused_slow(req, fuse)
+    }
+
+    /// [`Qpair::check_fused`] for a fused command or with a FIRST waiting.
+    #[inline(never)]
+    fn check_fused_slow(&mut self, req: ReqId, fuse: Fuse) -> Result<(), EngineError> {
         if let Some(first) = self.fused_first.take() {
             if fuse == Fuse::Second {
                 self.reqs[first.index()].fused.pair = Some(req);
@@ -1267,11 +1278,18 @@ impl Qpair {
     }
 
     /// Asks the host for buffers for every queued fabrics command and for the
-    /// first queued non-fabrics one.
+    /// first queued non-fabrics one (only when the pending-buffer queue
+    /// changed since the last time: inlined, that check costs no call).
+    #[inline]
     fn ask_buffers(&mut self) {
-        if !self.buffers_dirty {
-            return;
+        if self.buffers_dirty {
+            self.ask_buffers_now();
         }
+    }
+
+    /// [`Qpair::ask_buffers`] once the pending-buffer queue changed.
+    #[inline(never)]
+    fn ask_buffers_now(&mut self) {
         self.buffers_dirty = false;
         let mut cur = self.queues.head(QueueKind::PendingBuffer);
         while let Some(req) = cur {
@@ -1317,11 +1335,36 @@ impl Qpair {
     /// Run after every event: pending queues (upstream `process_pending`, on
     /// every event so nothing waits for a completion that will not come), then
     /// the teardown checks.
+    ///
+    /// Inlined: after most events of an active qpair nothing waits anywhere,
+    /// and that check alone is cheaper than a call.
+    #[inline]
     fn after_event(&mut self) {
+        if self.state == QpairState::Active && self.nothing_pending() {
+            return;
+        }
+        self.after_event_slow();
+    }
+
+    /// [`Qpair::after_event`] when something may wait, or the qpair is not
+    /// active.
+    #[inline(never)]
+    fn after_event_slow(&mut self) {
         if let Err(e) = self.process_pending() {
             self.internal_error(e);
         }
         self.try_finish();
+    }
+
+    /// Nothing for `process_pending` to do on an active qpair: no pending
+    /// request, no waiting capsule, no fused partner to re-run, no buffer
+    /// request to make.
+    #[inline]
+    fn nothing_pending(&self) -> bool {
+        !self.queues.any_pending()
+            && self.incoming.is_empty()
+            && self.kicks.is_empty()
+            && !self.buffers_dirty
     }
 
     /// An internal step was refused: only an engine bug gets here; surface it
@@ -1338,11 +1381,7 @@ impl Qpair {
             return self.drop_everything_droppable();
         }
         // The common case after an event: nothing waits anywhere.
-        if !self.queues.any_pending()
-            && self.incoming.is_empty()
-            && self.kicks.is_empty()
-            && !self.buffers_dirty
-        {
+        if self.nothing_pending() {
             return Ok(());
         }
         loop {
