@@ -855,9 +855,6 @@ impl Qpair {
         oq: Option<QueueKind>,
         nq: Option<QueueKind>,
     ) -> Result<(), EngineError> {
-        if oq == Some(QueueKind::PendingBuffer) || nq == Some(QueueKind::PendingBuffer) {
-            self.buffers_dirty = true;
-        }
         // Only FREE is on the free queue.
         if oq == Some(QueueKind::Free) {
             self.in_use += 1;
@@ -865,6 +862,13 @@ impl Qpair {
             self.in_use -= 1;
         }
         self.queues.remove(req);
+        // Whom to ask for buffers changes when a request joins the
+        // pending-buffer queue, or leaves it while others still wait (one
+        // leaving an otherwise empty queue leaves nobody to ask).
+        let pb = Some(QueueKind::PendingBuffer);
+        if nq == pb || (oq == pb && !self.queues.is_empty(QueueKind::PendingBuffer)) {
+            self.buffers_dirty = true;
+        }
         if let Some(q) = nq {
             self.link(q, req)?;
         }
@@ -999,7 +1003,16 @@ impl Qpair {
             }
             DataShape::Keyed { .. } => {
                 self.set_state(req, ReqState::NeedBuffer)?;
-                self.ask_buffers();
+                if self.queues.head(QueueKind::PendingBuffer) == Some(req)
+                    && self.queues.next(req).is_none()
+                {
+                    // Alone on the queue: the walk of ask_buffers would ask
+                    // for exactly this request.
+                    self.buffers_dirty = false;
+                    self.ask_for(req);
+                } else {
+                    self.ask_buffers();
+                }
                 Ok(())
             }
         }
@@ -1294,15 +1307,21 @@ impl Qpair {
         let mut cur = self.queues.head(QueueKind::PendingBuffer);
         while let Some(req) = cur {
             cur = self.queues.next(req);
-            let r = &mut self.reqs[req.index()];
-            if !r.buffers_asked {
-                r.buffers_asked = true;
-                let len = r.shape.len();
-                self.actions.push_back(Action::RequestBuffers { req, len });
-            }
+            self.ask_for(req);
             if !self.reqs[req.index()].fabrics {
                 break;
             }
+        }
+    }
+
+    /// Asks the host for `req`'s buffers unless that was done already.
+    #[inline]
+    fn ask_for(&mut self, req: ReqId) {
+        let r = &mut self.reqs[req.index()];
+        if !r.buffers_asked {
+            r.buffers_asked = true;
+            let len = r.shape.len();
+            self.actions.push_back(Action::RequestBuffers { req, len });
         }
     }
 
