@@ -1086,6 +1086,7 @@ impl Qpair {
         Ok(true)
     }
 
+    #[inline(always)]
     fn execute(&mut self, req: ReqId) -> Result<(), EngineError> {
         self.set_state(req, ReqState::Executing)?;
         self.actions.push_back(Action::Execute { req });
@@ -1325,6 +1326,7 @@ impl Qpair {
         }
     }
 
+    #[inline(always)]
     fn give_back_recv(&mut self, recv: RecvId) {
         if self.cfg.srq {
             // The SRQ outlives this qpair: always re-post.
