@@ -1231,7 +1231,21 @@ impl Qpair {
         }
         self.set_state(req, ReqState::Completed)?;
         self.release(req);
-        self.set_state(req, ReqState::Free)?;
+        self.enter_free(req)
+    }
+
+    /// COMPLETED → FREE, the transition every request makes: the relink of
+    /// [`Qpair::set_state`] written out for it (an unlinked request goes to
+    /// the head of the free queue), inline instead of the general relink.
+    #[inline]
+    fn enter_free(&mut self, req: ReqId) -> Result<(), EngineError> {
+        let i = req.index();
+        if self.reqs[i].state != ReqState::Completed || self.queues.on(req).is_some() {
+            return self.set_state(req, ReqState::Free);
+        }
+        self.queues.push_front(QueueKind::Free, req)?;
+        self.in_use -= 1;
+        self.reqs[i].state = ReqState::Free;
         Ok(())
     }
 
@@ -1480,18 +1494,33 @@ impl Qpair {
                     shape == DataShape::None || r.xfer == effective_data_transfer(&r.cmd),
                     "layout and direction disagree"
                 );
-                self.set_state(req, ReqState::New)?;
+                self.leave_free(req)?;
                 self.drive(req)
             }
             Err(status) => {
                 r.shape = DataShape::None;
                 r.xfer = effective_data_transfer(&r.cmd);
-                self.set_state(req, ReqState::New)?;
+                self.leave_free(req)?;
                 self.check_fused(req)?;
                 self.fail_request(req, status)?;
                 self.drive(req)
             }
         }
+    }
+
+    /// FREE → NEW, the transition every command makes: the relink of
+    /// [`Qpair::set_state`] written out for it (off the free queue), inline
+    /// instead of the general relink.
+    #[inline]
+    fn leave_free(&mut self, req: ReqId) -> Result<(), EngineError> {
+        let i = req.index();
+        if self.reqs[i].state != ReqState::Free || self.queues.on(req) != Some(QueueKind::Free) {
+            return self.set_state(req, ReqState::New);
+        }
+        self.queues.remove(req);
+        self.in_use += 1;
+        self.reqs[i].state = ReqState::New;
+        Ok(())
     }
 
     /// Error/draining: every request that no WR names and the host does not
