@@ -456,11 +456,30 @@ impl Qpair {
         let n = usize::from(r.nwrs());
         let built = r.plan.build(&r.segments[..n], bufs);
         match built {
-            Ok(()) => self.set_state(req, ReqState::HaveBuffer)?,
+            Ok(()) => self.leave_buffer_queue(req)?,
             Err(_) => self.fail_request(req, Status::DATA_SGL_LENGTH_INVALID)?,
         }
         self.drive(req)?;
         self.after_event();
+        Ok(())
+    }
+
+    /// NEED_BUFFER → HAVE_BUFFER: the relink of [`Qpair::set_state`]
+    /// written out for it (off the pending-buffer queue, which needs a new
+    /// walk only if others still wait), inline instead of the general relink.
+    #[inline]
+    fn leave_buffer_queue(&mut self, req: ReqId) -> Result<(), EngineError> {
+        let i = req.index();
+        if self.reqs[i].state != ReqState::NeedBuffer
+            || self.queues.on(req) != Some(QueueKind::PendingBuffer)
+        {
+            return self.set_state(req, ReqState::HaveBuffer);
+        }
+        self.queues.remove(req);
+        if !self.queues.is_empty(QueueKind::PendingBuffer) {
+            self.buffers_dirty = true;
+        }
+        self.reqs[i].state = ReqState::HaveBuffer;
         Ok(())
     }
 
@@ -1002,15 +1021,20 @@ impl Qpair {
                 self.set_state(req, ReqState::ReadyToExecute)
             }
             DataShape::Keyed { .. } => {
-                self.set_state(req, ReqState::NeedBuffer)?;
-                if self.queues.head(QueueKind::PendingBuffer) == Some(req)
-                    && self.queues.next(req).is_none()
+                let i = req.index();
+                if self.queues.is_empty(QueueKind::PendingBuffer)
+                    && self.reqs[i].state == ReqState::New
+                    && self.queues.on(req).is_none()
                 {
-                    // Alone on the queue: the walk of ask_buffers would ask
-                    // for exactly this request.
+                    // Alone on the queue: set_state's relink written out,
+                    // and the walk of ask_buffers would ask for exactly
+                    // this request.
+                    self.queues.push_back(QueueKind::PendingBuffer, req)?;
+                    self.reqs[i].state = ReqState::NeedBuffer;
                     self.buffers_dirty = false;
                     self.ask_for(req);
                 } else {
+                    self.set_state(req, ReqState::NeedBuffer)?;
                     self.ask_buffers();
                 }
                 Ok(())
