@@ -17,7 +17,6 @@
 //! - [`interrupt`]: completion channels and the event entry point;
 //! - [`teardown`]: group destroy.
 
-use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,6 +41,7 @@ use super::host::{
     MAX_BUFFERS_PER_REQUEST,
 };
 use super::options::TransportOptions;
+use super::qpn_map::QpnMap;
 use super::pending::{
     AddQpairError, AddQpairFailure, DeviceEvent, DeviceMsg, PendingQpair, QpairEvent, QpairMsg,
 };
@@ -137,7 +137,7 @@ pub struct PollGroup<H: Host> {
     pollers: Vec<Poller>,
     conns: Vec<Option<Conn>>,
     generations: Vec<u32>,
-    by_qpn: HashMap<(usize, u32), usize>,
+    by_qpn: QpnMap<usize>,
     /// Host answers pushed during a group call, applied before it returns.
     calls: GroupCalls,
     /// Requests granted buffers synchronously during the current action
@@ -221,7 +221,7 @@ impl<H: Host> PollGroup<H> {
             pollers,
             conns: Vec::new(),
             generations: Vec::new(),
-            by_qpn: HashMap::new(),
+            by_qpn: QpnMap::default(),
             calls: GroupCalls::new(),
             granted_now: Vec::with_capacity(64),
             in_call: false,
