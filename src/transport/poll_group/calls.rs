@@ -65,6 +65,9 @@ impl<H: Host> PollGroup<H> {
 
     /// Retries aborts whose victim was moving data.
     pub(super) fn retry_aborts(&mut self, now: u64) {
+        if self.aborts.is_empty() {
+            return;
+        }
         let mut i = 0;
         while i < self.aborts.len() {
             let PendingAbort {
@@ -106,11 +109,18 @@ impl<H: Host> PollGroup<H> {
     }
 
     /// Applies every queued host answer, in order, until none is left
-    /// (answers may queue more). Nested calls return at once.
+    /// (answers may queue more). Nested calls return at once. Inlined:
+    /// most calls (every poll, every engine event) find nothing queued.
+    #[inline]
     pub(super) fn apply_calls(&mut self, now: u64) {
-        if self.in_call {
-            return;
+        if !self.in_call && !self.calls.is_empty() {
+            self.apply_queued_calls(now);
         }
+    }
+
+    /// [`PollGroup::apply_calls`] with answers queued and no call running.
+    #[inline(never)]
+    fn apply_queued_calls(&mut self, now: u64) {
         self.in_call = true;
         while let Some(call) = self.calls.pop() {
             self.apply_call(call, now);
