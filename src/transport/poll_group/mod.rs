@@ -149,6 +149,10 @@ pub struct PollGroup<H: Host> {
     shared: Arc<Shared>,
     pending_data_buffer: u64,
     drain_timeout_ns: u64,
+    /// A qpair finished since the last reap (the engine emitted
+    /// `Finished`): the next poll frees it. Saves a walk of every slot on
+    /// every poll.
+    reap_due: bool,
 }
 
 impl<H: Host> PollGroup<H> {
@@ -229,6 +233,7 @@ impl<H: Host> PollGroup<H> {
             shared,
             pending_data_buffer: 0,
             drain_timeout_ns: DEFAULT_DRAIN_TIMEOUT.as_nanos() as u64,
+            reap_due: false,
         })
     }
 
@@ -379,7 +384,9 @@ impl<H: Host> PollGroup<H> {
                 }
             }
         }
-        self.reap(now);
+        if self.reap_due {
+            self.reap(now);
+        }
         work
     }
 
@@ -517,6 +524,7 @@ impl<H: Host> PollGroup<H> {
                     }
                 }
             }
+            self.reap_due |= conn.finished;
             if conn.qp_destroyed {
                 conn.sends.clear();
                 if let Some(r) = conn.recv.as_mut() {
@@ -555,6 +563,7 @@ impl<H: Host> PollGroup<H> {
 
     /// Frees qpairs the engine declared finished.
     fn reap(&mut self, _now: u64) {
+        self.reap_due = false;
         for slot in 0..self.conns.len() {
             let done = self.conns[slot].as_ref().is_some_and(|c| c.finished);
             if !done {
