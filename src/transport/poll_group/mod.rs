@@ -419,9 +419,7 @@ impl<H: Host> PollGroup<H> {
         let Some(&slot) = self.by_qpn.get(&(device, wc.qp_num())) else {
             // SRQ: a receive consumed by a QP that is gone goes straight back
             // to the SRQ (upstream nvmf_rdma_poller_poll).
-            let recv = wrid::from_completion(wc.raw_wr_id())
-                .and_then(|raw| engine::WrId::from_raw(raw).ok())
-                .and_then(|w| w.kind().ok());
+            let recv = wrid::decode_completion(wc.raw_wr_id()).map(|(_, kind)| kind);
             if let (Some(engine::WrKind::Recv { recv }), Some(srq)) =
                 (recv, self.pollers[p].srq.as_mut())
             {
@@ -438,7 +436,7 @@ impl<H: Host> PollGroup<H> {
             );
             return;
         };
-        let Some(raw) = wrid::from_completion(wc.raw_wr_id()) else {
+        let Some((raw, kind)) = wrid::decode_completion(wc.raw_wr_id()) else {
             tracing::error!(
                 qp_num = wc.qp_num(),
                 wr_id = wc.raw_wr_id(),
@@ -455,10 +453,9 @@ impl<H: Host> PollGroup<H> {
         let Some(conn) = self.conns[slot].as_mut() else {
             return;
         };
-        let kind = engine::WrId::from_raw(raw).ok().and_then(|w| w.kind().ok());
         let mut recv_slot = None;
         match kind {
-            Some(engine::WrKind::Recv { recv }) if status.is_success() => {
+            engine::WrKind::Recv { recv } if status.is_success() => {
                 let poller = &mut self.pollers[p];
                 if let Some(area) = recv_area(&mut conn.recv, &mut poller.srq) {
                     recv_slot = Some((recv, (wc.byte_len() as usize).min(area.slot_size)));
@@ -468,7 +465,7 @@ impl<H: Host> PollGroup<H> {
                 }
                 poller.stats.requests += 1;
             }
-            Some(engine::WrKind::Send { req, .. }) if status.is_success() => {
+            engine::WrKind::Send { req, .. } if status.is_success() => {
                 if let Some(t) = conn.req_start.get(req.index()) {
                     self.pollers[p].stats.request_latency += now.saturating_sub(*t);
                 }
