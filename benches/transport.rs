@@ -43,8 +43,7 @@ use nvmf_rdma_rs::engine::codec::nvme::{io_opcode, Command, Completion, Status};
 use nvmf_rdma_rs::initiator::{Done, Payload, Queue, QueueOptions, SglMode};
 use nvmf_rdma_rs::transport::{
     AcceptorEvent, BufferGrant, CommandData, Direction, GroupCalls, Host, HostError, HostGroup,
-    PollGroup, QpairHandle, QpairInfo, RequestBuffers, RequestHandle, Transport,
-    TransportOptions,
+    PollGroup, QpairHandle, QpairInfo, RequestBuffers, RequestHandle, Transport, TransportOptions,
 };
 use nvmf_rdma_rs::verbs::{Access, DmaBuf, Pd};
 
@@ -245,7 +244,10 @@ impl Bench {
                 self.answered += 1;
             }
             rounds += 1;
-            assert!(rounds < MAX_ROUNDS, "commands not answered in {rounds} polls");
+            assert!(
+                rounds < MAX_ROUNDS,
+                "commands not answered in {rounds} polls"
+            );
         }
     }
 }

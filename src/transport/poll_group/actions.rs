@@ -55,6 +55,7 @@ pub(super) struct ActionCtx<'a, G: HostGroup> {
     pub(super) stats: &'a mut PollerStats,
     pub(super) srq: &'a mut Option<SrqRecv>,
     pub(super) shared: &'a Shared,
+    pub(super) held: &'a HeldCounts,
     pub(super) granted_now: &'a mut Vec<ReqId>,
     pub(super) pending_data_buffer: &'a mut u64,
     pub(super) now: u64,
@@ -148,7 +149,7 @@ pub(super) fn handle_action<G: HostGroup>(
             let Some(g) = conn.granted.get_mut(req.index()) else {
                 return;
             };
-            if g.is_empty() || !cx.shared.take(&cx.shared.buffers_held, g.len() as u64) {
+            if g.is_empty() || !cx.held.take(Held::Buffers, g.len() as u64, cx.shared) {
                 if g.is_empty() {
                     cx.shared.internal_errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -174,7 +175,7 @@ pub(super) fn handle_action<G: HostGroup>(
                 _ => Direction::None,
             };
             let h = request_handle(conn, req);
-            cx.shared.commands_in_host.fetch_add(1, Ordering::Relaxed);
+            cx.held.add(Held::Commands, 1);
             let data = match conn.engine.data(req) {
                 DataRef::None => CommandData::None,
                 DataRef::InCapsule { recv, offset, len } => {

@@ -187,13 +187,13 @@ impl<H: Host> PollGroup<H> {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        grant(conn, req, &mut self.host, &mut self.calls, &self.shared);
+        grant(conn, req, &mut self.host, &mut self.calls, &self.held);
         self.run_actions(slot, now);
     }
 
     /// A command the host had comes back (completed or freed).
     pub(super) fn command_back(&self, req: RequestHandle) {
-        if !self.shared.take(&self.shared.commands_in_host, 1) {
+        if !self.held.take(Held::Commands, 1, &self.shared) {
             tracing::error!(%req, "internal error: the host answered a command it was not holding (commands_in_host already 0)");
         }
     }
@@ -206,7 +206,7 @@ pub(super) fn grant<G: HostGroup>(
     req: ReqId,
     host: &mut G,
     calls: &mut GroupCalls,
-    shared: &Shared,
+    held: &HeldCounts,
 ) {
     let Some(g) = c.granted.get_mut(req.index()) else {
         return;
@@ -238,5 +238,5 @@ pub(super) fn grant<G: HostGroup>(
         g.clear();
         return;
     }
-    shared.buffers_held.fetch_add(n as u64, Ordering::Relaxed);
+    held.add(Held::Buffers, n as u64);
 }

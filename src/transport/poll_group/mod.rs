@@ -41,11 +41,11 @@ use super::host::{
     MAX_BUFFERS_PER_REQUEST,
 };
 use super::options::TransportOptions;
-use super::qpn_map::QpnMap;
 use super::pending::{
     AddQpairError, AddQpairFailure, DeviceEvent, DeviceMsg, PendingQpair, QpairEvent, QpairMsg,
 };
-use super::shared::Shared;
+use super::qpn_map::QpnMap;
+use super::shared::{Held, HeldCounts, Shared};
 use super::stats::{PollGroupStats, PollerStats};
 use super::target::Core;
 use super::wrid;
@@ -147,6 +147,9 @@ pub struct PollGroup<H: Host> {
     in_call: bool,
     aborts: Vec<PendingAbort>,
     shared: Arc<Shared>,
+    /// Commands and buffers this group holds of the host's (registered in
+    /// `shared`, written only here).
+    held: Arc<HeldCounts>,
     pending_data_buffer: u64,
     drain_timeout_ns: u64,
     /// A qpair finished since the last reap (the engine emitted
@@ -230,6 +233,7 @@ impl<H: Host> PollGroup<H> {
             granted_now: Vec::with_capacity(64),
             in_call: false,
             aborts: Vec::new(),
+            held: shared.register_group(),
             shared,
             pending_data_buffer: 0,
             drain_timeout_ns: DEFAULT_DRAIN_TIMEOUT.as_nanos() as u64,
@@ -506,6 +510,7 @@ impl<H: Host> PollGroup<H> {
                 stats: &mut poller.stats,
                 srq: &mut poller.srq,
                 shared: &self.shared,
+                held: &self.held,
                 granted_now: &mut self.granted_now,
                 pending_data_buffer: &mut self.pending_data_buffer,
                 now,
@@ -543,7 +548,7 @@ impl<H: Host> PollGroup<H> {
                 return;
             }
             for req in self.granted_now.drain(..) {
-                grant(conn, req, &mut self.host, &mut self.calls, &self.shared);
+                grant(conn, req, &mut self.host, &mut self.calls, &self.held);
             }
         }
     }
