@@ -246,20 +246,15 @@ pub(super) fn queue_data_wr(conn: &mut Conn, stats: &mut PollerStats, req: ReqId
         tracing::error!(qpair = %conn.handle, req = req.0, index, "no data WR to post");
         return;
     };
+    // Each local SGE of the plan as the part of a granted buffer that
+    // covers it (checked for all first, so nothing is half queued).
     let granted = conn.granted.get(req.index());
-    let mut sges: [Option<Sge>; engine::MAX_SGES_PER_WR] = [None; engine::MAX_SGES_PER_WR];
-    let mut n = 0;
-    let mut ok = dw.sges.len() <= sges.len();
-    for s in dw.sges.iter().take(sges.len()) {
-        match granted.and_then(|g| g.covering(s.addr, s.len)) {
-            Some(sge) => {
-                sges[n] = Some(sge);
-                n += 1;
-            }
-            None => {
-                tracing::error!(qpair = %conn.handle, req = req.0, addr = s.addr, len = s.len, "data SGE outside the granted buffers");
-                ok = false;
-            }
+    let covered = |s: &LocalSge| granted.and_then(|g| g.covering(s.addr, s.len));
+    let mut ok = dw.sges.len() <= engine::MAX_SGES_PER_WR;
+    for s in dw.sges {
+        if covered(s).is_none() {
+            tracing::error!(qpair = %conn.handle, req = req.0, addr = s.addr, len = s.len, "data SGE outside the granted buffers");
+            ok = false;
         }
     }
     let op = match dw.opcode {
@@ -281,7 +276,7 @@ pub(super) fn queue_data_wr(conn: &mut Conn, stats: &mut PollerStats, req: ReqId
         conn.sends.push_sges(
             wrid::to_verbs(dw.wr_id),
             op,
-            sges[..n].iter().flatten().copied(),
+            dw.sges.iter().filter_map(covered),
             flags,
         )
     } else {

@@ -31,7 +31,7 @@ use crate::engine::{
 };
 use crate::verbs::{
     Access, CmId, CompChannel, ConnParam, Cq, DmaBuf, QpInit, RecvWrList, SendFlags, SendOp,
-    SendWrList, Sge, Srq, VerbsError, WorkCompletion,
+    SendWrList, Srq, VerbsError, WorkCompletion,
 };
 
 use super::device::Device;
