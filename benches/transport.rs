@@ -16,7 +16,9 @@
 //!   execute, response SEND, SEND completion;
 //! - `write_4k_in_capsule`: WRITE with in-capsule data;
 //! - `read_4k_qd32`: 32 READs submitted together, then answered (time per
-//!   iteration / 32 = per I/O).
+//!   iteration / 32 = per I/O);
+//! - `idle_poll`: one poll of the target with nothing to do (the cost of an
+//!   empty CQ poll; its "I/Os" are polls).
 //!
 //! Run: `cargo bench --bench transport` (needs softrdma staged:
 //! `bash scripts/build-softrdma.sh`). The binary re-executes itself with
@@ -218,7 +220,17 @@ impl Bench {
 
     /// Submits `cmds` (posted in one batch) and polls both sides until
     /// every one is answered.
+    /// With no commands: one poll of the idle target (the cost of an
+    /// empty CQ poll).
     fn run(&mut self, cmds: &[(Command, Payload, SglMode)]) {
+        if cmds.is_empty() {
+            self.now += 1_000;
+            self.polls += 1;
+            if self.pg.poll(self.now) == 0 {
+                self.idle_polls += 1;
+            }
+            return;
+        }
         for &(cmd, payload, mode) in cmds {
             let cid = self.queue.alloc().expect("a free command slot");
             self.queue
@@ -272,14 +284,16 @@ enum Scenario {
     Write4k,
     Write4kInCapsule,
     Read4kQd32,
+    IdlePoll,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 4] = [
+    const ALL: [Scenario; 5] = [
         Scenario::Read4k,
         Scenario::Write4k,
         Scenario::Write4kInCapsule,
         Scenario::Read4kQd32,
+        Scenario::IdlePoll,
     ];
 
     fn name(self) -> &'static str {
@@ -288,6 +302,7 @@ impl Scenario {
             Scenario::Write4k => "write_4k",
             Scenario::Write4kInCapsule => "write_4k_in_capsule",
             Scenario::Read4kQd32 => "read_4k_qd32",
+            Scenario::IdlePoll => "idle_poll",
         }
     }
 
@@ -307,6 +322,15 @@ impl Scenario {
                 vec![io(io_opcode::WRITE, Payload::Write(IO), SglMode::InCapsule)]
             }
             Scenario::Read4kQd32 => vec![read; usize::from(BATCH)],
+            Scenario::IdlePoll => Vec::new(),
+        }
+    }
+
+    /// Units of one iteration: I/Os, or polls for `idle_poll`.
+    fn units(self) -> u64 {
+        match self {
+            Scenario::Read4kQd32 => u64::from(BATCH),
+            _ => 1,
         }
     }
 }
@@ -317,15 +341,20 @@ fn bench(c: &mut Criterion) {
     for sc in Scenario::ALL {
         let cmds = sc.commands();
         b.run(&cmds);
-        g.throughput(Throughput::Elements(cmds.len() as u64));
+        let (answered0, polls0, idle0) = (b.answered, b.polls, b.idle_polls);
+        g.throughput(Throughput::Elements(sc.units()));
         g.bench_function(sc.name(), |it| it.iter(|| b.run(&cmds)));
+        let units = (b.answered - answered0).max(1) as f64;
+        if sc != Scenario::IdlePoll {
+            println!(
+                "{}: target polls per I/O {:.2} ({:.2} found nothing)",
+                sc.name(),
+                (b.polls - polls0) as f64 / units,
+                (b.idle_polls - idle0) as f64 / units
+            );
+        }
     }
     g.finish();
-    println!(
-        "target polls per I/O: {:.2} ({:.2} found nothing)",
-        b.polls as f64 / b.answered as f64,
-        b.idle_polls as f64 / b.answered as f64
-    );
 }
 
 /// `TRANSPORT_BENCH_COUNT=<scenario>:<ios>`: exactly `ios` I/Os after a
@@ -346,9 +375,13 @@ fn run_count(spec: &str) {
     let mut done = 0;
     while done < ios {
         b.run(&cmds);
-        done += cmds.len() as u64;
+        done += sc.units();
     }
-    assert_eq!(b.answered - answered0, done, "every I/O of {name} answered");
+    if sc == Scenario::IdlePoll {
+        assert_eq!(b.idle_polls - idle0, done, "every idle poll found nothing");
+    } else {
+        assert_eq!(b.answered - answered0, done, "every I/O of {name} answered");
+    }
     println!(
         "{name}: {done} I/Os, {} target polls ({} found nothing)",
         b.polls - polls0,
