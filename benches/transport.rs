@@ -360,14 +360,13 @@ fn bench(c: &mut Criterion) {
 /// `TRANSPORT_BENCH_COUNT=<scenario>:<ios>`: exactly `ios` I/Os after a
 /// warm-up of one iteration, each checked to be answered successfully.
 fn run_count(spec: &str) {
-    let (name, ios) = spec
-        .split_once(':')
-        .and_then(|(n, c)| Some((n, c.parse::<u64>().ok()?)))
-        .unwrap_or_else(|| panic!("TRANSPORT_BENCH_COUNT={spec:?}: expected <scenario>:<ios>"));
-    let sc = Scenario::ALL
-        .into_iter()
-        .find(|sc| sc.name() == name)
-        .unwrap_or_else(|| panic!("TRANSPORT_BENCH_COUNT: unknown scenario {name:?}"));
+    let (sc, ios) = nvmf_rdma_engine_bench::parse_count(
+        "TRANSPORT_BENCH_COUNT",
+        spec,
+        &Scenario::ALL,
+        Scenario::name,
+    );
+    let name = sc.name();
     let cmds = sc.commands();
     let mut b = Bench::new();
     b.run(&cmds);
