@@ -845,16 +845,20 @@ impl Qpair {
     // The state machine
     // ------------------------------------------------------------------
 
-    /// The only code that changes a request's state: unlinks it from the queue
-    /// of the old state and links it into the queue of the new one.
+    /// Changes a request's state: unlinks it from the queue of the old state
+    /// and links it into the queue of the new one. The only other code that
+    /// changes a state is the written-out copies of this for the transitions
+    /// every request makes (`leave_free`, `enter_free`, `on_new`,
+    /// `leave_buffer_queue`), which change state and links together too.
     #[inline]
     fn set_state(&mut self, req: ReqId, new: ReqState) -> Result<(), EngineError> {
         let i = req.index();
         let old = self.reqs[i].state;
         let (oq, nq) = (old.queue(), new.queue());
-        // Only set_state links and unlinks, so a request is on `old.queue()`;
-        // the simulation build also relinks one that is not (the #3463
-        // teeth test corrupts the links on purpose).
+        // Only set_state (and its written-out copies) links and unlinks, so
+        // a request is on `old.queue()`; the simulation build also relinks
+        // one that is not (the #3463 teeth test corrupts the links on
+        // purpose).
         #[cfg(feature = "sim")]
         let relink = oq != nq || self.queues.on(req) != oq;
         #[cfg(not(feature = "sim"))]
