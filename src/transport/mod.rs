@@ -25,6 +25,7 @@ pub mod options;
 mod pending;
 mod placement;
 mod poll_group;
+mod qpn_map;
 mod shared;
 pub mod stats;
 mod target;

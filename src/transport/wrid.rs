@@ -44,6 +44,13 @@ pub fn to_verbs(id: engine::WrId) -> verbs::WrId {
 /// The engine's raw WR id for a completion's raw `wr_id`, or `None` when the
 /// value was not posted by this transport.
 pub fn from_completion(raw: u64) -> Option<u64> {
+    decode_completion(raw).map(|(id, _)| id)
+}
+
+/// [`from_completion`] together with the decoded kind (so the caller need
+/// not decode the engine id again).
+#[inline]
+pub fn decode_completion(raw: u64) -> Option<(u64, engine::WrKind)> {
     let id = verbs::WrId::from_raw(raw).ok()?;
     let owner = id.owner();
     let req = engine::ReqId((owner & u32::from(u16::MAX)) as u16);
@@ -64,7 +71,7 @@ pub fn from_completion(raw: u64) -> Option<u64> {
         },
         _ => return None,
     };
-    Some(engine::WrId::new(kind).to_raw())
+    Some((engine::WrId::new(kind).to_raw(), kind))
 }
 
 /// Engine status from a verbs status (same numbering: `ibv_wc_status`).

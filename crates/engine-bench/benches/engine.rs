@@ -318,14 +318,13 @@ impl Scenarios {
 /// `ENGINE_BENCH_COUNT=<scenario>:<ios>`: run exactly `ios` I/Os (after a
 /// warm-up of one iteration) and check that each was answered.
 fn run_count(spec: &str) {
-    let (name, ios) = spec
-        .split_once(':')
-        .and_then(|(n, c)| Some((n, c.parse::<u64>().ok()?)))
-        .unwrap_or_else(|| panic!("ENGINE_BENCH_COUNT={spec:?}: expected <scenario>:<ios>"));
-    let sc = Scenario::ALL
-        .into_iter()
-        .find(|sc| sc.name() == name)
-        .unwrap_or_else(|| panic!("ENGINE_BENCH_COUNT: unknown scenario {name:?}"));
+    let (sc, ios) = nvmf_rdma_engine_bench::parse_count(
+        "ENGINE_BENCH_COUNT",
+        spec,
+        &Scenario::ALL,
+        Scenario::name,
+    );
+    let name = sc.name();
     let s = Scenarios::new();
     let mut d = Driver::new();
     s.run(sc, &mut d);

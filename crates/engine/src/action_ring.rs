@@ -7,52 +7,53 @@
 
 use super::action::Action;
 
-/// A growable-on-overflow ring of [`Action`]s.
+/// A growable-on-overflow ring of [`Action`]s. `head` and `tail` count
+/// pops and pushes (wrapping); a slot is a count masked by `mask`
+/// (`slots.len() - 1`), so a push or a pop is one mask and one copy.
 #[derive(Debug)]
 pub struct ActionRing {
     slots: Box<[Action]>,
+    mask: usize,
     head: usize,
-    len: usize,
+    tail: usize,
 }
 
 impl ActionRing {
     /// An empty ring holding at least `min_capacity` actions before growing.
     pub fn with_capacity(min_capacity: usize) -> ActionRing {
+        let cap = min_capacity.max(1).next_power_of_two();
         ActionRing {
-            slots: vec![Action::Finished; min_capacity.max(1).next_power_of_two()]
-                .into_boxed_slice(),
+            slots: vec![Action::Finished; cap].into_boxed_slice(),
+            mask: cap - 1,
             head: 0,
-            len: 0,
+            tail: 0,
         }
     }
 
     /// Appends `a`.
     #[inline]
     pub fn push_back(&mut self, a: Action) {
-        if self.len == self.slots.len() {
+        if self.tail.wrapping_sub(self.head) > self.mask {
             self.grow();
         }
-        let mask = self.slots.len() - 1;
-        self.slots[(self.head + self.len) & mask] = a;
-        self.len += 1;
+        self.slots[self.tail & self.mask] = a;
+        self.tail = self.tail.wrapping_add(1);
     }
 
     /// Takes the oldest action.
     #[inline]
     pub fn pop_front(&mut self) -> Option<Action> {
-        if self.len == 0 {
+        if self.head == self.tail {
             return None;
         }
-        let mask = self.slots.len() - 1;
-        let a = self.slots[self.head & mask];
-        self.head = (self.head + 1) & mask;
-        self.len -= 1;
+        let a = self.slots[self.head & self.mask];
+        self.head = self.head.wrapping_add(1);
         Some(a)
     }
 
     /// Moves every action, oldest first, to the end of `out`.
     pub fn drain_into(&mut self, out: &mut Vec<Action>) {
-        out.reserve(self.len);
+        out.reserve(self.tail.wrapping_sub(self.head));
         while let Some(a) = self.pop_front() {
             out.push(a);
         }
@@ -61,13 +62,15 @@ impl ActionRing {
     /// Doubles the capacity, oldest action first in the new slice.
     #[cold]
     fn grow(&mut self) {
-        let mask = self.slots.len() - 1;
+        let len = self.tail.wrapping_sub(self.head);
         let mut slots = vec![Action::Finished; self.slots.len() * 2];
-        for (i, slot) in slots.iter_mut().enumerate().take(self.len) {
-            *slot = self.slots[(self.head + i) & mask];
+        for (i, slot) in slots.iter_mut().enumerate().take(len) {
+            *slot = self.slots[self.head.wrapping_add(i) & self.mask];
         }
         self.slots = slots.into_boxed_slice();
+        self.mask = self.slots.len() - 1;
         self.head = 0;
+        self.tail = len;
     }
 }
 

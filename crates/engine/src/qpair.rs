@@ -456,11 +456,30 @@ impl Qpair {
         let n = usize::from(r.nwrs());
         let built = r.plan.build(&r.segments[..n], bufs);
         match built {
-            Ok(()) => self.set_state(req, ReqState::HaveBuffer)?,
+            Ok(()) => self.leave_buffer_queue(req)?,
             Err(_) => self.fail_request(req, Status::DATA_SGL_LENGTH_INVALID)?,
         }
         self.drive(req)?;
         self.after_event();
+        Ok(())
+    }
+
+    /// NEED_BUFFER → HAVE_BUFFER: the relink of [`Qpair::set_state`]
+    /// written out for it (off the pending-buffer queue, which needs a new
+    /// walk only if others still wait), inline instead of the general relink.
+    #[inline]
+    fn leave_buffer_queue(&mut self, req: ReqId) -> Result<(), EngineError> {
+        let i = req.index();
+        if self.reqs[i].state != ReqState::NeedBuffer
+            || self.queues.on(req) != Some(QueueKind::PendingBuffer)
+        {
+            return self.set_state(req, ReqState::HaveBuffer);
+        }
+        self.queues.remove(req);
+        if !self.queues.is_empty(QueueKind::PendingBuffer) {
+            self.buffers_dirty = true;
+        }
+        self.reqs[i].state = ReqState::HaveBuffer;
         Ok(())
     }
 
@@ -826,16 +845,20 @@ impl Qpair {
     // The state machine
     // ------------------------------------------------------------------
 
-    /// The only code that changes a request's state: unlinks it from the queue
-    /// of the old state and links it into the queue of the new one.
+    /// Changes a request's state: unlinks it from the queue of the old state
+    /// and links it into the queue of the new one. The only other code that
+    /// changes a state is the written-out copies of this for the transitions
+    /// every request makes (`leave_free`, `enter_free`, `on_new`,
+    /// `leave_buffer_queue`), which change state and links together too.
     #[inline]
     fn set_state(&mut self, req: ReqId, new: ReqState) -> Result<(), EngineError> {
         let i = req.index();
         let old = self.reqs[i].state;
         let (oq, nq) = (old.queue(), new.queue());
-        // Only set_state links and unlinks, so a request is on `old.queue()`;
-        // the simulation build also relinks one that is not (the #3463
-        // teeth test corrupts the links on purpose).
+        // Only set_state (and its written-out copies) links and unlinks, so
+        // a request is on `old.queue()`; the simulation build also relinks
+        // one that is not (the #3463 teeth test corrupts the links on
+        // purpose).
         #[cfg(feature = "sim")]
         let relink = oq != nq || self.queues.on(req) != oq;
         #[cfg(not(feature = "sim"))]
@@ -855,9 +878,6 @@ impl Qpair {
         oq: Option<QueueKind>,
         nq: Option<QueueKind>,
     ) -> Result<(), EngineError> {
-        if oq == Some(QueueKind::PendingBuffer) || nq == Some(QueueKind::PendingBuffer) {
-            self.buffers_dirty = true;
-        }
         // Only FREE is on the free queue.
         if oq == Some(QueueKind::Free) {
             self.in_use += 1;
@@ -865,6 +885,13 @@ impl Qpair {
             self.in_use -= 1;
         }
         self.queues.remove(req);
+        // Whom to ask for buffers changes when a request joins the
+        // pending-buffer queue, or leaves it while others still wait (one
+        // leaving an otherwise empty queue leaves nobody to ask).
+        let pb = Some(QueueKind::PendingBuffer);
+        if nq == pb || (oq == pb && !self.queues.is_empty(QueueKind::PendingBuffer)) {
+            self.buffers_dirty = true;
+        }
         if let Some(q) = nq {
             self.link(q, req)?;
         }
@@ -998,16 +1025,41 @@ impl Qpair {
                 self.set_state(req, ReqState::ReadyToExecute)
             }
             DataShape::Keyed { .. } => {
-                self.set_state(req, ReqState::NeedBuffer)?;
-                self.ask_buffers();
+                let i = req.index();
+                if self.queues.is_empty(QueueKind::PendingBuffer)
+                    && self.reqs[i].state == ReqState::New
+                    && self.queues.on(req).is_none()
+                {
+                    // Alone on the queue: set_state's relink written out,
+                    // and the walk of ask_buffers would ask for exactly
+                    // this request.
+                    self.queues.push_back(QueueKind::PendingBuffer, req)?;
+                    self.reqs[i].state = ReqState::NeedBuffer;
+                    self.buffers_dirty = false;
+                    self.ask_for(req);
+                } else {
+                    self.set_state(req, ReqState::NeedBuffer)?;
+                    self.ask_buffers();
+                }
                 Ok(())
             }
         }
     }
 
-    /// Upstream `nvmf_rdma_check_fused_ordering` (§6.10).
+    /// Upstream `nvmf_rdma_check_fused_ordering` (§6.10). Inlined: a normal
+    /// command with no FIRST waiting (nearly every command) has nothing to do.
+    #[inline]
     fn check_fused(&mut self, req: ReqId) -> Result<(), EngineError> {
         let fuse = self.reqs[req.index()].cmd.fuse();
+        if fuse == Fuse::Normal && self.fused_first.is_none() {
+            return Ok(());
+        }
+        self.check_fused_slow(req, fuse)
+    }
+
+    /// [`Qpair::check_fused`] for a fused command or with a FIRST waiting.
+    #[inline(never)]
+    fn check_fused_slow(&mut self, req: ReqId, fuse: Fuse) -> Result<(), EngineError> {
         if let Some(first) = self.fused_first.take() {
             if fuse == Fuse::Second {
                 self.reqs[first.index()].fused.pair = Some(req);
@@ -1062,6 +1114,7 @@ impl Qpair {
         Ok(true)
     }
 
+    #[inline(always)]
     fn execute(&mut self, req: ReqId) -> Result<(), EngineError> {
         self.set_state(req, ReqState::Executing)?;
         self.actions.push_back(Action::Execute { req });
@@ -1206,7 +1259,21 @@ impl Qpair {
         }
         self.set_state(req, ReqState::Completed)?;
         self.release(req);
-        self.set_state(req, ReqState::Free)?;
+        self.enter_free(req)
+    }
+
+    /// COMPLETED → FREE, the transition every request makes: the relink of
+    /// [`Qpair::set_state`] written out for it (an unlinked request goes to
+    /// the head of the free queue), inline instead of the general relink.
+    #[inline]
+    fn enter_free(&mut self, req: ReqId) -> Result<(), EngineError> {
+        let i = req.index();
+        if self.reqs[i].state != ReqState::Completed || self.queues.on(req).is_some() {
+            return self.set_state(req, ReqState::Free);
+        }
+        self.queues.push_front(QueueKind::Free, req)?;
+        self.in_use -= 1;
+        self.reqs[i].state = ReqState::Free;
         Ok(())
     }
 
@@ -1267,27 +1334,41 @@ impl Qpair {
     }
 
     /// Asks the host for buffers for every queued fabrics command and for the
-    /// first queued non-fabrics one.
+    /// first queued non-fabrics one (only when the pending-buffer queue
+    /// changed since the last time: inlined, that check costs no call).
+    #[inline]
     fn ask_buffers(&mut self) {
-        if !self.buffers_dirty {
-            return;
+        if self.buffers_dirty {
+            self.ask_buffers_now();
         }
+    }
+
+    /// [`Qpair::ask_buffers`] once the pending-buffer queue changed.
+    #[inline(never)]
+    fn ask_buffers_now(&mut self) {
         self.buffers_dirty = false;
         let mut cur = self.queues.head(QueueKind::PendingBuffer);
         while let Some(req) = cur {
             cur = self.queues.next(req);
-            let r = &mut self.reqs[req.index()];
-            if !r.buffers_asked {
-                r.buffers_asked = true;
-                let len = r.shape.len();
-                self.actions.push_back(Action::RequestBuffers { req, len });
-            }
+            self.ask_for(req);
             if !self.reqs[req.index()].fabrics {
                 break;
             }
         }
     }
 
+    /// Asks the host for `req`'s buffers unless that was done already.
+    #[inline]
+    fn ask_for(&mut self, req: ReqId) {
+        let r = &mut self.reqs[req.index()];
+        if !r.buffers_asked {
+            r.buffers_asked = true;
+            let len = r.shape.len();
+            self.actions.push_back(Action::RequestBuffers { req, len });
+        }
+    }
+
+    #[inline(always)]
     fn give_back_recv(&mut self, recv: RecvId) {
         if self.cfg.srq {
             // The SRQ outlives this qpair: always re-post.
@@ -1317,11 +1398,36 @@ impl Qpair {
     /// Run after every event: pending queues (upstream `process_pending`, on
     /// every event so nothing waits for a completion that will not come), then
     /// the teardown checks.
+    ///
+    /// Inlined: after most events of an active qpair nothing waits anywhere,
+    /// and that check alone is cheaper than a call.
+    #[inline]
     fn after_event(&mut self) {
+        if self.state == QpairState::Active && self.nothing_pending() {
+            return;
+        }
+        self.after_event_slow();
+    }
+
+    /// [`Qpair::after_event`] when something may wait, or the qpair is not
+    /// active.
+    #[inline(never)]
+    fn after_event_slow(&mut self) {
         if let Err(e) = self.process_pending() {
             self.internal_error(e);
         }
         self.try_finish();
+    }
+
+    /// Nothing for `process_pending` to do on an active qpair: no pending
+    /// request, no waiting capsule, no fused partner to re-run, no buffer
+    /// request to make.
+    #[inline]
+    fn nothing_pending(&self) -> bool {
+        !self.queues.any_pending()
+            && self.incoming.is_empty()
+            && self.kicks.is_empty()
+            && !self.buffers_dirty
     }
 
     /// An internal step was refused: only an engine bug gets here; surface it
@@ -1338,11 +1444,7 @@ impl Qpair {
             return self.drop_everything_droppable();
         }
         // The common case after an event: nothing waits anywhere.
-        if !self.queues.any_pending()
-            && self.incoming.is_empty()
-            && self.kicks.is_empty()
-            && !self.buffers_dirty
-        {
+        if self.nothing_pending() {
             return Ok(());
         }
         loop {
@@ -1420,18 +1522,33 @@ impl Qpair {
                     shape == DataShape::None || r.xfer == effective_data_transfer(&r.cmd),
                     "layout and direction disagree"
                 );
-                self.set_state(req, ReqState::New)?;
+                self.leave_free(req)?;
                 self.drive(req)
             }
             Err(status) => {
                 r.shape = DataShape::None;
                 r.xfer = effective_data_transfer(&r.cmd);
-                self.set_state(req, ReqState::New)?;
+                self.leave_free(req)?;
                 self.check_fused(req)?;
                 self.fail_request(req, status)?;
                 self.drive(req)
             }
         }
+    }
+
+    /// FREE → NEW, the transition every command makes: the relink of
+    /// [`Qpair::set_state`] written out for it (off the free queue), inline
+    /// instead of the general relink.
+    #[inline]
+    fn leave_free(&mut self, req: ReqId) -> Result<(), EngineError> {
+        let i = req.index();
+        if self.reqs[i].state != ReqState::Free || self.queues.on(req) != Some(QueueKind::Free) {
+            return self.set_state(req, ReqState::New);
+        }
+        self.queues.remove(req);
+        self.in_use += 1;
+        self.reqs[i].state = ReqState::New;
+        Ok(())
     }
 
     /// Error/draining: every request that no WR names and the host does not

@@ -55,6 +55,7 @@ pub(super) struct ActionCtx<'a, G: HostGroup> {
     pub(super) stats: &'a mut PollerStats,
     pub(super) srq: &'a mut Option<SrqRecv>,
     pub(super) shared: &'a Shared,
+    pub(super) held: &'a HeldCounts,
     pub(super) granted_now: &'a mut Vec<ReqId>,
     pub(super) pending_data_buffer: &'a mut u64,
     pub(super) now: u64,
@@ -148,7 +149,7 @@ pub(super) fn handle_action<G: HostGroup>(
             let Some(g) = conn.granted.get_mut(req.index()) else {
                 return;
             };
-            if g.is_empty() || !cx.shared.take(&cx.shared.buffers_held, g.len() as u64) {
+            if g.is_empty() || !cx.held.take(Held::Buffers, g.len() as u64, cx.shared) {
                 if g.is_empty() {
                     cx.shared.internal_errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -174,7 +175,7 @@ pub(super) fn handle_action<G: HostGroup>(
                 _ => Direction::None,
             };
             let h = request_handle(conn, req);
-            cx.shared.commands_in_host.fetch_add(1, Ordering::Relaxed);
+            cx.held.add(Held::Commands, 1);
             let data = match conn.engine.data(req) {
                 DataRef::None => CommandData::None,
                 DataRef::InCapsule { recv, offset, len } => {
@@ -245,20 +246,15 @@ pub(super) fn queue_data_wr(conn: &mut Conn, stats: &mut PollerStats, req: ReqId
         tracing::error!(qpair = %conn.handle, req = req.0, index, "no data WR to post");
         return;
     };
+    // Each local SGE of the plan as the part of a granted buffer that
+    // covers it (checked for all first, so nothing is half queued).
     let granted = conn.granted.get(req.index());
-    let mut sges: [Option<Sge>; engine::MAX_SGES_PER_WR] = [None; engine::MAX_SGES_PER_WR];
-    let mut n = 0;
-    let mut ok = dw.sges.len() <= sges.len();
-    for s in dw.sges.iter().take(sges.len()) {
-        match granted.and_then(|g| g.covering(s.addr, s.len)) {
-            Some(sge) => {
-                sges[n] = Some(sge);
-                n += 1;
-            }
-            None => {
-                tracing::error!(qpair = %conn.handle, req = req.0, addr = s.addr, len = s.len, "data SGE outside the granted buffers");
-                ok = false;
-            }
+    let covered = |s: &LocalSge| granted.and_then(|g| g.covering(s.addr, s.len));
+    let mut ok = dw.sges.len() <= engine::MAX_SGES_PER_WR;
+    for s in dw.sges {
+        if covered(s).is_none() {
+            tracing::error!(qpair = %conn.handle, req = req.0, addr = s.addr, len = s.len, "data SGE outside the granted buffers");
+            ok = false;
         }
     }
     let op = match dw.opcode {
@@ -280,7 +276,7 @@ pub(super) fn queue_data_wr(conn: &mut Conn, stats: &mut PollerStats, req: ReqId
         conn.sends.push_sges(
             wrid::to_verbs(dw.wr_id),
             op,
-            sges[..n].iter().flatten().copied(),
+            dw.sges.iter().filter_map(covered),
             flags,
         )
     } else {

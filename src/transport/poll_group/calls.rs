@@ -65,6 +65,9 @@ impl<H: Host> PollGroup<H> {
 
     /// Retries aborts whose victim was moving data.
     pub(super) fn retry_aborts(&mut self, now: u64) {
+        if self.aborts.is_empty() {
+            return;
+        }
         let mut i = 0;
         while i < self.aborts.len() {
             let PendingAbort {
@@ -106,11 +109,18 @@ impl<H: Host> PollGroup<H> {
     }
 
     /// Applies every queued host answer, in order, until none is left
-    /// (answers may queue more). Nested calls return at once.
+    /// (answers may queue more). Nested calls return at once. Inlined:
+    /// most calls (every poll, every engine event) find nothing queued.
+    #[inline]
     pub(super) fn apply_calls(&mut self, now: u64) {
-        if self.in_call {
-            return;
+        if !self.in_call && !self.calls.is_empty() {
+            self.apply_queued_calls(now);
         }
+    }
+
+    /// [`PollGroup::apply_calls`] with answers queued and no call running.
+    #[inline(never)]
+    fn apply_queued_calls(&mut self, now: u64) {
         self.in_call = true;
         while let Some(call) = self.calls.pop() {
             self.apply_call(call, now);
@@ -177,13 +187,13 @@ impl<H: Host> PollGroup<H> {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        grant(conn, req, &mut self.host, &mut self.calls, &self.shared);
+        grant(conn, req, &mut self.host, &mut self.calls, &self.held);
         self.run_actions(slot, now);
     }
 
     /// A command the host had comes back (completed or freed).
     pub(super) fn command_back(&self, req: RequestHandle) {
-        if !self.shared.take(&self.shared.commands_in_host, 1) {
+        if !self.held.take(Held::Commands, 1, &self.shared) {
             tracing::error!(%req, "internal error: the host answered a command it was not holding (commands_in_host already 0)");
         }
     }
@@ -196,7 +206,7 @@ pub(super) fn grant<G: HostGroup>(
     req: ReqId,
     host: &mut G,
     calls: &mut GroupCalls,
-    shared: &Shared,
+    held: &HeldCounts,
 ) {
     let Some(g) = c.granted.get_mut(req.index()) else {
         return;
@@ -228,5 +238,5 @@ pub(super) fn grant<G: HostGroup>(
         g.clear();
         return;
     }
-    shared.buffers_held.fetch_add(n as u64, Ordering::Relaxed);
+    held.add(Held::Buffers, n as u64);
 }

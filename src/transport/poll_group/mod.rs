@@ -17,7 +17,6 @@
 //! - [`interrupt`]: completion channels and the event entry point;
 //! - [`teardown`]: group destroy.
 
-use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,7 +31,7 @@ use crate::engine::{
 };
 use crate::verbs::{
     Access, CmId, CompChannel, ConnParam, Cq, DmaBuf, QpInit, RecvWrList, SendFlags, SendOp,
-    SendWrList, Sge, Srq, VerbsError, WorkCompletion,
+    SendWrList, Srq, VerbsError, WorkCompletion,
 };
 
 use super::device::Device;
@@ -45,7 +44,8 @@ use super::options::TransportOptions;
 use super::pending::{
     AddQpairError, AddQpairFailure, DeviceEvent, DeviceMsg, PendingQpair, QpairEvent, QpairMsg,
 };
-use super::shared::Shared;
+use super::qpn_map::QpnMap;
+use super::shared::{Held, HeldCounts, Shared};
 use super::stats::{PollGroupStats, PollerStats};
 use super::target::Core;
 use super::wrid;
@@ -137,7 +137,7 @@ pub struct PollGroup<H: Host> {
     pollers: Vec<Poller>,
     conns: Vec<Option<Conn>>,
     generations: Vec<u32>,
-    by_qpn: HashMap<(usize, u32), usize>,
+    by_qpn: QpnMap<usize>,
     /// Host answers pushed during a group call, applied before it returns.
     calls: GroupCalls,
     /// Requests granted buffers synchronously during the current action
@@ -147,8 +147,15 @@ pub struct PollGroup<H: Host> {
     in_call: bool,
     aborts: Vec<PendingAbort>,
     shared: Arc<Shared>,
+    /// Commands and buffers this group holds of the host's (registered in
+    /// `shared`, written only here).
+    held: Arc<HeldCounts>,
     pending_data_buffer: u64,
     drain_timeout_ns: u64,
+    /// A qpair finished since the last reap (the engine emitted
+    /// `Finished`): the next poll frees it. Saves a walk of every slot on
+    /// every poll.
+    reap_due: bool,
 }
 
 impl<H: Host> PollGroup<H> {
@@ -221,14 +228,16 @@ impl<H: Host> PollGroup<H> {
             pollers,
             conns: Vec::new(),
             generations: Vec::new(),
-            by_qpn: HashMap::new(),
+            by_qpn: QpnMap::default(),
             calls: GroupCalls::new(),
             granted_now: Vec::with_capacity(64),
             in_call: false,
             aborts: Vec::new(),
+            held: shared.register_group(),
             shared,
             pending_data_buffer: 0,
             drain_timeout_ns: DEFAULT_DRAIN_TIMEOUT.as_nanos() as u64,
+            reap_due: false,
         })
     }
 
@@ -384,7 +393,9 @@ impl<H: Host> PollGroup<H> {
                 }
             }
         }
-        self.reap(now);
+        if self.reap_due {
+            self.reap(now);
+        }
         work
     }
 
@@ -417,9 +428,7 @@ impl<H: Host> PollGroup<H> {
         let Some(&slot) = self.by_qpn.get(&(device, wc.qp_num())) else {
             // SRQ: a receive consumed by a QP that is gone goes straight back
             // to the SRQ (upstream nvmf_rdma_poller_poll).
-            let recv = wrid::from_completion(wc.raw_wr_id())
-                .and_then(|raw| engine::WrId::from_raw(raw).ok())
-                .and_then(|w| w.kind().ok());
+            let recv = wrid::decode_completion(wc.raw_wr_id()).map(|(_, kind)| kind);
             if let (Some(engine::WrKind::Recv { recv }), Some(srq)) =
                 (recv, self.pollers[p].srq.as_mut())
             {
@@ -436,7 +445,7 @@ impl<H: Host> PollGroup<H> {
             );
             return;
         };
-        let Some(raw) = wrid::from_completion(wc.raw_wr_id()) else {
+        let Some((raw, kind)) = wrid::decode_completion(wc.raw_wr_id()) else {
             tracing::error!(
                 qp_num = wc.qp_num(),
                 wr_id = wc.raw_wr_id(),
@@ -453,10 +462,9 @@ impl<H: Host> PollGroup<H> {
         let Some(conn) = self.conns[slot].as_mut() else {
             return;
         };
-        let kind = engine::WrId::from_raw(raw).ok().and_then(|w| w.kind().ok());
         let mut recv_slot = None;
         match kind {
-            Some(engine::WrKind::Recv { recv }) if status.is_success() => {
+            engine::WrKind::Recv { recv } if status.is_success() => {
                 let poller = &mut self.pollers[p];
                 if let Some(area) = recv_area(&mut conn.recv, &mut poller.srq) {
                     recv_slot = Some((recv, (wc.byte_len() as usize).min(area.slot_size)));
@@ -466,7 +474,7 @@ impl<H: Host> PollGroup<H> {
                 }
                 poller.stats.requests += 1;
             }
-            Some(engine::WrKind::Send { req, .. }) if status.is_success() => {
+            engine::WrKind::Send { req, .. } if status.is_success() => {
                 if let Some(t) = conn.req_start.get(req.index()) {
                     self.pollers[p].stats.request_latency += now.saturating_sub(*t);
                 }
@@ -507,6 +515,7 @@ impl<H: Host> PollGroup<H> {
                 stats: &mut poller.stats,
                 srq: &mut poller.srq,
                 shared: &self.shared,
+                held: &self.held,
                 granted_now: &mut self.granted_now,
                 pending_data_buffer: &mut self.pending_data_buffer,
                 now,
@@ -522,6 +531,7 @@ impl<H: Host> PollGroup<H> {
                     }
                 }
             }
+            self.reap_due |= conn.finished;
             if conn.qp_destroyed {
                 conn.sends.clear();
                 if let Some(r) = conn.recv.as_mut() {
@@ -543,7 +553,7 @@ impl<H: Host> PollGroup<H> {
                 return;
             }
             for req in self.granted_now.drain(..) {
-                grant(conn, req, &mut self.host, &mut self.calls, &self.shared);
+                grant(conn, req, &mut self.host, &mut self.calls, &self.held);
             }
         }
     }
@@ -560,6 +570,7 @@ impl<H: Host> PollGroup<H> {
 
     /// Frees qpairs the engine declared finished.
     fn reap(&mut self, _now: u64) {
+        self.reap_due = false;
         for slot in 0..self.conns.len() {
             let done = self.conns[slot].as_ref().is_some_and(|c| c.finished);
             if !done {

@@ -31,14 +31,14 @@ impl<H: Host> PollGroup<H> {
                 let h = request_handle(&conn, req);
                 let g = &mut conn.granted[i];
                 if !g.is_empty() {
-                    if !self.shared.take(&self.shared.buffers_held, g.len() as u64) {
+                    if !self.held.take(Held::Buffers, g.len() as u64, &self.shared) {
                         tracing::error!(%h, buffers = g.len(), "internal error: releasing buffers that are not counted as held");
                     }
                     self.host.release_buffers(h, g, &mut self.calls);
                     g.clear();
                 }
             }
-            if !self.shared.take(&self.shared.commands_in_host, held) {
+            if !self.held.take(Held::Commands, held, &self.shared) {
                 tracing::error!(qpair = %conn.handle, held, "internal error: commands_in_host below the commands dropped");
             }
             if !conn.finished {
@@ -83,6 +83,7 @@ impl<H: Host> Drop for PollGroup<H> {
             // The engine's clock: only the relative drain deadline matters.
             self.force_finish_all(u64::MAX / 2);
         }
+        self.shared.unregister_group(&self.held);
         self.core.groups.unregister(self.index);
     }
 }
