@@ -122,11 +122,16 @@ pub(crate) unsafe fn decode_and_validate(
     core_count: u32,
 ) -> Result<(TransportOptions, Vec<OptionsNotice>), CreateOptionsError> {
     let mut o = from_generic(src);
+    // SPDK v26.05 deprecated io_unit_size and num_shared_buffers: they reach
+    // the transport as 0, buffers being sized and counted by SPDK's iobuf
+    // pools. Validate those as upstream's defaults; `write_back` leaves
+    // SPDK's 0 alone.
+    let d = TransportOptions::default();
     if src.io_unit_size == 0 {
-        // SPDK v26.05 deprecated io_unit_size: 0 unless given, buffers sized
-        // by its iobuf pools (small/large buffer sizes). Validate as
-        // upstream's default; `write_back` leaves SPDK's 0 alone.
-        o.io_unit_size = TransportOptions::default().io_unit_size;
+        o.io_unit_size = d.io_unit_size;
+    }
+    if src.num_shared_buffers == 0 {
+        o.num_shared_buffers = d.num_shared_buffers;
     }
     let specific = src.transport_specific;
     if !specific.is_null() {
