@@ -81,8 +81,8 @@ pub enum Act {
     KillHost,
     /// SIGINT nvmf_tgt.
     SigintTarget,
-    /// Start this many verified-I/O probes at once (new connections) and
-    /// wait for them.
+    /// Start this many (at most 3) verified-I/O probes at once (new
+    /// connections) and wait for them.
     NewConnections(u32),
 }
 

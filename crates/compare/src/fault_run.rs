@@ -83,7 +83,7 @@ fn run_inner(env: &Env, spec: &TargetSpec, sc: &Scenario) -> Result<Found, Setup
         }
         Err(e) => return Err(Setup::Failed(e.to_string(), vec![])),
     };
-    let warm = probe(env, &t, &t.dir.join("warmup.log"), 0.5);
+    let warm = probe(env, &t, 0, &t.dir.join("warmup.log"), 0.5);
     if warm != Probe::Ok {
         let ev = vec![t.proc.log_tail(15)];
         t.stop(Duration::from_secs(SHUTDOWN_GRACE_S));
@@ -127,7 +127,7 @@ fn run_inner(env: &Env, spec: &TargetSpec, sc: &Scenario) -> Result<Found, Setup
     }
     if ob.died.is_none() && !exit_requested {
         let _ = wait_idle(&mut t);
-        ob.probe = Some(probe(env, &t, &t.dir.join("probe.log"), 1.0));
+        ob.probe = Some(probe(env, &t, 0, &t.dir.join("probe.log"), 1.0));
         let left_after = wait_idle(&mut t);
         ob.died = t.proc.poll();
         if ob.died.is_none() {
@@ -149,8 +149,8 @@ fn run_inner(env: &Env, spec: &TargetSpec, sc: &Scenario) -> Result<Found, Setup
         }
         let log = t.proc.log_text();
         let errs: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
-        if let Some(first) = errs.first() {
-            evidence.push(format!("first target error: {}", first.trim()));
+        if let Some(last) = errs.last() {
+            evidence.push(format!("last target error: {}", last.trim()));
         }
         evidence.push(format!("target log tail:\n{}", tail(&log, 8)));
     } else if outcome.is_failure() {
@@ -253,7 +253,7 @@ fn drive_host(env: &Env, t: &mut Target, sc: &Scenario, ev: &mut Vec<String>) ->
                     }
                 }
             }
-            let ended = host.wait_for(load.deadline());
+            let ended = wait_host(&mut host, t, load.deadline());
             let ended = ended.unwrap_or_else(|| {
                 ev.push(format!(
                     "load did not end within {:?}: killed",
@@ -347,13 +347,32 @@ fn drive_host(env: &Env, t: &mut Target, sc: &Scenario, ev: &mut Vec<String>) ->
     exit_requested
 }
 
+/// Waits for the load's host up to `deadline`, or up to 5 s once the
+/// target is gone (a host of a dead target may wait for its timeouts).
+fn wait_host(host: &mut Proc, t: &mut Target, deadline: Duration) -> Option<Ended> {
+    let start = Instant::now();
+    let mut target_gone: Option<Instant> = None;
+    loop {
+        if let Some(e) = host.wait_for(Duration::from_millis(100)) {
+            return Some(e);
+        }
+        if target_gone.is_none() && t.proc.poll().is_some() {
+            target_gone = Some(Instant::now());
+        }
+        let late = target_gone.is_some_and(|g| g.elapsed() > Duration::from_secs(5));
+        if late || start.elapsed() > deadline {
+            return None;
+        }
+    }
+}
+
 /// Starts `n` verified probes at once and waits for them: a summary.
 fn parallel_probes(env: &Env, t: &Target, n: u32, secs: f32, tag: &str) -> String {
     let results: Vec<Probe> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..n)
             .map(|i| {
                 let log = t.dir.join(format!("{tag}-{i}.log"));
-                s.spawn(move || probe(env, t, &log, secs))
+                s.spawn(move || probe(env, t, 1 + i as usize, &log, secs))
             })
             .collect();
         hs.into_iter()

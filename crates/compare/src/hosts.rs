@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::child::{Ended, Proc};
 use crate::env::{Env, PERF_MEM_MB};
-use crate::target::Target;
+use crate::target::{Target, NQN_PROBES};
 
 /// One `spdk_nvme_perf` invocation.
 #[derive(Debug, Clone, Serialize)]
@@ -110,11 +110,12 @@ pub enum Probe {
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(25);
 
 /// Verified random read/write for `secs` on a fresh connection to
-/// `target`'s malloc subsystem.
-pub fn probe(env: &Env, target: &Target, log: &Path, secs: f32) -> Probe {
+/// `target`'s probe subsystem `slot` (0..4; concurrent probes take
+/// different slots).
+pub fn probe(env: &Env, target: &Target, slot: usize, log: &Path, secs: f32) -> Probe {
     let mut cmd = Command::new(&env.initiator);
     cmd.args(["perf", "--addr", &format!("127.0.0.1:{}", target.port)])
-        .args(["--nqn", crate::target::NQN_MALLOC])
+        .args(["--nqn", NQN_PROBES[slot % NQN_PROBES.len()]])
         .args([
             "--workload",
             "randrw",

@@ -69,6 +69,9 @@ struct Cli {
     /// Parts to leave out: perf, faults, icount (comma-separated).
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
+    /// Run only the fault scenarios whose class or name contains this text.
+    #[arg(long)]
+    filter: Option<String>,
     /// Report directory.
     #[arg(long, default_value = "results")]
     out: PathBuf,
@@ -277,7 +280,11 @@ fn run(cli: &Cli) -> Result<(), String> {
     let scenarios = if skip("faults") {
         Vec::new()
     } else {
-        campaign::scenarios(cli.seed, size)
+        let mut all = campaign::scenarios(cli.seed, size);
+        if let Some(f) = &cli.filter {
+            all.retain(|s| s.class.name().contains(f.as_str()) || s.name.contains(f.as_str()));
+        }
+        all
     };
     let matrix = (!skip("perf")).then(|| perf_run::Matrix::new(cli.quick, cli.runs.max(1)));
     say(

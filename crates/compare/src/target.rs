@@ -15,6 +15,17 @@ use crate::rpc::{Rpc, RpcError};
 /// Subsystem with the malloc bdev (the verified-I/O probe's and the fault
 /// loads' namespace).
 pub const NQN_MALLOC: &str = "nqn.2016-06.io.spdk:compare-malloc";
+/// Subsystems of the verified-I/O probes, one small malloc bdev each:
+/// probes running at the same time (and the loads) never write each
+/// other's blocks, so a mismatch can only be the target's doing.
+pub const NQN_PROBES: [&str; 4] = [
+    "nqn.2016-06.io.spdk:compare-probe0",
+    "nqn.2016-06.io.spdk:compare-probe1",
+    "nqn.2016-06.io.spdk:compare-probe2",
+    "nqn.2016-06.io.spdk:compare-probe3",
+];
+/// Size of each probe bdev: 8 MiB of 512-byte blocks.
+const PROBE_BLOCKS: u64 = 16_384;
 /// Subsystem with the null bdev.
 pub const NQN_NULL: &str = "nqn.2016-06.io.spdk:compare-null";
 /// Subsystem with a delay bdev over a second malloc bdev (slow backend).
@@ -124,6 +135,8 @@ impl Target {
             &TARGET_MEM_MB.to_string(),
             "-g",
             "--no-pci",
+            // Other SPDK programs on the machine may hold core 0 as well.
+            "--disable-cpumask-locks",
             "-r",
         ])
         .arg(&sock)
@@ -194,7 +207,18 @@ impl Target {
             "bdev_null_create",
             json!({ "name": "Null0", "num_blocks": NULL_BLOCKS, "block_size": 512 }),
         )?;
-        let mut subsystems = vec![(NQN_MALLOC, "Malloc0"), (NQN_NULL, "Null0")];
+        let mut subsystems = vec![
+            (NQN_MALLOC, "Malloc0".to_string()),
+            (NQN_NULL, "Null0".to_string()),
+        ];
+        for (i, nqn) in NQN_PROBES.iter().enumerate() {
+            let name = format!("Probe{i}");
+            self.setup_call(
+                "bdev_malloc_create",
+                json!({ "name": name, "num_blocks": PROBE_BLOCKS, "block_size": 512 }),
+            )?;
+            subsystems.push((nqn, name));
+        }
         if let Some(us) = cfg.delay_us {
             self.setup_call(
                 "bdev_malloc_create",
@@ -206,7 +230,7 @@ impl Target {
                         "avg_read_latency": us, "p99_read_latency": us,
                         "avg_write_latency": us, "p99_write_latency": us }),
             )?;
-            subsystems.push((NQN_DELAY, "Delay0"));
+            subsystems.push((NQN_DELAY, "Delay0".to_string()));
         }
         for (i, (nqn, bdev)) in subsystems.iter().enumerate() {
             self.setup_call(
@@ -240,15 +264,20 @@ impl Target {
             })
     }
 
-    /// The RPC error plus the target's own log line about the listener.
+    /// The transport's own log line about the listener (the text after
+    /// SPDK's `*ERROR*:` tag; a transport's "cannot listen" line before
+    /// the generic layer's), then the RPC error.
     fn refusal_reason(&self, e: RpcError) -> String {
         let log = self.proc.log_text();
-        let line = log
-            .lines()
-            .rev()
-            .find(|l| l.contains("listen") && (l.contains("ERROR") || l.contains("cannot")))
-            .map(|l| l.trim().to_string());
-        match line {
+        let pick = |want: &str| {
+            log.lines().rev().find(|l| l.contains(want)).map(|l| {
+                l.rsplit_once("*ERROR*: ")
+                    .map_or(l, |(_, m)| m)
+                    .trim()
+                    .to_string()
+            })
+        };
+        match pick("cannot listen").or_else(|| pick("listen")) {
             Some(l) => format!("{l} (RPC: {e})"),
             None => e.to_string(),
         }
