@@ -1,9 +1,10 @@
 //! Runs the callgrind measurement: each target's `nvmf_tgt` in interrupt
 //! mode under `valgrind --tool=callgrind`; a short and a long run of 4 KiB
 //! I/Os from this project's initiator (`--ios`), a callgrind dump after
-//! each; the transport's inclusive cost of the long dump minus the short
-//! one, divided by the I/O difference, is its cost per I/O (connection
-//! set-up and teardown cancel out; interrupt mode keeps idle polling out).
+//! each; the transport's self cost (its code and the verbs libraries) of
+//! the long dump minus the short one, divided by the I/O difference, is its
+//! cost per I/O (connection set-up and teardown cancel out; interrupt mode
+//! keeps idle polling out, so the figure does not depend on wall time).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,30 +12,12 @@ use std::time::Duration;
 
 use crate::child::Proc;
 use crate::env::{Env, TargetSpec};
-use crate::icount::{annotate, is_entry, parse_annotate, Icount};
+use crate::icount::{annotate, in_transport, parse_annotate, transport_cost, Icount};
 use crate::target::{StartError, Target, TargetConfig, NQN_NULL};
 
 /// I/Os of the short and the long run.
 const SHORT_IOS: u64 = 500;
 const LONG_IOS: u64 = 4500;
-
-/// Upstream's transport roots: what the generic layer and the poller call.
-const UPSTREAM_ROOTS: [&str; 12] = [
-    "nvmf_rdma_poll_group_poll",
-    "nvmf_rdma_request_free",
-    "nvmf_rdma_request_complete",
-    "nvmf_rdma_accept",
-    "nvmf_rdma_poll_group_add",
-    "nvmf_rdma_poll_group_remove",
-    "nvmf_rdma_close_qpair",
-    "nvmf_rdma_qpair_abort_request",
-    "nvmf_rdma_get_optimal_poll_group",
-    "nvmf_rdma_destroy_drained_qpair",
-    "nvmf_rdma_qpair_fini",
-    "nvmf_rdma_cq_event",
-];
-/// Ours: the exported ops (`RDMA_RS` table members).
-const OURS_ROOTS: [&str; 1] = ["nvmf_rdma_rs"];
 
 /// Measures every target for 4 KiB randread and randwrite.
 pub fn run(env: &Env, targets: &[TargetSpec], progress: &mut dyn FnMut(&str)) -> Vec<Icount> {
@@ -74,6 +57,9 @@ fn skipped(t: &TargetSpec, wl: &str, why: String) -> Icount {
         ios: 0,
         transport_ir: 0,
         ir_per_io: 0.0,
+        own_per_io: 0.0,
+        verbs_per_io: 0.0,
+        total_per_io: 0.0,
         top: vec![],
         skipped: Some(why),
     }
@@ -120,19 +106,24 @@ fn measure(env: &Env, spec: &TargetSpec, wl: &str) -> Result<Icount, String> {
             dumps.len()
         ));
     }
-    let short = parse_annotate(&annotate(&dumps[0])?);
-    let long = parse_annotate(&annotate(&dumps[1])?);
+    let (short, short_total) = parse_annotate(&annotate(&dumps[0])?);
+    let (long, long_total) = parse_annotate(&annotate(&dumps[1])?);
     let ours = spec.is_ours();
-    let roots: &[&str] = if ours { &OURS_ROOTS } else { &UPSTREAM_ROOTS };
-    let cost = |rows: &[(u64, String)]| crate::icount::transport_cost(rows, ours, roots);
     let ios = LONG_IOS - SHORT_IOS;
-    let ir = cost(&long).saturating_sub(cost(&short));
+    let (own_l, verbs_l) = transport_cost(&long, ours);
+    let (own_s, verbs_s) = transport_cost(&short, ours);
+    let own = own_l.saturating_sub(own_s);
+    let verbs = verbs_l.saturating_sub(verbs_s);
+    let ir = own + verbs;
     let mut top: Vec<(String, f64)> = long
         .iter()
-        .filter(|(_, f)| is_entry(f, ours))
-        .map(|(irl, f)| {
-            let irs = short.iter().find(|(_, g)| g == f).map_or(0, |r| r.0);
-            (f.clone(), irl.saturating_sub(irs) as f64 / ios as f64)
+        .filter(|r| in_transport(r, ours))
+        .map(|r| {
+            let before = short.iter().find(|s| s.func == r.func).map_or(0, |s| s.ir);
+            (
+                r.func.clone(),
+                r.ir.saturating_sub(before) as f64 / ios as f64,
+            )
         })
         .collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -143,6 +134,9 @@ fn measure(env: &Env, spec: &TargetSpec, wl: &str) -> Result<Icount, String> {
         ios,
         transport_ir: ir,
         ir_per_io: ir as f64 / ios as f64,
+        own_per_io: own as f64 / ios as f64,
+        verbs_per_io: verbs as f64 / ios as f64,
+        total_per_io: long_total.saturating_sub(short_total) as f64 / ios as f64,
         top,
         skipped: None,
     })

@@ -59,8 +59,11 @@ pub const FULL: [Workload; 9] = [
 /// The matrix to run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Matrix {
-    /// Workloads.
+    /// Workloads with 1 poll group.
     pub workloads: Vec<Workload>,
+    /// Workloads with 2 poll groups (a subset, to keep the default run
+    /// under 30 minutes).
+    pub workloads_2pg: Vec<Workload>,
     /// Bdevs (`null`, `malloc`).
     pub bdevs: Vec<&'static str>,
     /// Poll-group counts (reactor masks 0x1 / 0x3).
@@ -78,6 +81,7 @@ impl Matrix {
         if quick {
             Matrix {
                 workloads: vec![FULL[0], FULL[1], FULL[4], FULL[8]],
+                workloads_2pg: vec![],
                 bdevs: vec!["null"],
                 groups: vec![1],
                 runs,
@@ -86,6 +90,8 @@ impl Matrix {
         } else {
             Matrix {
                 workloads: FULL.to_vec(),
+                // QD 32 and 128, where a second poll group can matter.
+                workloads_2pg: vec![FULL[1], FULL[2], FULL[4], FULL[5]],
                 bdevs: vec!["null", "malloc"],
                 groups: vec![1, 2],
                 runs,
@@ -94,9 +100,23 @@ impl Matrix {
         }
     }
 
+    /// The workloads run with `groups` poll groups.
+    pub fn workloads_for(&self, groups: u32) -> &[Workload] {
+        if groups == 1 {
+            &self.workloads
+        } else {
+            &self.workloads_2pg
+        }
+    }
+
     /// Number of `spdk_nvme_perf` runs per target.
     pub fn runs_per_target(&self) -> usize {
-        self.workloads.len() * self.bdevs.len() * self.groups.len() * self.runs as usize
+        let per_round: usize = self
+            .groups
+            .iter()
+            .map(|g| self.workloads_for(*g).len() * self.bdevs.len())
+            .sum();
+        per_round * self.runs as usize
     }
 }
 
@@ -172,18 +192,18 @@ pub fn run(
                             spec.label
                         ));
                         for bdev in &m.bdevs {
-                            for wl in &m.workloads {
+                            for wl in m.workloads_for(groups) {
                                 let r = entry(&mut results, spec, wl, bdev, groups);
                                 r.skipped.get_or_insert_with(|| why.clone());
                             }
                         }
-                        done += m.workloads.len() * m.bdevs.len();
+                        done += m.workloads_for(groups).len() * m.bdevs.len();
                         None
                     }
                 };
                 let Some(t) = target.as_mut() else { continue };
                 for bdev in &m.bdevs {
-                    for wl in &m.workloads {
+                    for wl in m.workloads_for(groups) {
                         done += 1;
                         let load = Load {
                             pattern: wl.pattern,
@@ -338,7 +358,7 @@ mod tests {
 
     #[test]
     fn matrix_sizes() {
-        assert_eq!(Matrix::new(false, 3).runs_per_target(), 9 * 2 * 2 * 3);
+        assert_eq!(Matrix::new(false, 3).runs_per_target(), (9 + 4) * 2 * 3);
         assert_eq!(Matrix::new(true, 3).runs_per_target(), 4 * 3);
         assert!(FULL.iter().any(|w| w.unit == Some(4096) && w.size == 45056));
     }

@@ -37,7 +37,7 @@ pub fn write_all(
     };
     if let Some(m) = m {
         for bdev in &m.bdevs {
-            for g in &m.groups {
+            for g in m.groups.iter().filter(|g| !m.workloads_for(**g).is_empty()) {
                 let name = format!("{stem}-iops-{bdev}-{g}pg.svg");
                 let r = iops_bars(&dir.join(&name), targets, m, perf, bdev, *g);
                 attempt(name, r);
@@ -63,21 +63,21 @@ fn iops_bars(
     bdev: &str,
     groups: u32,
 ) -> PlotResult {
-    let n = m.workloads.len();
+    let wls = m.workloads_for(groups);
+    let n = wls.len();
     let point = |t: &str, wl: &str| {
         perf.iter()
             .find(|p| p.target == t && p.workload == wl && p.bdev == bdev && p.groups == groups)
             .and_then(|p| min_med_max(&p.samples.iter().map(|s| s.iops).collect::<Vec<_>>()))
     };
-    let ymax = m
-        .workloads
+    let ymax = wls
         .iter()
         .flat_map(|w| targets.iter().filter_map(|t| point(t, w.name)).map(|v| v.2))
         .fold(10.0f64, f64::max)
         * 2.0;
     let root = SVGBackend::new(path, (1500, 560)).into_drawing_area();
     root.fill(&WHITE)?;
-    let names: Vec<&str> = m.workloads.iter().map(|w| w.name).collect();
+    let names: Vec<&str> = wls.iter().map(|w| w.name).collect();
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!("IOPS, {bdev} bdev, {groups} poll group(s): median, whiskers min–max"),
@@ -107,7 +107,7 @@ fn iops_bars(
         let color = COLORS[ti % COLORS.len()];
         let mut bars = Vec::new();
         let mut whiskers = Vec::new();
-        for (wi, w) in m.workloads.iter().enumerate() {
+        for (wi, w) in wls.iter().enumerate() {
             if let Some((lo, med, hi)) = point(t, w.name) {
                 let x0 = wi as f64 - 0.4 + ti as f64 * width;
                 let xc = x0 + width / 2.0;
