@@ -83,6 +83,10 @@ pub fn parse_annotate(out: &str) -> (Vec<Row>, u64) {
             continue;
         };
         let rest = rest.trim_start();
+        // Call lines of annotated source (`=> file:fn (12x)`) are inclusive.
+        if rest.contains("=>") || rest.ends_with("x)") {
+            continue;
+        }
         let rest = match rest.strip_prefix('(') {
             Some(r) => r.split_once(')').map_or(r, |x| x.1).trim_start(),
             None => rest,
@@ -112,10 +116,11 @@ pub fn transport_cost(rows: &[Row], ours: bool) -> (u64, u64) {
     (sum(&|r| is_own(r, ours)), sum(&|r| is_verbs(r)))
 }
 
-/// Runs `callgrind_annotate --inclusive=no` on `out_file`.
+/// Runs `callgrind_annotate --inclusive=no --auto=no` on `out_file` (no
+/// source annotation: its call lines carry inclusive costs).
 pub fn annotate(out_file: &Path) -> Result<String, String> {
     let o = Command::new("callgrind_annotate")
-        .args(["--inclusive=no", "--threshold=100"])
+        .args(["--inclusive=no", "--auto=no", "--threshold=100"])
         .arg(out_file)
         .output()
         .map_err(|e| format!("callgrind_annotate: {e}"))?;
@@ -144,6 +149,7 @@ Ir                    file:function
   2,474,436 ( 2.22%)  /s/lib/nvmf/rdma.c:nvmf_rdma_poll_group_intr [/s/build/lib/libspdk_nvmf.so.22.0]
   2,239,404 ( 2.01%)  /s/lib/nvmf/rdma.c:nvmf_rdma_request_process [/s/build/lib/libspdk_nvmf.so.22.0]
     100,000 ( 0.01%)  /w/src/spdk/ops.rs:nvmf_rdma_rs::spdk::ops::poll [/w/target/release/libnvmf_rdma_rs.so]
+  7,446 ( 6.69%)  => /s/lib/nvmf/rdma.c:nvmf_rdma_request_process (4,502x)
 ";
 
     #[test]

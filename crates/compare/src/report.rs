@@ -598,8 +598,9 @@ reactors busy-poll, so it mostly reflects how many I/Os a fully used core comple
 - **softrdma is not a NIC**: data moves by `memcpy` between processes (hugepages with `-g`), \
 so transport costs weigh more than on hardware, and softrdma's own cost is in every number for \
 every target alike.\n\
-- **Instructions per I/O** (callgrind) are deterministic for a fixed I/O count and are the \
-figure to track between versions.\n";
+- **Instructions per I/O** (callgrind) do not depend on CPU speed or load, only on the code \
+and on how many interrupt wake-ups the I/Os took (which timing changes a little: two runs of the \
+same tree here differed by up to 7 %); they are the figure to track between versions.\n";
 
 /// The JSON report.
 pub fn json(r: &Report) -> String {
