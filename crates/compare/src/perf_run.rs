@@ -240,7 +240,7 @@ pub fn run(
                             Ok((s, cdf)) => {
                                 r.samples.push(s);
                                 if !cdf.is_empty() {
-                                    r.cdf = cdf;
+                                    r.cdf = downsample(&cdf, CDF_POINTS);
                                 }
                             }
                             Err(e) => r.failures.push(e),
@@ -258,6 +258,24 @@ pub fn run(
         }
     }
     results
+}
+
+/// Points of a latency CDF kept in the report (SPDK's histogram has
+/// hundreds of buckets per run).
+const CDF_POINTS: usize = 120;
+
+/// At most about `max` points of `cdf`, evenly spaced by index, always
+/// with the last one (100 %).
+pub fn downsample(cdf: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
+    if cdf.len() <= max || max < 2 {
+        return cdf.to_vec();
+    }
+    let step = cdf.len().div_ceil(max - 1);
+    let mut v: Vec<(f64, f64)> = cdf.iter().step_by(step).copied().collect();
+    if v.last() != cdf.last() {
+        v.extend(cdf.last().copied());
+    }
+    v
 }
 
 fn entry<'a>(
@@ -355,6 +373,16 @@ fn one_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cdf_downsampled_keeps_ends() {
+        let cdf: Vec<(f64, f64)> = (1..=1000).map(|i| (i as f64, i as f64 / 10.0)).collect();
+        let d = downsample(&cdf, 120);
+        assert!(d.len() <= 121, "{}", d.len());
+        assert_eq!(d.first(), cdf.first());
+        assert_eq!(d.last(), Some(&(1000.0, 100.0)));
+        assert_eq!(downsample(&cdf[..5], 120).len(), 5);
+    }
 
     #[test]
     fn matrix_sizes() {
