@@ -30,9 +30,9 @@ pub enum RpcError {
         /// Method called.
         method: String,
         /// Parameters sent.
-        params: Value,
+        params: Box<Value>,
         /// SPDK's error object.
-        error: Value,
+        error: Box<Value>,
     },
 }
 
@@ -69,8 +69,8 @@ impl Rpc {
         match reply.get("error") {
             Some(error) => Err(RpcError::Refused {
                 method: method.to_string(),
-                params,
-                error: error.clone(),
+                params: Box::new(params),
+                error: Box::new(error.clone()),
             }),
             None => Ok(reply.get("result").cloned().unwrap_or(Value::Null)),
         }
