@@ -337,6 +337,14 @@ impl Target {
     }
 }
 
+impl Drop for Target {
+    /// A target dropped without [`Target::stop`] (a failed set-up, an
+    /// early return) is stopped too, and its hugepage files removed.
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(15));
+    }
+}
+
 /// `bt` of `core` with gdb (bounded by `timeout 120`): the frame lines.
 fn gdb_backtrace(bin: &Path, core: &Path, ld_path: &str) -> Option<String> {
     let out = Command::new("timeout")
