@@ -342,6 +342,15 @@ impl GroupGlue {
         (q.handle == Some(h)).then_some(q)
     }
 
+    /// Removes every table entry naming `q` (a qpair whose add failed).
+    pub(crate) fn forget(&self, q: *mut RsQpair) {
+        for p in self.qpairs.borrow_mut().iter_mut() {
+            if *p == q {
+                *p = std::ptr::null_mut();
+            }
+        }
+    }
+
     /// Runs `f` with `calls` published for SPDK's re-entrant answers.
     fn with_calls<R>(&self, calls: &mut GroupCalls, f: impl FnOnce() -> R) -> R {
         let prev = self.calls.replace(calls);
@@ -590,6 +599,9 @@ impl HostGroup for SpdkHostGroup {
         // SAFETY: was in our table: a live qpair of this group.
         let q = unsafe { &mut *p };
         q.life.gone = true;
+        // Its group may be destroyed before SPDK finishes the qpair: late
+        // answers must not reach it.
+        q.group = std::ptr::null_mut();
         trace::qpair_event(p.cast(), QpairEvent::Destroy, 0);
         tracing::debug!(
             "RDMA_RS: {qpair} gone (fini called: {})",

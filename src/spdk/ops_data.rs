@@ -102,8 +102,16 @@ pub(super) unsafe extern "C" fn poll_group_add(
                     e.group,
                     e.failure
                 );
+                // Not joined after all (the host side may already have been
+                // told in `qpair_added`): forget it there, keep the pending
+                // connection for `qpair_fini` to reject.
+                g.glue.forget(qp);
                 // SAFETY: still the live qpair (SPDK calls qpair_fini next).
-                unsafe { (*qp).pending = Some(e.qpair) };
+                unsafe {
+                    (*qp).handle = None;
+                    (*qp).group = std::ptr::null_mut();
+                    (*qp).pending = Some(e.qpair);
+                }
                 -libc::EIO
             }
             None => -libc::EBUSY,
