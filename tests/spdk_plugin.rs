@@ -90,45 +90,23 @@ fn rdma_rs_plugin_in_unmodified_nvmf_tgt() {
         );
     }
     let lib = cdylib();
-    let softrdma = softrdma_dir();
     let scratch = Scratch(std::env::temp_dir().join(format!("spdk-plugin-{}", std::process::id())));
-    let shm = scratch.0.join("shm");
-    std::fs::create_dir_all(&shm).expect("scratch dir");
-    let sock = scratch.0.join("nvmf_tgt.sock");
-    let mem = env_u64("SPDK_MEM_MB", 1024).to_string();
-
-    let mut cmd = Command::new(spdk.join("build/bin/nvmf_tgt"));
+    std::fs::create_dir_all(&scratch.0).expect("scratch dir");
     // `-L rdma_rs`: nvmf_tgt refuses to start on an unknown log flag, so
     // starting at all shows the component was registered at load.
-    cmd.args([
-        "--no-huge",
-        "-s",
-        &mem,
-        "--no-pci",
-        "-m",
-        "0x1",
-        "-L",
-        "rdma_rs",
-        "-r",
-    ])
-    .arg(&sock)
-    .env("LD_PRELOAD", &lib)
-    .env(
-        "LD_LIBRARY_PATH",
-        format!(
-            "{}:{}",
-            softrdma.display(),
-            spdk.join("build/lib").display()
-        ),
-    )
-    .env("SOFTRDMA_SHM_DIR", &shm)
-    .env("SOFTRDMA_QUIET", "1");
-    let mut tgt = Proc::spawn("nvmf_tgt", cmd, scratch.0.join("nvmf_tgt.log"));
-    let mut rpc = RpcClient {
-        sock: sock.clone(),
-        next_id: 0,
-    };
-    wait_for_rpc(&mut tgt, &mut rpc);
+    let SpdkTarget {
+        proc: mut tgt,
+        mut rpc,
+        sock,
+        ..
+    } = SpdkTarget::start(
+        &spdk,
+        &scratch.0,
+        "nvmf_tgt",
+        Some(&lib),
+        &["-L", "rdma_rs"],
+        &[],
+    );
     assert!(
         tgt.log_text()
             .contains("registered NVMe-oF transport RDMA_RS (trtype RDMA)"),

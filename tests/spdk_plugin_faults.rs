@@ -187,42 +187,11 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-/// `softrdma-ctl <args>` against the target's fabric; returns its output.
-fn ctl(t: &SpdkTarget, args: &[&str]) -> String {
-    let out = Command::new(t.softrdma.join("softrdma-ctl"))
-        .args(args)
-        .env("SOFTRDMA_SHM_DIR", &t.shm)
-        .output()
-        .expect("softrdma-ctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "softrdma-ctl {args:?} failed: {text}");
-    text
-}
-
-/// Counter ` name=<n>` of the target in `softrdma-ctl stats PID`.
-fn counter(t: &SpdkTarget, name: &str) -> u64 {
-    let text = ctl(t, &["stats", &t.proc.child.id().to_string()]);
-    let key = format!(" {name}=");
-    let i = text
-        .find(&key)
-        .unwrap_or_else(|| panic!("no {name} in softrdma stats: {text}"));
-    text[i + key.len()..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<String>()
-        .parse()
-        .unwrap_or_else(|_| panic!("bad {name} in softrdma stats: {text}"))
-}
-
 fn send(t: &SpdkTarget, cmd: &str) {
     let pid = t.proc.child.id().to_string();
     let mut args = vec!["send", pid.as_str()];
     args.extend(cmd.split(' '));
-    ctl(t, &args);
+    t.softrdma_ctl(&args);
 }
 
 fn run_scenario(spdk: &std::path::Path, sc: &Scenario, port: u16) {
@@ -240,7 +209,7 @@ fn run_scenario(spdk: &std::path::Path, sc: &Scenario, port: u16) {
         .unwrap_or_default();
     let mut t = SpdkTarget::start(spdk, &s.0, "tgt", Some(&lib), &[], &env);
     t.export("RDMA_RS", json!({}), NQN, port);
-    let baseline = (counter(&t, "qps"), counter(&t, "cm_ids"));
+    let baseline = (t.softrdma_counter("qps"), t.softrdma_counter("cm_ids"));
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_nvmf-rdma-rs"));
 
     let perf_args: &[&str] = match sc.load {
@@ -289,7 +258,7 @@ fn run_scenario(spdk: &std::path::Path, sc: &Scenario, port: u16) {
     t.assert_alive(&format!("after fault {}", sc.name));
     if sc.counts_fault {
         assert!(
-            counter(&t, "faults_injected") > 0,
+            t.softrdma_counter("faults_injected") > 0,
             "{}: the fault never fired (host log:\n{})",
             sc.name,
             host.log_tail()
@@ -346,10 +315,10 @@ fn run_scenario(spdk: &std::path::Path, sc: &Scenario, port: u16) {
     } else {
         (baseline.0, baseline.1.saturating_sub(1))
     };
-    let mut now = (counter(&t, "qps"), counter(&t, "cm_ids"));
+    let mut now = (t.softrdma_counter("qps"), t.softrdma_counter("cm_ids"));
     while now != baseline && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
-        now = (counter(&t, "qps"), counter(&t, "cm_ids"));
+        now = (t.softrdma_counter("qps"), t.softrdma_counter("cm_ids"));
     }
     assert_eq!(
         now,

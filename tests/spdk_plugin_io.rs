@@ -48,31 +48,7 @@ fn secs() -> u64 {
 
 /// The target's live QPs and CM ids on the fabric (`softrdma-ctl stats PID`).
 fn live_qps(t: &SpdkTarget) -> (u64, u64) {
-    let out = Command::new(t.softrdma.join("softrdma-ctl"))
-        .args(["stats", &t.proc.child.id().to_string()])
-        .env("SOFTRDMA_SHM_DIR", &t.shm)
-        .output()
-        .expect("softrdma-ctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "softrdma-ctl stats failed: {text}");
-    let get =
-        |name| parse_counter(&text, name).unwrap_or_else(|| panic!("no {name} counter in: {text}"));
-    (get(" qps"), get(" cm_ids"))
-}
-
-/// The value of ` name=<n>` in softrdma's stats line.
-fn parse_counter(text: &str, name: &str) -> Option<u64> {
-    let key = format!("{name}=");
-    let i = text.find(&key)?;
-    let digits: String = text[i + key.len()..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
+    (t.softrdma_counter("qps"), t.softrdma_counter("cm_ids"))
 }
 
 /// The RDMA_RS entry of poll group 0 in `nvmf_get_stats`.

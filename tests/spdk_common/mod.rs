@@ -416,6 +416,39 @@ impl SpdkTarget {
         }
     }
 
+    /// `softrdma-ctl <args>` against this target's fabric; returns its
+    /// output, panicking when it fails.
+    pub fn softrdma_ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(self.softrdma.join("softrdma-ctl"))
+            .args(args)
+            .env("SOFTRDMA_SHM_DIR", &self.shm)
+            .output()
+            .expect("softrdma-ctl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "softrdma-ctl {args:?} failed: {text}");
+        text
+    }
+
+    /// Counter ` name=<n>` of `nvmf_tgt` in `softrdma-ctl stats PID` (live
+    /// objects such as `qps`, `cm_ids`; totals such as `faults_injected`).
+    pub fn softrdma_counter(&self, name: &str) -> u64 {
+        let text = self.softrdma_ctl(&["stats", &self.proc.child.id().to_string()]);
+        let key = format!(" {name}=");
+        let i = text
+            .find(&key)
+            .unwrap_or_else(|| panic!("no {name} in softrdma stats: {text}"));
+        text[i + key.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect::<String>()
+            .parse()
+            .unwrap_or_else(|_| panic!("bad {name} in softrdma stats: {text}"))
+    }
+
     /// SIGINT and a bounded wait; asserts exit 0 and no crash in the log.
     pub fn stop_clean(&mut self) {
         let _ = Command::new("kill")
