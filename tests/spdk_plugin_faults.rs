@@ -218,13 +218,12 @@ fn run_scenario(spdk: &std::path::Path, sc: &Scenario, port: u16) {
     };
     let mut host = match sc.load {
         Load::KilledHost => {
-            let mut cmd = Command::new(&bin);
-            cmd.arg("perf")
-                .args(["--addr", &format!("127.0.0.1:{port}")])
-                .args(["--workload", "randrw", "-q", "32", "--time", "30"])
-                .env("LD_LIBRARY_PATH", &t.softrdma)
-                .env("SOFTRDMA_SHM_DIR", &t.shm)
-                .env("SOFTRDMA_QUIET", "1");
+            let cmd = our_perf_cmd(
+                &t,
+                &bin,
+                port,
+                &["--workload", "randrw", "-q", "32", "--time", "30"],
+            );
             Proc::spawn("nvmf-rdma-rs perf", cmd, s.0.join("host.log"))
         }
         _ => {

@@ -177,10 +177,11 @@ fn workloads_discovery_listeners_config() {
     // (their listen trid equals the removed one), a new connection is
     // refused; re-added, new connections work again.
     let bin = our_bin();
-    let mut cmd = Command::new(&bin);
-    cmd.arg("perf")
-        .args(["--addr", &format!("127.0.0.1:{port}")])
-        .args([
+    let cmd = our_perf_cmd(
+        &t,
+        &bin,
+        port,
+        &[
             "--workload",
             "verify",
             "--region",
@@ -189,10 +190,8 @@ fn workloads_discovery_listeners_config() {
             "8",
             "--time",
             "6",
-        ])
-        .env("LD_LIBRARY_PATH", &t.softrdma)
-        .env("SOFTRDMA_SHM_DIR", &t.shm)
-        .env("SOFTRDMA_QUIET", "1");
+        ],
+    );
     let mut host = Proc::spawn(
         "nvmf-rdma-rs perf (connected)",
         cmd,
@@ -260,13 +259,12 @@ fn workloads_discovery_listeners_config() {
     io_set(&mut t, port, false);
 
     // SIGINT with a host connected: a clean exit.
-    let mut cmd = Command::new(&bin);
-    cmd.arg("perf")
-        .args(["--addr", &format!("127.0.0.1:{port}")])
-        .args(["--workload", "randrw", "-q", "16", "--time", "30"])
-        .env("LD_LIBRARY_PATH", &t.softrdma)
-        .env("SOFTRDMA_SHM_DIR", &t.shm)
-        .env("SOFTRDMA_QUIET", "1");
+    let cmd = our_perf_cmd(
+        &t,
+        &bin,
+        port,
+        &["--workload", "randrw", "-q", "16", "--time", "30"],
+    );
     let _host = Proc::spawn(
         "nvmf-rdma-rs perf (at SIGINT)",
         cmd,

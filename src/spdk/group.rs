@@ -49,6 +49,20 @@ pub(crate) enum Deferred {
     DeliverDevice(DeviceMsg),
 }
 
+impl Deferred {
+    /// Hands the answer or event to the core.
+    fn apply(self, pg: &mut PollGroup<SpdkHost>) {
+        let now = now_ns();
+        match self {
+            Deferred::Complete(req, c) => pg.complete(req, c, now),
+            Deferred::Free(req) => pg.free(req, now),
+            Deferred::Fini(q, done) => pg.fini(q, Some(done), now),
+            Deferred::Deliver(m) => pg.deliver(m, now),
+            Deferred::DeliverDevice(m) => pg.deliver_device(m, now),
+        }
+    }
+}
+
 /// A request waiting for data buffers (upstream's pending buffer queue,
 /// retried at every poll; SPDK's iobuf wait is not used, as upstream).
 #[derive(Clone, Copy)]
@@ -217,14 +231,7 @@ impl RsPollGroup {
             loop {
                 let next = self.glue.deferred.borrow_mut().pop_front();
                 let Some(d) = next else { break };
-                let now = now_ns();
-                match d {
-                    Deferred::Complete(req, c) => pg.complete(req, c, now),
-                    Deferred::Free(req) => pg.free(req, now),
-                    Deferred::Fini(q, done) => pg.fini(q, Some(done), now),
-                    Deferred::Deliver(m) => pg.deliver(m, now),
-                    Deferred::DeliverDevice(m) => pg.deliver_device(m, now),
-                }
+                d.apply(pg);
             }
             r
         });
@@ -259,16 +266,7 @@ impl RsPollGroup {
             self.glue.deferred.borrow_mut().push_back(d);
             return;
         }
-        self.run(|pg| {
-            let now = now_ns();
-            match d {
-                Deferred::Complete(req, c) => pg.complete(req, c, now),
-                Deferred::Free(req) => pg.free(req, now),
-                Deferred::Fini(q, done) => pg.fini(q, Some(done), now),
-                Deferred::Deliver(m) => pg.deliver(m, now),
-                Deferred::DeliverDevice(m) => pg.deliver_device(m, now),
-            }
-        });
+        self.run(|pg| d.apply(pg));
     }
 
     /// A pending abort of `abort_req` (victim `cid` of `qpair`) the core

@@ -528,8 +528,20 @@ pub fn spdk_perf(t: &SpdkTarget, nqn: &str, port: u16, args: &[&str], secs: u64)
     }
 }
 
-/// Runs this project's initiator (`nvmf-rdma-rs perf`) with `args` against
-/// 127.0.0.1:`port`; returns (exit 0, output).
+/// This project's initiator (`nvmf-rdma-rs perf`) with `args` against
+/// 127.0.0.1:`port` on the target's fabric, not yet started.
+pub fn our_perf_cmd(t: &SpdkTarget, bin: &Path, port: u16, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("perf")
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env("LD_LIBRARY_PATH", &t.softrdma)
+        .env("SOFTRDMA_SHM_DIR", &t.shm)
+        .env("SOFTRDMA_QUIET", "1");
+    cmd
+}
+
+/// Runs [`our_perf_cmd`] to the end; returns (exit 0, output).
 pub fn our_perf(
     t: &SpdkTarget,
     bin: &Path,
@@ -542,14 +554,7 @@ pub fn our_perf(
         "ours-{port}-{}.log",
         args.join("_").replace('/', "")
     ));
-    let mut cmd = Command::new(bin);
-    cmd.arg("perf")
-        .args(["--addr", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .env("LD_LIBRARY_PATH", &t.softrdma)
-        .env("SOFTRDMA_SHM_DIR", &t.shm)
-        .env("SOFTRDMA_QUIET", "1");
-    let mut p = Proc::spawn("nvmf-rdma-rs perf", cmd, log);
+    let mut p = Proc::spawn("nvmf-rdma-rs perf", our_perf_cmd(t, bin, port, args), log);
     let status = p.wait_bounded(timeout);
     (status.success(), p.log_text())
 }
