@@ -87,6 +87,9 @@ const FUNCTIONS: &[&str] = &[
     "spdk_mem_map_set_translation",
     "spdk_mem_map_clear_translation",
     "spdk_mem_map_translate",
+    // Receive and completion buffers (src/spdk/dma.rs).
+    "spdk_zmalloc",
+    "spdk_free",
 ];
 
 /// SPDK types of the trace group (`src/spdk/trace.rs`): the trace file whose
@@ -101,8 +104,13 @@ const TRACE_TYPES: &[&str] = &[
     "spdk_trace_section_.*",
 ];
 
-/// Trace limits the trace group's unit tests check its ids against.
-const TRACE_VARS: &[&str] = &["SPDK_TRACE_MAX_.*"];
+/// Trace limits the trace group's unit tests check its ids against, and the
+/// `spdk_zmalloc` flags of `src/spdk/dma.rs`.
+const TRACE_VARS: &[&str] = &[
+    "SPDK_TRACE_MAX_.*",
+    "SPDK_MALLOC_DMA",
+    "SPDK_ENV_NUMA_ID_ANY",
+];
 
 /// SPDK functions of the trace group (`src/spdk/trace.rs`) and the
 /// `poll_group_dump_stat` writer (`src/spdk/stats.rs`); required like

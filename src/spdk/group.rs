@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use super::api::api;
+use super::dma::SpdkDma;
 use super::interrupt::{self, Interrupts};
 use super::memmap::DeviceMemMap;
 use super::qpair::RsQpair;
@@ -29,7 +30,7 @@ use crate::transport::{
     BufferGrant, CommandData, DeviceMsg, Direction, FiniDone, GroupCalls, Host, HostError,
     HostGroup, PollGroup, QpairHandle, QpairInfo, QpairMsg, RequestBuffers, RequestHandle,
 };
-use crate::verbs::Pd;
+use crate::verbs::{DmaAllocator, Pd};
 
 const POLL_GROUP_MAGIC: u64 = 0x5244_4d41_5f52_5047; // "RDMA_RPG"
 
@@ -125,6 +126,9 @@ impl Host for SpdkHost {
     type Group = SpdkHostGroup;
     fn create_group(&self, _index: u16) -> SpdkHostGroup {
         SpdkHostGroup { glue: self.0 }
+    }
+    fn dma_allocator(&self) -> &'static dyn DmaAllocator {
+        &SpdkDma
     }
 }
 

@@ -18,6 +18,7 @@
 //!   with one request record per engine slot.
 //! - `request`: filling a record for `spdk_nvmf_request_exec`, reading its
 //!   completion, answering aborts.
+//! - `dma`: receive and completion buffers from `spdk_zmalloc`.
 //! - `memmap`: one `spdk_mem_map` per device (an lkey for every SPDK buffer).
 //! - `interrupt`: SPDK interrupts for `nvmf_tgt --interrupt-mode`.
 //! - `trid`: transport ids and the discovery log entry.
@@ -28,6 +29,7 @@
 pub mod sys;
 
 mod api;
+mod dma;
 mod group;
 mod guard;
 mod interrupt;

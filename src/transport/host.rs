@@ -30,7 +30,7 @@
 use std::net::SocketAddr;
 
 use crate::engine::codec::nvme::{Command, Completion};
-use crate::verbs::{Pd, Sge};
+use crate::verbs::{DmaAllocator, HeapDma, Pd, Sge};
 
 /// Names one qpair for the host: poll group index, slot in the group and a
 /// generation so that a stale handle never names a newer qpair.
@@ -361,6 +361,12 @@ pub trait Host: Send + Sync + 'static {
     /// `spdk_nvmf_poll_group` that wraps `poll_group_create`). Called on the
     /// group's thread.
     fn create_group(&self, index: u16) -> Self::Group;
+
+    /// Where the poll groups' receive and completion buffers come from (SPDK:
+    /// `spdk_zmalloc` DMA memory, as upstream's transport; default: the heap).
+    fn dma_allocator(&self) -> &'static dyn DmaAllocator {
+        &HeapDma
+    }
 
     /// A log line from the transport (SPDK: `SPDK_NOTICELOG` and friends).
     fn log(&self, level: tracing::Level, message: &str) {

@@ -98,7 +98,7 @@ pub use device::{
 };
 pub use error::{Errno, Result, VerbsError};
 pub use fd::{wait_readable, wait_readable_any, EventFd};
-pub use mr::{Access, DmaBuf, Mr, Pd};
+pub use mr::{Access, DmaAllocator, DmaBuf, HeapDma, Mr, Pd};
 pub use qp::{Qp, QpCaps, QpInit, QpState};
 pub use srq::Srq;
 pub use wr::{RecvWrList, SendFlags, SendOp, SendWrList, Sge};

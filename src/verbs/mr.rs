@@ -214,6 +214,51 @@ fn check_range(total: usize, offset: usize, len: usize) -> Result<()> {
     }
 }
 
+/// Where [`DmaBuf`] memory comes from: the heap by default ([`HeapDma`]), or
+/// an environment's DMA-able memory (SPDK's `spdk_zmalloc`, as upstream's
+/// transport allocates its receive and completion buffers).
+///
+/// # Safety
+/// `alloc` returns `None` or a pointer to `len` zeroed, writable bytes aligned
+/// to `align`, valid until given to `free` with the same `len` and `align`.
+pub unsafe trait DmaAllocator: Sync {
+    /// Allocates `len` (> 0) zeroed bytes aligned to `align` (a power of two).
+    fn alloc(&self, len: usize, align: usize) -> Option<NonNull<u8>>;
+    /// Frees memory from [`DmaAllocator::alloc`].
+    ///
+    /// # Safety
+    /// `p` came from `alloc(len, align)` of this allocator and is freed once.
+    unsafe fn free(&self, p: NonNull<u8>, len: usize, align: usize);
+}
+
+/// The process heap (`std::alloc`).
+pub struct HeapDma;
+
+// SAFETY: `alloc_zeroed` returns null or `len` zeroed bytes with the layout's
+// alignment, valid until `dealloc` with the same layout.
+unsafe impl DmaAllocator for HeapDma {
+    fn alloc(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
+        let layout = Layout::from_size_align(len, align).ok()?;
+        if layout.size() == 0 {
+            return None;
+        }
+        // SAFETY: the layout has a non-zero size.
+        NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
+    }
+
+    unsafe fn free(&self, p: NonNull<u8>, len: usize, align: usize) {
+        // The layout was valid when `alloc` made it, so it is now.
+        if let Ok(layout) = Layout::from_size_align(len, align) {
+            // SAFETY: the caller passes a pointer `alloc` made with this
+            // layout, once.
+            unsafe { std::alloc::dealloc(p.as_ptr(), layout) };
+        }
+    }
+}
+
+/// Alignment of every [`DmaBuf`] (one 4 KiB page, as upstream's buffers).
+const DMA_ALIGN: usize = 4096;
+
 /// Page-aligned memory owned by this struct and registered as one MR.
 ///
 /// The memory is shared with the device: WRs may write it (RECV, RDMA READ
@@ -224,11 +269,12 @@ fn check_range(total: usize, offset: usize, len: usize) -> Result<()> {
 pub struct DmaBuf {
     mr: Option<Mr>,
     mem: NonNull<u8>,
-    layout: Layout,
+    len: usize,
+    alloc: &'static dyn DmaAllocator,
 }
 
 // SAFETY: DmaBuf owns its allocation; writes need `&mut self`, reads copy
-// through raw pointers.
+// through raw pointers; the allocator is `Sync`.
 unsafe impl Send for DmaBuf {}
 // SAFETY: `&self` methods only read (copy out) the memory.
 unsafe impl Sync for DmaBuf {}
@@ -240,25 +286,32 @@ impl std::fmt::Debug for DmaBuf {
 }
 
 impl DmaBuf {
-    /// Allocate `len` zeroed bytes (4 KiB aligned) and register them on `pd`.
+    /// Allocate `len` zeroed bytes (4 KiB aligned) from the heap and register
+    /// them on `pd`.
     pub fn new(pd: &Pd, len: usize, access: Access) -> Result<DmaBuf> {
-        let layout =
-            Layout::from_size_align(len.max(1), 4096).map_err(|_| VerbsError::InvalidArgument {
-                name: "dma buffer length",
-                value: len as u64,
-            })?;
+        DmaBuf::new_in(&HeapDma, pd, len, access)
+    }
+
+    /// Allocate `len` zeroed bytes (4 KiB aligned) from `alloc` and register
+    /// them on `pd`.
+    pub fn new_in(
+        alloc: &'static dyn DmaAllocator,
+        pd: &Pd,
+        len: usize,
+        access: Access,
+    ) -> Result<DmaBuf> {
         if len == 0 {
             return Err(VerbsError::InvalidArgument {
                 name: "dma buffer length",
                 value: 0,
             });
         }
-        // SAFETY: layout has non-zero size.
-        let p = unsafe { std::alloc::alloc_zeroed(layout) };
-        let mem = NonNull::new(p).ok_or(VerbsError::InvalidArgument {
-            name: "dma allocation",
-            value: len as u64,
-        })?;
+        let mem = alloc
+            .alloc(len, DMA_ALIGN)
+            .ok_or(VerbsError::InvalidArgument {
+                name: "dma allocation",
+                value: len as u64,
+            })?;
         // SAFETY: the memory is owned by the DmaBuf being built and is freed
         // only in Drop after the MR is deregistered; it is never referenced,
         // only copied through raw pointers.
@@ -267,11 +320,13 @@ impl DmaBuf {
             Ok(mr) => Ok(DmaBuf {
                 mr: Some(mr),
                 mem,
-                layout,
+                len,
+                alloc,
             }),
             Err(e) => {
-                // SAFETY: allocated above with this layout, never registered.
-                unsafe { std::alloc::dealloc(mem.as_ptr(), layout) };
+                // SAFETY: allocated above with this length and alignment,
+                // never registered.
+                unsafe { alloc.free(mem, len, DMA_ALIGN) };
                 Err(e)
             }
         }
@@ -373,8 +428,9 @@ impl Drop for DmaBuf {
     fn drop(&mut self) {
         // Deregister first: afterwards no WR or peer can reach the memory.
         drop(self.mr.take());
-        // SAFETY: allocated in `new` with `self.layout`, freed exactly once,
-        // after the MR covering it was deregistered.
-        unsafe { std::alloc::dealloc(self.mem.as_ptr(), self.layout) };
+        // SAFETY: allocated in `new_in` by `self.alloc` with this length and
+        // alignment, freed exactly once, after the MR covering it was
+        // deregistered.
+        unsafe { self.alloc.free(self.mem, self.len, DMA_ALIGN) };
     }
 }

@@ -30,8 +30,8 @@ use crate::engine::{
     MIN_SEND_DEPTH,
 };
 use crate::verbs::{
-    Access, CmId, CompChannel, ConnParam, Cq, DmaBuf, QpInit, RecvWrList, SendFlags, SendOp,
-    SendWrList, Srq, VerbsError, WorkCompletion,
+    Access, CmId, CompChannel, ConnParam, Cq, DmaAllocator, DmaBuf, QpInit, RecvWrList, SendFlags,
+    SendOp, SendWrList, Srq, VerbsError, WorkCompletion,
 };
 
 use super::device::Device;
@@ -156,6 +156,8 @@ pub struct PollGroup<H: Host> {
     /// `Finished`): the next poll frees it. Saves a walk of every slot on
     /// every poll.
     reap_due: bool,
+    /// Where receive and completion buffers come from (the host's choice).
+    dma: &'static dyn DmaAllocator,
 }
 
 impl<H: Host> PollGroup<H> {
@@ -165,6 +167,7 @@ impl<H: Host> PollGroup<H> {
         let devices = core.devices.clone();
         let shared = core.shared.clone();
         let mut group = host.create_group(index);
+        let dma = host.dma_allocator();
         let mut pollers = Vec::new();
         for (i, d) in devices.iter().enumerate() {
             // SRQ (upstream: unless no_srq or the device has none): one
@@ -181,7 +184,7 @@ impl<H: Host> PollGroup<H> {
                 let depth = depth.max(1);
                 let slot_size = CAPSULE + opts.in_capsule_data_size as usize;
                 let s = Srq::new(&d.pd, u32::from(depth), 1)?;
-                let mut area = RecvArea::new(&d.pd, usize::from(depth), slot_size)?;
+                let mut area = RecvArea::new(dma, &d.pd, usize::from(depth), slot_size)?;
                 for i in 0..depth {
                     area.queue(RecvId(u32::from(i)))?;
                 }
@@ -238,6 +241,7 @@ impl<H: Host> PollGroup<H> {
             pending_data_buffer: 0,
             drain_timeout_ns: DEFAULT_DRAIN_TIMEOUT.as_nanos() as u64,
             reap_due: false,
+            dma,
         })
     }
 

@@ -14,12 +14,13 @@ pub(super) struct RecvArea {
 
 impl RecvArea {
     pub(super) fn new(
+        dma: &'static dyn DmaAllocator,
         pd: &crate::verbs::Pd,
         slots: usize,
         slot_size: usize,
     ) -> Result<RecvArea, VerbsError> {
         Ok(RecvArea {
-            buf: DmaBuf::new(pd, slots * slot_size, Access::LOCAL_WRITE)?,
+            buf: DmaBuf::new_in(dma, pd, slots * slot_size, Access::LOCAL_WRITE)?,
             slot_size,
             time: vec![0; slots],
             list: RecvWrList::with_capacity(slots, slots),

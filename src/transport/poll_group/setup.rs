@@ -129,9 +129,12 @@ impl<H: Host> PollGroup<H> {
         let bufs = if has_srq {
             Ok(None)
         } else {
-            RecvArea::new(&dev.pd, n, slot_size).map(Some)
+            RecvArea::new(self.dma, &dev.pd, n, slot_size).map(Some)
         }
-        .and_then(|r| Ok((r, DmaBuf::new(&dev.pd, n * RESPONSE, Access::LOCAL_WRITE)?)));
+        .and_then(|r| {
+            let cpl = DmaBuf::new_in(self.dma, &dev.pd, n * RESPONSE, Access::LOCAL_WRITE)?;
+            Ok((r, cpl))
+        });
         let (recv, cpl_buf) = match bufs {
             Ok(b) => b,
             Err(e) => {
