@@ -129,6 +129,8 @@ const TRACE_AND_STATS_FUNCTIONS: &[&str] = &[
     "spdk_json_write_object_begin",
     "spdk_json_write_object_end",
     "spdk_get_ticks_hz",
+    // The core's clock (src/spdk/clock.rs).
+    "spdk_get_ticks",
 ];
 
 /// NVMe spec types bindgen cannot lay out (bitfields inside packed unions:

@@ -13,10 +13,9 @@
 
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
-use std::sync::OnceLock;
-use std::time::Instant;
 
 use super::api::api;
+use super::clock::now_ns;
 use super::dma::SpdkDma;
 use super::interrupt::{self, Interrupts};
 use super::memmap::DeviceMemMap;
@@ -33,12 +32,6 @@ use crate::transport::{
 use crate::verbs::{DmaAllocator, Pd};
 
 const POLL_GROUP_MAGIC: u64 = 0x5244_4d41_5f52_5047; // "RDMA_RPG"
-
-/// Nanoseconds on the monotonic clock the core's deadlines use.
-pub(crate) fn now_ns() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
 
 /// An answer that arrived while a core call (not a host callback) was in
 /// progress.

@@ -9,7 +9,8 @@
 use std::ffi::{c_int, c_void, CStr};
 
 use super::api::api;
-use super::group::{now_ns, RsPollGroup};
+use super::clock::now_ns;
+use super::group::RsPollGroup;
 use super::guard::guard;
 use super::sys;
 

@@ -18,6 +18,7 @@
 //!   with one request record per engine slot.
 //! - `request`: filling a record for `spdk_nvmf_request_exec`, reading its
 //!   completion, answering aborts.
+//! - `clock`: the core's nanosecond clock from SPDK's ticks.
 //! - `dma`: receive and completion buffers from `spdk_zmalloc`.
 //! - `memmap`: one `spdk_mem_map` per device (an lkey for every SPDK buffer).
 //! - `interrupt`: SPDK interrupts for `nvmf_tgt --interrupt-mode`.
@@ -29,6 +30,7 @@
 pub mod sys;
 
 mod api;
+mod clock;
 mod dma;
 mod group;
 mod guard;

@@ -6,7 +6,8 @@
 use std::ffi::{c_int, c_void};
 
 use super::api::api;
-use super::group::{now_ns, Deferred, RsPollGroup};
+use super::clock::now_ns;
+use super::group::{Deferred, RsPollGroup};
 use super::guard::guard;
 use super::qpair::{request_from_raw, RsQpair};
 use super::request::{completion, finish_abort};
