@@ -13,7 +13,7 @@ use super::ids::{RecvId, ReqId, Timestamp};
 use super::queues::Queues;
 use super::request::{Incoming, LocalSge, Request};
 use super::state::{QueueKind, ReqState};
-use super::wr::{WcStatus, WrId, WrKind};
+use super::wr::{BadWrId, WcStatus, WrId, WrKind, MAX_DATA_WRS};
 
 /// Lifecycle of a qpair (upstream §3: active → error/disconnecting →
 /// draining → destroyable).
@@ -404,9 +404,27 @@ impl Qpair {
         payload: &[u8],
     ) -> Result<(), EngineError> {
         self.check_open()?;
-        let (wr, kind) = WrId::decode(wr_id)?;
+        let (_, kind) = WrId::decode(wr_id)?;
+        self.handle_wr_completion(kind, status, payload)
+    }
+
+    /// [`Qpair::handle_completion`] for a `wr_id` the transport already
+    /// decoded (every [`WrKind`] value is one the engine can have issued:
+    /// stale or unknown slots are refused as for a raw id).
+    pub fn handle_wr_completion(
+        &mut self,
+        kind: WrKind,
+        status: WcStatus,
+        payload: &[u8],
+    ) -> Result<(), EngineError> {
+        self.check_open()?;
+        if let WrKind::Data { index, .. } = kind {
+            if usize::from(index) >= MAX_DATA_WRS {
+                return Err(BadWrId(WrId::new(kind).to_raw()).into());
+            }
+        }
         if !status.is_success() {
-            self.count_wc_error(wr, status);
+            self.count_wc_error(WrId::new(kind), status);
         }
         let r = match kind {
             WrKind::Recv { recv } => self.on_recv(recv, status, payload),
@@ -414,8 +432,10 @@ impl Qpair {
                 req,
                 index,
                 generation,
-            } => self.on_data(wr, req, index, generation, status),
-            WrKind::Send { req, generation } => self.on_send(wr, req, generation, status),
+            } => self.on_data(WrId::new(kind), req, index, generation, status),
+            WrKind::Send { req, generation } => {
+                self.on_send(WrId::new(kind), req, generation, status)
+            }
         };
         self.after_event();
         r

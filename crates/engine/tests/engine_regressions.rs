@@ -9,7 +9,7 @@ use nvmf_rdma_engine::codec::nvme::{
 use nvmf_rdma_engine::codec::sgl::{encode_in_capsule, encode_keyed, encode_last_segment};
 use nvmf_rdma_engine::{
     AbortOutcome, Action, DisconnectReason, EngineError, LocalSge, Notice, Qpair, QpairConfig,
-    QpairState, RecvId, ReqId, ReqState, Timestamp, Unexpected, WcStatus, WrId,
+    QpairState, RecvId, ReqId, ReqState, Timestamp, Unexpected, WcStatus, WrId, WrKind,
 };
 
 // ---------------------------------------------------------------------------
@@ -705,6 +705,21 @@ fn stale_and_foreign_completions_are_refused() {
     assert!(matches!(
         d.q.handle_completion(WrId::recv(RecvId(99)).to_raw(), WcStatus::Success, &[]),
         Err(EngineError::UnknownRecv { .. })
+    ));
+    // The decoded-kind entry point refuses the same ids, and a data WR index
+    // no id can carry.
+    assert!(matches!(
+        d.q.handle_wr_completion(send.kind().unwrap(), WcStatus::Success, &[]),
+        Err(EngineError::StaleWr { .. })
+    ));
+    let bad_index = WrKind::Data {
+        req: r1,
+        index: 16,
+        generation: 0,
+    };
+    assert!(matches!(
+        d.q.handle_wr_completion(bad_index, WcStatus::Success, &[]),
+        Err(EngineError::BadWrId(_))
     ));
     assert_eq!(d.q.counters(), before);
     d.take();

@@ -159,7 +159,9 @@ pub(super) fn handle_action<G: HostGroup>(
             g.clear();
         }
         Action::Execute { req } => {
-            let Some(cmd) = conn.engine.command(req).copied() else {
+            // Borrowed, not copied: the host copies the command once, into
+            // its own request.
+            let Some(cmd) = conn.engine.command(req) else {
                 tracing::error!(qpair = %conn.handle, req = req.0, "execute without a command");
                 return;
             };
@@ -201,7 +203,7 @@ pub(super) fn handle_action<G: HostGroup>(
                     None => CommandData::None,
                 },
             };
-            cx.host.execute(h, &cmd, data, direction, cx.calls);
+            cx.host.execute(h, cmd, data, direction, cx.calls);
         }
         Action::HostDisconnect { reason } => {
             tracing::info!(qpair = %conn.handle, qp_num = conn.qp_num, ?reason, "qpair disconnect requested");

@@ -173,7 +173,7 @@ impl<H: Host> PollGroup<H> {
             Call::Fini { qpair, done } => {
                 if let Some(slot) = self.live_slot(qpair) {
                     let deadline = Timestamp(now + self.drain_timeout_ns);
-                    self.with_conn(slot, now, |c| c.engine.handle_fini(deadline));
+                    self.fini_conn(slot, now, deadline);
                 }
                 if let Some(done) = done {
                     done(qpair);

@@ -32,8 +32,7 @@ impl RecvArea {
         let sge = self
             .buf
             .sge(recv.0 as usize * self.slot_size, self.slot_size as u32)?;
-        self.list
-            .push(wrid::to_verbs(engine::WrId::recv(recv)), &[sge])
+        self.list.push(wrid::recv_to_verbs(recv), &[sge])
     }
 }
 
