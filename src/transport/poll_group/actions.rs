@@ -47,6 +47,16 @@ pub(super) fn flush_conn(conn: &mut Conn, stats: &mut PollerStats) {
     }
 }
 
+/// Without WR batching: posts what the last action queued at once.
+pub(super) fn flush_now<G: HostGroup>(conn: &mut Conn, cx: &mut ActionCtx<'_, G>) {
+    if conn.dirty {
+        flush_conn(conn, cx.stats);
+    }
+    if let Some(srq) = cx.srq.as_mut() {
+        flush_srq(srq, cx.stats);
+    }
+}
+
 /// What action handling needs besides the qpair (split borrows of the
 /// group's fields).
 pub(super) struct ActionCtx<'a, G: HostGroup> {

@@ -57,7 +57,7 @@ mod recv;
 mod setup;
 mod teardown;
 
-use actions::{flush_conn, handle_action, ActionCtx};
+use actions::{flush_conn, flush_now, handle_action, ActionCtx};
 use calls::grant;
 use recv::{flush_srq, recv_area, RecvArea, SrqRecv};
 
@@ -531,31 +531,28 @@ impl<H: Host> PollGroup<H> {
     /// then feeds answers the host gave synchronously, until quiet.
     fn run_actions(&mut self, slot: usize, now: u64) {
         let batching = !self.opts.no_wr_batching;
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(poller) = self.pollers.get_mut(conn.poller) else {
+            return;
+        };
+        let mut ctx = ActionCtx {
+            host: &mut self.host,
+            calls: &mut self.calls,
+            stats: &mut poller.stats,
+            srq: &mut poller.srq,
+            shared: &self.shared,
+            held: &self.held,
+            granted_now: &mut self.granted_now,
+            pending_data_buffer: &mut self.pending_data_buffer,
+            now,
+        };
         loop {
-            let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
-                return;
-            };
-            let poller = &mut self.pollers[conn.poller];
-            let mut ctx = ActionCtx {
-                host: &mut self.host,
-                calls: &mut self.calls,
-                stats: &mut poller.stats,
-                srq: &mut poller.srq,
-                shared: &self.shared,
-                held: &self.held,
-                granted_now: &mut self.granted_now,
-                pending_data_buffer: &mut self.pending_data_buffer,
-                now,
-            };
             while let Some(action) = conn.engine.poll_action() {
                 handle_action(action, conn, &mut ctx);
-                if !batching && conn.dirty {
-                    flush_conn(conn, ctx.stats);
-                }
                 if !batching {
-                    if let Some(srq) = ctx.srq.as_mut() {
-                        flush_srq(srq, ctx.stats);
-                    }
+                    flush_now(conn, &mut ctx);
                 }
             }
             self.reap_due |= conn.finished;
@@ -576,11 +573,11 @@ impl<H: Host> PollGroup<H> {
                 }
                 continue;
             }
-            if self.granted_now.is_empty() {
+            if ctx.granted_now.is_empty() {
                 return;
             }
-            for req in self.granted_now.drain(..) {
-                grant(conn, req, &mut self.host, &mut self.calls, &self.held);
+            for req in ctx.granted_now.drain(..) {
+                grant(conn, req, ctx.host, ctx.calls, ctx.held);
             }
         }
     }
