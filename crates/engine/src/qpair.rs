@@ -1214,8 +1214,9 @@ impl Qpair {
         Ok(())
     }
 
-    /// Upstream `request_transfer_out`: queue the RECV for re-posting, then
-    /// post the WRITE chain (on success of a C2H command) and the SEND.
+    /// Upstream `request_transfer_out`: re-post the RECV, then post the
+    /// WRITE chain (on success of a C2H command) and the SEND (one
+    /// [`Action::PostResponse`] says all three).
     fn transfer_out(&mut self, req: ReqId) -> Result<(), EngineError> {
         let i = req.index();
         self.sq_head += 1;
@@ -1223,10 +1224,13 @@ impl Qpair {
             self.sq_head = 0;
         }
         self.reqs[i].cpl.sqhd = self.sq_head;
-        if let Some(recv) = self.reqs[i].recv.take() {
-            self.recv_depth -= 1;
-            self.give_back_recv(recv);
-        }
+        let recv = match self.reqs[i].recv.take() {
+            Some(recv) => {
+                self.recv_depth -= 1;
+                self.repost_recv(recv)
+            }
+            None => None,
+        };
         let r = &self.reqs[i];
         let ok = r.cpl.status.sct == 0 && r.cpl.status.sc == 0;
         let writes = if ok && r.xfer == DataTransfer::ControllerToHost && r.has_buffers {
@@ -1242,7 +1246,8 @@ impl Qpair {
         };
         r.send_inflight = true;
         self.send_depth += u32::from(writes) + 1;
-        self.actions.push_back(Action::PostResponse { req, writes });
+        self.actions
+            .push_back(Action::PostResponse { req, writes, recv });
         if writes > 0 {
             self.set_state(req, ReqState::TransferringControllerToHost)
         } else {
@@ -1390,18 +1395,27 @@ impl Qpair {
 
     #[inline(always)]
     fn give_back_recv(&mut self, recv: RecvId) {
+        if let Some(recv) = self.repost_recv(recv) {
+            self.actions.push_back(Action::PostRecv { recv });
+        }
+    }
+
+    /// A capsule's receive slot is done with: whether to post it again
+    /// (`Some`, counted as posted) or retire it (the qpair is going away).
+    #[inline(always)]
+    fn repost_recv(&mut self, recv: RecvId) -> Option<RecvId> {
         if self.cfg.srq {
             // The SRQ outlives this qpair: always re-post.
-            self.actions.push_back(Action::PostRecv { recv });
-            return;
+            return Some(recv);
         }
         let slot = &mut self.recv_slots[recv.0 as usize];
         if self.state == QpairState::Active {
             *slot = RecvSlot::Posted;
             self.recvs_posted += 1;
-            self.actions.push_back(Action::PostRecv { recv });
+            Some(recv)
         } else {
             *slot = RecvSlot::Retired;
+            None
         }
     }
 

@@ -77,34 +77,16 @@ pub(super) fn handle_action<G: HostGroup>(
     cx: &mut ActionCtx<'_, G>,
 ) {
     match action {
-        Action::PostRecv { recv } => {
-            let own = conn.recv.is_some();
-            match recv_area(&mut conn.recv, cx.srq).map(|a| a.queue(recv)) {
-                Some(Ok(())) => {
-                    cx.stats.total_recv_wrs += 1;
-                    conn.dirty |= own;
-                }
-                Some(Err(e)) if own => {
-                    tracing::error!(qpair = %conn.handle, "queueing RECV {}: {e}", recv.0);
-                    conn.failed.push(engine::WrId::recv(recv).to_raw());
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(qpair = %conn.handle, "queueing SRQ RECV {}: {e}; retried", recv.0);
-                    if let Some(s) = cx.srq.as_mut() {
-                        s.retry.push(recv);
-                    }
-                }
-                None => {
-                    tracing::error!(qpair = %conn.handle, "no receive area for RECV {}", recv.0)
-                }
-            }
-        }
+        Action::PostRecv { recv } => queue_recv(conn, cx, recv),
         Action::PostReads { req, first, count } => {
             for i in first..first.saturating_add(count) {
                 queue_data_wr(conn, cx.stats, req, i);
             }
         }
-        Action::PostResponse { req, writes } => {
+        Action::PostResponse { req, writes, recv } => {
+            if let Some(recv) = recv {
+                queue_recv(conn, cx, recv);
+            }
             for i in 0..writes {
                 queue_data_wr(conn, cx.stats, req, i);
             }
@@ -248,6 +230,31 @@ pub(super) fn handle_action<G: HostGroup>(
             cx.host.qpair_gone(conn.handle);
         }
         Action::Notice(n) => log_notice(conn.handle, n),
+    }
+}
+
+/// Queues the RECV of slot `recv`: on the qpair's own receive queue, or
+/// the SRQ (retried at the next flush if it cannot be queued now).
+fn queue_recv<G: HostGroup>(conn: &mut Conn, cx: &mut ActionCtx<'_, G>, recv: RecvId) {
+    let own = conn.recv.is_some();
+    match recv_area(&mut conn.recv, cx.srq).map(|a| a.queue(recv)) {
+        Some(Ok(())) => {
+            cx.stats.total_recv_wrs += 1;
+            conn.dirty |= own;
+        }
+        Some(Err(e)) if own => {
+            tracing::error!(qpair = %conn.handle, "queueing RECV {}: {e}", recv.0);
+            conn.failed.push(engine::WrId::recv(recv).to_raw());
+        }
+        Some(Err(e)) => {
+            tracing::warn!(qpair = %conn.handle, "queueing SRQ RECV {}: {e}; retried", recv.0);
+            if let Some(s) = cx.srq.as_mut() {
+                s.retry.push(recv);
+            }
+        }
+        None => {
+            tracing::error!(qpair = %conn.handle, "no receive area for RECV {}", recv.0)
+        }
     }
 }
 

@@ -509,7 +509,7 @@ impl<H: Host> PollGroup<H> {
             _ => {}
         }
         // The capsule is read in place: the slot is not re-posted before the
-        // engine returns it (Action::PostRecv).
+        // engine returns it (Action::PostRecv, or with its response).
         let area = recv_area(&mut conn.recv, &mut self.pollers[p].srq);
         let payload = match (recv_slot, area) {
             (Some((recv, len)), Some(area)) => area
