@@ -95,10 +95,7 @@ pub(super) fn handle_action<G: HostGroup>(
                 return;
             };
             let off = req.index() * RESPONSE;
-            let sge = conn
-                .cpl_buf
-                .write(off, &send.response)
-                .and_then(|()| conn.cpl_buf.sge(off, RESPONSE as u32));
+            let sge = conn.cpl_buf.write_sge(off, &send.response);
             let pushed = sge.and_then(|sge| {
                 let op = match send.invalidate_rkey {
                     Some(rkey) => SendOp::SendWithInvalidate { rkey },
