@@ -44,13 +44,15 @@ pub fn to_verbs(id: engine::WrId) -> verbs::WrId {
 /// The engine's raw WR id for a completion's raw `wr_id`, or `None` when the
 /// value was not posted by this transport.
 pub fn from_completion(raw: u64) -> Option<u64> {
-    decode_completion(raw).map(|(id, _)| id)
+    decode_completion(raw).map(|kind| engine::WrId::new(kind).to_raw())
 }
 
-/// [`from_completion`] together with the decoded kind (so the caller need
-/// not decode the engine id again).
+/// The engine kind of a completion's raw `wr_id` (what
+/// [`engine::Qpair::handle_wr_completion`] takes, so the engine does not
+/// decode an id again), or `None` when the value was not posted by this
+/// transport.
 #[inline]
-pub fn decode_completion(raw: u64) -> Option<(u64, engine::WrKind)> {
+pub fn decode_completion(raw: u64) -> Option<engine::WrKind> {
     let id = verbs::WrId::from_raw(raw).ok()?;
     let owner = id.owner();
     let req = engine::ReqId((owner & u32::from(u16::MAX)) as u16);
@@ -71,7 +73,14 @@ pub fn decode_completion(raw: u64) -> Option<(u64, engine::WrKind)> {
         },
         _ => return None,
     };
-    Some((engine::WrId::new(kind).to_raw(), kind))
+    Some(kind)
+}
+
+/// The verbs WR id of the RECV of receive slot `recv` (what [`to_verbs`]
+/// gives for `engine::WrId::recv(recv)`, without the engine id round trip).
+#[inline]
+pub fn recv_to_verbs(recv: engine::RecvId) -> verbs::WrId {
+    verbs::WrId::recv(0, recv.0)
 }
 
 /// Engine status from a verbs status (same numbering: `ibv_wc_status`).
@@ -108,6 +117,14 @@ mod tests {
             let id = engine::WrId::new(k);
             let back = from_completion(to_verbs(id).to_raw()).unwrap();
             assert_eq!(back, id.to_raw(), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn recv_shortcut_matches_the_table() {
+        for r in [0, 1, 4095, u32::MAX] {
+            let via_engine = to_verbs(engine::WrId::recv(RecvId(r)));
+            assert_eq!(recv_to_verbs(RecvId(r)), via_engine);
         }
     }
 

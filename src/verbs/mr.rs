@@ -379,6 +379,17 @@ impl DmaBuf {
         Ok(())
     }
 
+    /// Copy `data` into the buffer at `offset` and return the SGE naming
+    /// those bytes ([`DmaBuf::write`] then [`DmaBuf::sge`], one range check).
+    pub fn write_sge(&mut self, offset: usize, data: &[u8]) -> Result<Sge> {
+        let len = u32::try_from(data.len()).map_err(|_| VerbsError::InvalidArgument {
+            name: "sge length",
+            value: data.len() as u64,
+        })?;
+        self.write(offset, data)?;
+        Ok(Sge::from_region(self.addr(offset), len, self.lkey()))
+    }
+
     /// Fill `len` bytes at `offset` with `byte`.
     pub fn fill(&mut self, offset: usize, len: usize, byte: u8) -> Result<()> {
         check_range(self.len(), offset, len)?;

@@ -150,12 +150,16 @@ fn zeroed_send_wr() -> sys::ibv_send_wr {
 /// payload, not in how a chain of them is built.
 trait ChainedWr {
     fn wr_id(&self) -> u64;
+    fn num_sge(&self) -> i32;
     fn set_links(&mut self, sg_list: *mut sys::ibv_sge, next: *mut Self);
 }
 
 impl ChainedWr for sys::ibv_send_wr {
     fn wr_id(&self) -> u64 {
         self.wr_id
+    }
+    fn num_sge(&self) -> i32 {
+        self.num_sge
     }
     fn set_links(&mut self, sg_list: *mut sys::ibv_sge, next: *mut Self) {
         self.sg_list = sg_list;
@@ -167,6 +171,9 @@ impl ChainedWr for sys::ibv_recv_wr {
     fn wr_id(&self) -> u64 {
         self.wr_id
     }
+    fn num_sge(&self) -> i32 {
+        self.num_sge
+    }
     fn set_links(&mut self, sg_list: *mut sys::ibv_sge, next: *mut Self) {
         self.sg_list = sg_list;
         self.next = next;
@@ -175,90 +182,107 @@ impl ChainedWr for sys::ibv_recv_wr {
 
 /// Fixed-capacity storage of WRs and their SGEs, linked into one chain
 /// right before posting. Shared by [`SendWrList`] and [`RecvWrList`].
+///
+/// The WR slots are allocated (zeroed) once and filled in place: a push
+/// writes only the fields its WR uses, not a whole C struct, and a WR's
+/// SGEs are the next `num_sge` entries of `sges` (no per-WR range kept).
 struct WrChain<W> {
-    wrs: Vec<W>,
-    sges: Vec<sys::ibv_sge>,
-    /// (first sge, count) per WR.
-    ranges: Vec<(u32, u32)>,
-    max_wrs: usize,
-    max_sges: usize,
+    /// `max_wrs` slots; the first `len` are queued.
+    wrs: Box<[W]>,
+    /// `max_sges` slots; the first `nsges` belong to the queued WRs, in order.
+    sges: Box<[sys::ibv_sge]>,
+    len: usize,
+    nsges: usize,
 }
 
 impl<W: ChainedWr> WrChain<W> {
-    fn with_capacity(max_wrs: usize, max_sges: usize) -> Self {
+    fn with_capacity(empty: impl Fn() -> W, max_wrs: usize, max_sges: usize) -> Self {
+        let sge = sys::ibv_sge {
+            addr: 0,
+            length: 0,
+            lkey: 0,
+        };
         WrChain {
-            wrs: Vec::with_capacity(max_wrs),
-            sges: Vec::with_capacity(max_sges),
-            ranges: Vec::with_capacity(max_wrs),
-            max_wrs,
-            max_sges,
+            wrs: (0..max_wrs).map(|_| empty()).collect(),
+            sges: vec![sge; max_sges].into_boxed_slice(),
+            len: 0,
+            nsges: 0,
         }
     }
 
     fn clear(&mut self) {
-        self.wrs.clear();
-        self.sges.clear();
-        self.ranges.clear();
+        self.len = 0;
+        self.nsges = 0;
     }
 
     fn raw_wr_id(&self, i: usize) -> Option<u64> {
-        self.wrs.get(i).map(ChainedWr::wr_id)
+        self.wrs[..self.len].get(i).map(ChainedWr::wr_id)
     }
 
-    /// Appends `sges` and then the WR `make(num_sge)`; on overflow nothing
-    /// is appended.
+    /// Appends `sges` and then fills the next WR slot with `fill(slot,
+    /// num_sge)`; on overflow nothing is appended.
+    #[inline]
     fn push(
         &mut self,
         sges: impl IntoIterator<Item = Sge>,
-        make: impl FnOnce(i32) -> W,
+        fill: impl FnOnce(&mut W, i32),
     ) -> Result<()> {
-        if self.wrs.len() >= self.max_wrs {
+        let max_wrs = self.wrs.len();
+        let Some(wr) = self.wrs.get_mut(self.len) else {
             return Err(VerbsError::ListFull {
                 what: "wr",
-                capacity: self.max_wrs,
+                capacity: max_wrs,
             });
-        }
-        let first = self.sges.len();
+        };
+        let first = self.nsges;
+        let mut n = first;
         for sge in sges {
-            if self.sges.len() >= self.max_sges {
-                self.sges.truncate(first);
+            let Some(slot) = self.sges.get_mut(n) else {
+                // `nsges` is unchanged: the SGEs written so far are dropped.
                 return Err(VerbsError::ListFull {
                     what: "sge",
-                    capacity: self.max_sges,
+                    capacity: self.sges.len(),
                 });
-            }
-            self.sges.push(sge.to_sys());
+            };
+            *slot = sge.to_sys();
+            n += 1;
         }
-        let count = self.sges.len() - first;
-        self.ranges.push((first as u32, count as u32));
-        self.wrs.push(make(count as i32));
+        fill(wr, (n - first) as i32);
+        self.len += 1;
+        self.nsges = n;
         Ok(())
     }
 
     /// Links WRs and SGEs into one chain; returns the head (null if empty).
     fn link(&mut self) -> *mut W {
-        let n = self.wrs.len();
+        let n = self.len;
         if n == 0 {
             return std::ptr::null_mut();
         }
         let sge_base = self.sges.as_mut_ptr();
         let wr_base = self.wrs.as_mut_ptr();
-        for (i, &(first, count)) in self.ranges.iter().enumerate() {
-            // SAFETY: `i < n` and `first + count <= sges.len()` by
-            // construction in `push`; the pointers stay valid while `self`
-            // is mutably borrowed by the posting call.
+        let mut off = 0usize;
+        for i in 0..n {
+            // SAFETY: `i < n <= wrs.len()`, and the `num_sge` of the queued
+            // WRs add up to `nsges <= sges.len()` (written together in
+            // `push`), so every pointer formed is inside its slice; they
+            // stay valid while `self` is mutably borrowed by the posting
+            // call (the slices are never reallocated).
             unsafe {
+                let wr = wr_base.add(i);
+                let count = (*wr).num_sge() as usize;
                 let sg_list = if count == 0 {
                     std::ptr::null_mut()
                 } else {
-                    sge_base.add(first as usize)
+                    sge_base.add(off)
                 };
+                off += count;
                 let next = if i + 1 < n {
                     wr_base.add(i + 1)
                 } else {
                     std::ptr::null_mut()
                 };
-                (*wr_base.add(i)).set_links(sg_list, next);
+                (*wr).set_links(sg_list, next);
             }
         }
         wr_base
@@ -269,7 +293,7 @@ impl<W: ChainedWr> WrChain<W> {
         let base = self.wrs.as_ptr() as usize;
         let size = std::mem::size_of::<W>();
         let off = (bad as usize).wrapping_sub(base) / size;
-        off.min(self.wrs.len())
+        off.min(self.len)
     }
 }
 
@@ -286,7 +310,7 @@ impl std::fmt::Debug for SendWrList {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SendWrList")
             .field("len", &self.len())
-            .field("max_wrs", &self.chain.max_wrs)
+            .field("max_wrs", &self.chain.wrs.len())
             .finish()
     }
 }
@@ -295,18 +319,18 @@ impl SendWrList {
     /// A list holding up to `max_wrs` WRs and `max_sges` SGEs in total.
     pub fn with_capacity(max_wrs: usize, max_sges: usize) -> SendWrList {
         SendWrList {
-            chain: WrChain::with_capacity(max_wrs, max_sges),
+            chain: WrChain::with_capacity(zeroed_send_wr, max_wrs, max_sges),
         }
     }
 
     /// Number of WRs queued.
     pub fn len(&self) -> usize {
-        self.chain.wrs.len()
+        self.chain.len
     }
 
     /// True if no WR is queued.
     pub fn is_empty(&self) -> bool {
-        self.chain.wrs.is_empty()
+        self.chain.len == 0
     }
 
     /// Remove all WRs (keeps the storage).
@@ -333,27 +357,27 @@ impl SendWrList {
         sges: impl IntoIterator<Item = Sge>,
         flags: SendFlags,
     ) -> Result<()> {
-        self.chain.push(sges, |num_sge| {
-            let mut wr = zeroed_send_wr();
+        self.chain.push(sges, |wr, num_sge| {
+            // Every field a send WR of this list uses is written; the
+            // others stay zero from creation.
             wr.wr_id = id.to_raw();
             wr.send_flags = flags.bits();
             wr.num_sge = num_sge;
-            match op {
-                SendOp::Send => wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND,
+            let (opcode, invalidated_rkey, remote_addr, rkey) = match op {
+                SendOp::Send => (sys::ibv_wr_opcode::IBV_WR_SEND, 0, 0, 0),
                 SendOp::SendWithInvalidate { rkey } => {
-                    wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND_WITH_INV;
-                    wr.imm_data_invalidated_rkey_union.invalidated_rkey = rkey;
+                    (sys::ibv_wr_opcode::IBV_WR_SEND_WITH_INV, rkey, 0, 0)
                 }
                 SendOp::RdmaRead { remote_addr, rkey } => {
-                    wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_READ;
-                    wr.wr.rdma = sys::rdma_t { remote_addr, rkey };
+                    (sys::ibv_wr_opcode::IBV_WR_RDMA_READ, 0, remote_addr, rkey)
                 }
                 SendOp::RdmaWrite { remote_addr, rkey } => {
-                    wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE;
-                    wr.wr.rdma = sys::rdma_t { remote_addr, rkey };
+                    (sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE, 0, remote_addr, rkey)
                 }
-            }
-            wr
+            };
+            wr.opcode = opcode;
+            wr.imm_data_invalidated_rkey_union.invalidated_rkey = invalidated_rkey;
+            wr.wr.rdma = sys::rdma_t { remote_addr, rkey };
         })
     }
 
@@ -380,7 +404,7 @@ impl std::fmt::Debug for RecvWrList {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecvWrList")
             .field("len", &self.len())
-            .field("max_wrs", &self.chain.max_wrs)
+            .field("max_wrs", &self.chain.wrs.len())
             .finish()
     }
 }
@@ -388,19 +412,25 @@ impl std::fmt::Debug for RecvWrList {
 impl RecvWrList {
     /// A list holding up to `max_wrs` WRs and `max_sges` SGEs in total.
     pub fn with_capacity(max_wrs: usize, max_sges: usize) -> RecvWrList {
+        let empty = || sys::ibv_recv_wr {
+            wr_id: 0,
+            next: std::ptr::null_mut(),
+            sg_list: std::ptr::null_mut(),
+            num_sge: 0,
+        };
         RecvWrList {
-            chain: WrChain::with_capacity(max_wrs, max_sges),
+            chain: WrChain::with_capacity(empty, max_wrs, max_sges),
         }
     }
 
     /// Number of WRs queued.
     pub fn len(&self) -> usize {
-        self.chain.wrs.len()
+        self.chain.len
     }
 
     /// True if no WR is queued.
     pub fn is_empty(&self) -> bool {
-        self.chain.wrs.is_empty()
+        self.chain.len == 0
     }
 
     /// Remove all WRs (keeps the storage).
@@ -415,13 +445,10 @@ impl RecvWrList {
 
     /// Append one receive WR.
     pub fn push(&mut self, id: WrId, sges: &[Sge]) -> Result<()> {
-        self.chain
-            .push(sges.iter().copied(), |num_sge| sys::ibv_recv_wr {
-                wr_id: id.to_raw(),
-                next: std::ptr::null_mut(),
-                sg_list: std::ptr::null_mut(),
-                num_sge,
-            })
+        self.chain.push(sges.iter().copied(), |wr, num_sge| {
+            wr.wr_id = id.to_raw();
+            wr.num_sge = num_sge;
+        })
     }
 
     pub(crate) fn link(&mut self) -> *mut sys::ibv_recv_wr {
@@ -470,9 +497,9 @@ mod tests {
             ),
             Err(VerbsError::ListFull { what: "sge", .. })
         ));
-        let cap = l.chain.sges.capacity();
+        let sges_at = l.chain.sges.as_ptr();
         let head = l.link();
-        assert_eq!(l.chain.sges.capacity(), cap, "no reallocation");
+        assert_eq!(l.chain.sges.as_ptr(), sges_at, "no reallocation");
         // SAFETY: test-only walk of the chain we just linked.
         unsafe {
             assert_eq!((*head).opcode, sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE);

@@ -110,7 +110,8 @@ impl Driver {
                     black_box(self.qp.data(req));
                     self.events.push(Event::Executed(req, cmd.cid()));
                 }
-                Action::PostResponse { req, writes } => {
+                Action::PostResponse { req, writes, recv } => {
+                    self.free_recvs.extend(recv);
                     for i in 0..writes {
                         black_box(self.qp.data_wr(req, i).expect("posted WRITE").sges);
                     }

@@ -29,12 +29,17 @@ pub enum Action {
     },
     /// Post `writes` RDMA WRITEs of `req` (data WRs `0..writes`, unsignaled)
     /// followed by its response SEND (signaled) as one chain
-    /// ([`crate::Qpair::data_wr`], [`crate::Qpair::send_wr`]).
+    /// ([`crate::Qpair::data_wr`], [`crate::Qpair::send_wr`]). First, when
+    /// `recv` is set, post that RECV exactly as for an [`Action::PostRecv`]
+    /// (the request's capsule is done with: one action instead of two on
+    /// every I/O).
     PostResponse {
         /// The request.
         req: ReqId,
         /// Number of RDMA WRITEs before the SEND (0 when no data goes back).
         writes: u8,
+        /// The receive slot to post again before the chain, if any.
+        recv: Option<RecvId>,
     },
     /// Ask the host for `len` bytes of data buffers for `req`; answer with
     /// `handle_buffers_granted` now or later.

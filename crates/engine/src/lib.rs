@@ -39,7 +39,8 @@
 //!    [`Qpair::data_wr`] / [`Qpair::send_wr`], commands through
 //!    [`Qpair::command`] / [`Qpair::data`]. Post actions may be batched into
 //!    one `ibv_post_send` per qpair per poll (a [`Action::PostResponse`] is a
-//!    WRITE chain + SEND; [`Action::PostReads`] is a READ chain).
+//!    WRITE chain + SEND, after the RECV it re-posts if it names one;
+//!    [`Action::PostReads`] is a READ chain).
 //! 4. Stops after [`Action::Finished`]: by then [`Action::DestroyQp`] was
 //!    emitted (after which no completion of this QP may be fed) and every
 //!    request, buffer and receive has been returned.

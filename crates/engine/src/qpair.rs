@@ -13,7 +13,7 @@ use super::ids::{RecvId, ReqId, Timestamp};
 use super::queues::Queues;
 use super::request::{Incoming, LocalSge, Request};
 use super::state::{QueueKind, ReqState};
-use super::wr::{WcStatus, WrId, WrKind};
+use super::wr::{BadWrId, WcStatus, WrId, WrKind, MAX_DATA_WRS};
 
 /// Lifecycle of a qpair (upstream §3: active → error/disconnecting →
 /// draining → destroyable).
@@ -404,9 +404,27 @@ impl Qpair {
         payload: &[u8],
     ) -> Result<(), EngineError> {
         self.check_open()?;
-        let (wr, kind) = WrId::decode(wr_id)?;
+        let (_, kind) = WrId::decode(wr_id)?;
+        self.handle_wr_completion(kind, status, payload)
+    }
+
+    /// [`Qpair::handle_completion`] for a `wr_id` the transport already
+    /// decoded (every [`WrKind`] value is one the engine can have issued:
+    /// stale or unknown slots are refused as for a raw id).
+    pub fn handle_wr_completion(
+        &mut self,
+        kind: WrKind,
+        status: WcStatus,
+        payload: &[u8],
+    ) -> Result<(), EngineError> {
+        self.check_open()?;
+        if let WrKind::Data { index, .. } = kind {
+            if usize::from(index) >= MAX_DATA_WRS {
+                return Err(BadWrId(WrId::new(kind).to_raw()).into());
+            }
+        }
         if !status.is_success() {
-            self.count_wc_error(wr, status);
+            self.count_wc_error(WrId::new(kind), status);
         }
         let r = match kind {
             WrKind::Recv { recv } => self.on_recv(recv, status, payload),
@@ -414,8 +432,10 @@ impl Qpair {
                 req,
                 index,
                 generation,
-            } => self.on_data(wr, req, index, generation, status),
-            WrKind::Send { req, generation } => self.on_send(wr, req, generation, status),
+            } => self.on_data(WrId::new(kind), req, index, generation, status),
+            WrKind::Send { req, generation } => {
+                self.on_send(WrId::new(kind), req, generation, status)
+            }
         };
         self.after_event();
         r
@@ -1194,8 +1214,9 @@ impl Qpair {
         Ok(())
     }
 
-    /// Upstream `request_transfer_out`: queue the RECV for re-posting, then
-    /// post the WRITE chain (on success of a C2H command) and the SEND.
+    /// Upstream `request_transfer_out`: re-post the RECV, then post the
+    /// WRITE chain (on success of a C2H command) and the SEND (one
+    /// [`Action::PostResponse`] says all three).
     fn transfer_out(&mut self, req: ReqId) -> Result<(), EngineError> {
         let i = req.index();
         self.sq_head += 1;
@@ -1203,10 +1224,13 @@ impl Qpair {
             self.sq_head = 0;
         }
         self.reqs[i].cpl.sqhd = self.sq_head;
-        if let Some(recv) = self.reqs[i].recv.take() {
-            self.recv_depth -= 1;
-            self.give_back_recv(recv);
-        }
+        let recv = match self.reqs[i].recv.take() {
+            Some(recv) => {
+                self.recv_depth -= 1;
+                self.repost_recv(recv)
+            }
+            None => None,
+        };
         let r = &self.reqs[i];
         let ok = r.cpl.status.sct == 0 && r.cpl.status.sc == 0;
         let writes = if ok && r.xfer == DataTransfer::ControllerToHost && r.has_buffers {
@@ -1222,7 +1246,8 @@ impl Qpair {
         };
         r.send_inflight = true;
         self.send_depth += u32::from(writes) + 1;
-        self.actions.push_back(Action::PostResponse { req, writes });
+        self.actions
+            .push_back(Action::PostResponse { req, writes, recv });
         if writes > 0 {
             self.set_state(req, ReqState::TransferringControllerToHost)
         } else {
@@ -1370,18 +1395,27 @@ impl Qpair {
 
     #[inline(always)]
     fn give_back_recv(&mut self, recv: RecvId) {
+        if let Some(recv) = self.repost_recv(recv) {
+            self.actions.push_back(Action::PostRecv { recv });
+        }
+    }
+
+    /// A capsule's receive slot is done with: whether to post it again
+    /// (`Some`, counted as posted) or retire it (the qpair is going away).
+    #[inline(always)]
+    fn repost_recv(&mut self, recv: RecvId) -> Option<RecvId> {
         if self.cfg.srq {
             // The SRQ outlives this qpair: always re-post.
-            self.actions.push_back(Action::PostRecv { recv });
-            return;
+            return Some(recv);
         }
         let slot = &mut self.recv_slots[recv.0 as usize];
         if self.state == QpairState::Active {
             *slot = RecvSlot::Posted;
             self.recvs_posted += 1;
-            self.actions.push_back(Action::PostRecv { recv });
+            Some(recv)
         } else {
             *slot = RecvSlot::Retired;
+            None
         }
     }
 

@@ -97,7 +97,8 @@ impl Driver {
                             self.events.push_back(Ev::Wc(wr.wr_id.to_raw()));
                         }
                     }
-                    Action::PostResponse { req, writes } => {
+                    Action::PostResponse { req, writes, recv } => {
+                        self.free_recvs.extend(recv);
                         for i in 0..writes {
                             assert!(self.qp.data_wr(req, i).is_some());
                         }

@@ -47,6 +47,16 @@ pub(super) fn flush_conn(conn: &mut Conn, stats: &mut PollerStats) {
     }
 }
 
+/// Without WR batching: posts what the last action queued at once.
+pub(super) fn flush_now<G: HostGroup>(conn: &mut Conn, cx: &mut ActionCtx<'_, G>) {
+    if conn.dirty {
+        flush_conn(conn, cx.stats);
+    }
+    if let Some(srq) = cx.srq.as_mut() {
+        flush_srq(srq, cx.stats);
+    }
+}
+
 /// What action handling needs besides the qpair (split borrows of the
 /// group's fields).
 pub(super) struct ActionCtx<'a, G: HostGroup> {
@@ -67,34 +77,16 @@ pub(super) fn handle_action<G: HostGroup>(
     cx: &mut ActionCtx<'_, G>,
 ) {
     match action {
-        Action::PostRecv { recv } => {
-            let own = conn.recv.is_some();
-            match recv_area(&mut conn.recv, cx.srq).map(|a| a.queue(recv)) {
-                Some(Ok(())) => {
-                    cx.stats.total_recv_wrs += 1;
-                    conn.dirty |= own;
-                }
-                Some(Err(e)) if own => {
-                    tracing::error!(qpair = %conn.handle, "queueing RECV {}: {e}", recv.0);
-                    conn.failed.push(engine::WrId::recv(recv).to_raw());
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(qpair = %conn.handle, "queueing SRQ RECV {}: {e}; retried", recv.0);
-                    if let Some(s) = cx.srq.as_mut() {
-                        s.retry.push(recv);
-                    }
-                }
-                None => {
-                    tracing::error!(qpair = %conn.handle, "no receive area for RECV {}", recv.0)
-                }
-            }
-        }
+        Action::PostRecv { recv } => queue_recv(conn, cx, recv),
         Action::PostReads { req, first, count } => {
             for i in first..first.saturating_add(count) {
                 queue_data_wr(conn, cx.stats, req, i);
             }
         }
-        Action::PostResponse { req, writes } => {
+        Action::PostResponse { req, writes, recv } => {
+            if let Some(recv) = recv {
+                queue_recv(conn, cx, recv);
+            }
             for i in 0..writes {
                 queue_data_wr(conn, cx.stats, req, i);
             }
@@ -103,10 +95,7 @@ pub(super) fn handle_action<G: HostGroup>(
                 return;
             };
             let off = req.index() * RESPONSE;
-            let sge = conn
-                .cpl_buf
-                .write(off, &send.response)
-                .and_then(|()| conn.cpl_buf.sge(off, RESPONSE as u32));
+            let sge = conn.cpl_buf.write_sge(off, &send.response);
             let pushed = sge.and_then(|sge| {
                 let op = match send.invalidate_rkey {
                     Some(rkey) => SendOp::SendWithInvalidate { rkey },
@@ -159,7 +148,9 @@ pub(super) fn handle_action<G: HostGroup>(
             g.clear();
         }
         Action::Execute { req } => {
-            let Some(cmd) = conn.engine.command(req).copied() else {
+            // Borrowed, not copied: the host copies the command once, into
+            // its own request.
+            let Some(cmd) = conn.engine.command(req) else {
                 tracing::error!(qpair = %conn.handle, req = req.0, "execute without a command");
                 return;
             };
@@ -201,7 +192,7 @@ pub(super) fn handle_action<G: HostGroup>(
                     None => CommandData::None,
                 },
             };
-            cx.host.execute(h, &cmd, data, direction, cx.calls);
+            cx.host.execute(h, cmd, data, direction, cx.calls);
         }
         Action::HostDisconnect { reason } => {
             tracing::info!(qpair = %conn.handle, qp_num = conn.qp_num, ?reason, "qpair disconnect requested");
@@ -236,6 +227,31 @@ pub(super) fn handle_action<G: HostGroup>(
             cx.host.qpair_gone(conn.handle);
         }
         Action::Notice(n) => log_notice(conn.handle, n),
+    }
+}
+
+/// Queues the RECV of slot `recv`: on the qpair's own receive queue, or
+/// the SRQ (retried at the next flush if it cannot be queued now).
+fn queue_recv<G: HostGroup>(conn: &mut Conn, cx: &mut ActionCtx<'_, G>, recv: RecvId) {
+    let own = conn.recv.is_some();
+    match recv_area(&mut conn.recv, cx.srq).map(|a| a.queue(recv)) {
+        Some(Ok(())) => {
+            cx.stats.total_recv_wrs += 1;
+            conn.dirty |= own;
+        }
+        Some(Err(e)) if own => {
+            tracing::error!(qpair = %conn.handle, "queueing RECV {}: {e}", recv.0);
+            conn.failed.push(engine::WrId::recv(recv).to_raw());
+        }
+        Some(Err(e)) => {
+            tracing::warn!(qpair = %conn.handle, "queueing SRQ RECV {}: {e}; retried", recv.0);
+            if let Some(s) = cx.srq.as_mut() {
+                s.retry.push(recv);
+            }
+        }
+        None => {
+            tracing::error!(qpair = %conn.handle, "no receive area for RECV {}", recv.0)
+        }
     }
 }
 

@@ -7,14 +7,39 @@ impl<H: Host> PollGroup<H> {
     /// A command finished (SPDK `req_complete`). Applied at once, or queued
     /// if a group call is in progress on this thread.
     pub fn complete(&mut self, req: RequestHandle, completion: Completion, now: u64) {
+        if self.answer_now() {
+            self.apply_now(Call::Complete { req, completion }, now);
+            return;
+        }
         let pushed = self.calls.complete(req, completion);
         self.pushed(pushed, now);
     }
 
     /// A command is dropped without a response (SPDK `req_free`).
     pub fn free(&mut self, req: RequestHandle, now: u64) {
+        if self.answer_now() {
+            self.apply_now(Call::Free { req }, now);
+            return;
+        }
         let pushed = self.calls.free(req);
         self.pushed(pushed, now);
+    }
+
+    /// Whether an answer given now would be the next one applied: no group
+    /// call is running and nothing is queued ahead of it.
+    #[inline]
+    fn answer_now(&self) -> bool {
+        !self.in_call && self.calls.is_empty()
+    }
+
+    /// Applies `call` as queuing it and applying the queue would (it would
+    /// be first), without the round trip through the queue; then what it
+    /// queued.
+    fn apply_now(&mut self, call: Call, now: u64) {
+        self.in_call = true;
+        self.apply_call(call, now);
+        self.in_call = false;
+        self.apply_calls(now);
     }
 
     /// Buffers for an earlier [`BufferGrant::Later`].
@@ -173,7 +198,7 @@ impl<H: Host> PollGroup<H> {
             Call::Fini { qpair, done } => {
                 if let Some(slot) = self.live_slot(qpair) {
                     let deadline = Timestamp(now + self.drain_timeout_ns);
-                    self.with_conn(slot, now, |c| c.engine.handle_fini(deadline));
+                    self.fini_conn(slot, now, deadline);
                 }
                 if let Some(done) = done {
                     done(qpair);

@@ -56,8 +56,10 @@ impl<H: Host> PollGroup<H> {
     /// fires (a drain deadline, an abort's timeout), on the `now` clock.
     /// Aborts of busy victims are also retried at every event.
     pub fn next_deadline(&self) -> Option<u64> {
-        let drains = self
-            .conns
+        // Only a qpair told to fini has a drain deadline (`drain_timers`):
+        // without one, no walk over every qpair per event.
+        let draining: &[Option<Conn>] = if self.drain_timers { &self.conns } else { &[] };
+        let drains = draining
             .iter()
             .flatten()
             .filter_map(|c| c.engine.poll_timeout().map(|t| t.0));

@@ -57,7 +57,7 @@ mod recv;
 mod setup;
 mod teardown;
 
-use actions::{flush_conn, handle_action, ActionCtx};
+use actions::{flush_conn, flush_now, handle_action, ActionCtx};
 use calls::grant;
 use recv::{flush_srq, recv_area, RecvArea, SrqRecv};
 
@@ -158,6 +158,10 @@ pub struct PollGroup<H: Host> {
     reap_due: bool,
     /// Where receive and completion buffers come from (the host's choice).
     dma: &'static dyn DmaAllocator,
+    /// A qpair may be draining towards a deadline (one was told to fini
+    /// since the last pass found none): only then does a poll walk the
+    /// qpairs for due deadlines.
+    drain_timers: bool,
 }
 
 impl<H: Host> PollGroup<H> {
@@ -242,6 +246,7 @@ impl<H: Host> PollGroup<H> {
             drain_timeout_ns: DEFAULT_DRAIN_TIMEOUT.as_nanos() as u64,
             reap_due: false,
             dma,
+            drain_timers: false,
         })
     }
 
@@ -335,8 +340,32 @@ impl<H: Host> PollGroup<H> {
                 continue;
             };
             self.host.disconnect_requested(handle, &mut self.calls);
-            self.with_conn(slot, now, |c| c.engine.handle_fini(deadline));
+            self.fini_conn(slot, now, deadline);
         }
+    }
+
+    /// Tells the qpair in `slot` to drain until `deadline` (the only way
+    /// into the engine's draining state, so from here on a poll checks
+    /// drain deadlines).
+    fn fini_conn(&mut self, slot: usize, now: u64, deadline: Timestamp) {
+        self.drain_timers = true;
+        self.with_conn(slot, now, |c| c.engine.handle_fini(deadline));
+    }
+
+    /// Feeds the time to every qpair whose drain deadline is due, and
+    /// notes whether any still has one.
+    fn check_drain_deadlines(&mut self, now: u64) {
+        // Cleared first: a fini given while walking sets it again.
+        self.drain_timers = false;
+        let mut armed = false;
+        for slot in 0..self.conns.len() {
+            let timeout = |c: &Option<Conn>| c.as_ref().and_then(|c| c.engine.poll_timeout());
+            if timeout(&self.conns[slot]).is_some_and(|t| t.0 <= now) {
+                self.with_conn(slot, now, |c| c.engine.handle_timeout(Timestamp(now)));
+            }
+            armed |= timeout(&self.conns[slot]).is_some();
+        }
+        self.drain_timers |= armed;
     }
 
     /// Feeds one engine event to the qpair in `slot` and handles the actions.
@@ -371,14 +400,8 @@ impl<H: Host> PollGroup<H> {
         work += self.calls.len();
         self.apply_calls(now);
         self.retry_aborts(now);
-        for slot in 0..self.conns.len() {
-            let due = self.conns[slot]
-                .as_ref()
-                .and_then(|c| c.engine.poll_timeout())
-                .is_some_and(|t| t.0 <= now);
-            if due {
-                self.with_conn(slot, now, |c| c.engine.handle_timeout(Timestamp(now)));
-            }
+        if self.drain_timers {
+            self.check_drain_deadlines(now);
         }
         for slot in 0..self.conns.len() {
             if self.conns[slot].as_ref().is_some_and(|c| c.dirty) {
@@ -432,7 +455,7 @@ impl<H: Host> PollGroup<H> {
         let Some(&slot) = self.by_qpn.get(&(device, wc.qp_num())) else {
             // SRQ: a receive consumed by a QP that is gone goes straight back
             // to the SRQ (upstream nvmf_rdma_poller_poll).
-            let recv = wrid::decode_completion(wc.raw_wr_id()).map(|(_, kind)| kind);
+            let recv = wrid::decode_completion(wc.raw_wr_id());
             if let (Some(engine::WrKind::Recv { recv }), Some(srq)) =
                 (recv, self.pollers[p].srq.as_mut())
             {
@@ -449,7 +472,7 @@ impl<H: Host> PollGroup<H> {
             );
             return;
         };
-        let Some((raw, kind)) = wrid::decode_completion(wc.raw_wr_id()) else {
+        let Some(kind) = wrid::decode_completion(wc.raw_wr_id()) else {
             tracing::error!(
                 qp_num = wc.qp_num(),
                 wr_id = wc.raw_wr_id(),
@@ -486,7 +509,7 @@ impl<H: Host> PollGroup<H> {
             _ => {}
         }
         // The capsule is read in place: the slot is not re-posted before the
-        // engine returns it (Action::PostRecv).
+        // engine returns it (Action::PostRecv, or with its response).
         let area = recv_area(&mut conn.recv, &mut self.pollers[p].srq);
         let payload = match (recv_slot, area) {
             (Some((recv, len)), Some(area)) => area
@@ -498,7 +521,7 @@ impl<H: Host> PollGroup<H> {
                 }),
             _ => &[],
         };
-        if let Err(e) = conn.engine.handle_completion(raw, status, payload) {
+        if let Err(e) = conn.engine.handle_wr_completion(kind, status, payload) {
             tracing::warn!(qpair = %conn.handle, qp_num = conn.qp_num, %status, "completion refused by the engine: {e}");
         }
         self.run_actions(slot, now);
@@ -508,31 +531,28 @@ impl<H: Host> PollGroup<H> {
     /// then feeds answers the host gave synchronously, until quiet.
     fn run_actions(&mut self, slot: usize, now: u64) {
         let batching = !self.opts.no_wr_batching;
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(poller) = self.pollers.get_mut(conn.poller) else {
+            return;
+        };
+        let mut ctx = ActionCtx {
+            host: &mut self.host,
+            calls: &mut self.calls,
+            stats: &mut poller.stats,
+            srq: &mut poller.srq,
+            shared: &self.shared,
+            held: &self.held,
+            granted_now: &mut self.granted_now,
+            pending_data_buffer: &mut self.pending_data_buffer,
+            now,
+        };
         loop {
-            let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
-                return;
-            };
-            let poller = &mut self.pollers[conn.poller];
-            let mut ctx = ActionCtx {
-                host: &mut self.host,
-                calls: &mut self.calls,
-                stats: &mut poller.stats,
-                srq: &mut poller.srq,
-                shared: &self.shared,
-                held: &self.held,
-                granted_now: &mut self.granted_now,
-                pending_data_buffer: &mut self.pending_data_buffer,
-                now,
-            };
             while let Some(action) = conn.engine.poll_action() {
                 handle_action(action, conn, &mut ctx);
-                if !batching && conn.dirty {
-                    flush_conn(conn, ctx.stats);
-                }
                 if !batching {
-                    if let Some(srq) = ctx.srq.as_mut() {
-                        flush_srq(srq, ctx.stats);
-                    }
+                    flush_now(conn, &mut ctx);
                 }
             }
             self.reap_due |= conn.finished;
@@ -553,11 +573,11 @@ impl<H: Host> PollGroup<H> {
                 }
                 continue;
             }
-            if self.granted_now.is_empty() {
+            if ctx.granted_now.is_empty() {
                 return;
             }
-            for req in self.granted_now.drain(..) {
-                grant(conn, req, &mut self.host, &mut self.calls, &self.held);
+            for req in ctx.granted_now.drain(..) {
+                grant(conn, req, ctx.host, ctx.calls, ctx.held);
             }
         }
     }

@@ -32,8 +32,7 @@ impl RecvArea {
         let sge = self
             .buf
             .sge(recv.0 as usize * self.slot_size, self.slot_size as u32)?;
-        self.list
-            .push(wrid::to_verbs(engine::WrId::recv(recv)), &[sge])
+        self.list.push(wrid::recv_to_verbs(recv), &[sge])
     }
 }
 
@@ -58,10 +57,8 @@ pub(super) fn recv_area<'a>(
 
 /// Posts the SRQ's queued RECVs (one `ibv_post_srq_recv`).
 pub(super) fn flush_srq(srq: &mut SrqRecv, stats: &mut PollerStats) {
-    for r in std::mem::take(&mut srq.retry) {
-        if srq.area.queue(r).is_err() {
-            srq.retry.push(r);
-        }
+    if !srq.retry.is_empty() {
+        requeue_failed(srq);
     }
     if srq.area.list.is_empty() {
         return;
@@ -86,5 +83,15 @@ pub(super) fn flush_srq(srq: &mut SrqRecv, stats: &mut PollerStats) {
             }
         }
         srq.area.list.clear();
+    }
+}
+
+/// Queues again the receives whose post failed (off the I/O path).
+#[cold]
+fn requeue_failed(srq: &mut SrqRecv) {
+    for r in std::mem::take(&mut srq.retry) {
+        if srq.area.queue(r).is_err() {
+            srq.retry.push(r);
+        }
     }
 }

@@ -252,7 +252,7 @@ impl<H: Host> PollGroup<H> {
                 let _ = conn.cm_id.reject(&r.to_bytes());
                 let deadline = Timestamp(now + self.drain_timeout_ns);
                 self.host.disconnect_requested(handle, &mut self.calls);
-                self.with_conn(slot, now, |c| c.engine.handle_fini(deadline));
+                self.fini_conn(slot, now, deadline);
             }
         }
         handle

@@ -13,7 +13,7 @@ impl<H: Host> PollGroup<H> {
     pub(super) fn force_finish_all(&mut self, now: u64) {
         let deadline = Timestamp(now);
         for slot in 0..self.conns.len() {
-            self.with_conn(slot, now, |c| c.engine.handle_fini(deadline));
+            self.fini_conn(slot, now, deadline);
             self.with_conn(slot, now, |c| c.engine.handle_timeout(deadline));
         }
         self.apply_calls(now);

@@ -1039,7 +1039,10 @@ impl<'a> World<'a> {
                     self.post_data(qp, req, idx, SqKind::Read, k < fail_at)?;
                 }
             }
-            Action::PostResponse { req, writes } => {
+            Action::PostResponse { req, writes, recv } => {
+                if let Some(recv) = recv {
+                    self.action(qp, Action::PostRecv { recv })?;
+                }
                 let cid = self.cid_of(qp, req)?;
                 let cmd = self.qps[qp].ini.outstanding.get(&cid).copied();
                 let fail_at = self.post_outcome(usize::from(writes) + 1);
