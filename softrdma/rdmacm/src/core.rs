@@ -1535,12 +1535,31 @@ unsafe extern "C" fn device_removed(_arg: *mut std::ffi::c_void, ctx: *mut ibv_c
     debug!("device context {ctx:p} removed: DEVICE_REMOVAL on {n} cm ids");
 }
 
+/// The control command `addr_change` (through libibverbs): every listening id not destroyed
+/// or removed gets RDMA_CM_EVENT_ADDR_CHANGE, as when the address under it changes. Returns
+/// how many got it.
+unsafe extern "C" fn addr_changed(_arg: *mut std::ffi::c_void) -> c_int {
+    let mut n = 0;
+    for id in runtime().ids() {
+        let st = lock(&id.st);
+        if st.destroyed || st.removed || st.listen.is_none() {
+            continue;
+        }
+        let ev = EventBox::new(&id, RDMA_CM_EVENT_ADDR_CHANGE, 0);
+        id.queue(&st, ev);
+        n += 1;
+    }
+    debug!("addr_change: ADDR_CHANGE on {n} listening cm ids");
+    n
+}
+
 fn install_fault_handler() {
     if let Some(p) = ffi::private() {
         // SAFETY: vtable functions; the handlers are static functions valid forever.
         unsafe {
             (p.set_cm_drop_handler)(Some(fault_handler), std::ptr::null_mut());
             (p.set_device_handler)(Some(device_removed), std::ptr::null_mut());
+            (p.set_addr_change_handler)(Some(addr_changed), std::ptr::null_mut());
         }
     }
 }
