@@ -233,10 +233,7 @@ fn verified_io_soon(t: &TargetProc, what: &str) {
 /// the target had at start.
 #[test]
 fn e2e_device_removal_and_return() {
-    if !under_softrdma(
-        "e2e_device_removal_and_return",
-        Duration::from_secs(150),
-    ) {
+    if !under_softrdma("e2e_device_removal_and_return", Duration::from_secs(150)) {
         return;
     }
     let mut t = TargetProc::start(&["--threads", "2"]);

@@ -365,9 +365,18 @@ impl HostGroup for MiniGroup {
         if let Some(pool) = self.pools.get_mut(device).and_then(Option::take) {
             let lent = pool.total as usize - pool.free.len();
             if lent > 0 {
-                tracing::error!(group = self.index, device, lent, "data buffer pool dropped with buffers lent");
+                tracing::error!(
+                    group = self.index,
+                    device,
+                    lent,
+                    "data buffer pool dropped with buffers lent"
+                );
             }
-            tracing::info!(group = self.index, device, "data buffer pool of a removed device released");
+            tracing::info!(
+                group = self.index,
+                device,
+                "data buffer pool of a removed device released"
+            );
         }
     }
 

@@ -571,7 +571,11 @@ impl Acceptor {
         drop(old);
         // The bound port, unless the listener asked for any port: the same
         // address is listened on again.
-        let again = if requested.port() == 0 { addr } else { requested };
+        let again = if requested.port() == 0 {
+            addr
+        } else {
+            requested
+        };
         match Listener::open(&self.ev, again, &self.devices, self.opts.acceptor_backlog) {
             Ok(l) => self.listeners.push(l),
             Err(e) => {
@@ -589,10 +593,7 @@ impl Acceptor {
     /// `nvmf_rdma_retry_listen_port`).
     fn maintain_devices(&mut self) {
         let shared = self.shared.clone();
-        for (device, name) in self
-            .devices
-            .retire_unused(|d| shared.device_qpairs(d))
-        {
+        for (device, name) in self.devices.retire_unused(|d| shared.device_qpairs(d)) {
             tracing::warn!(device = %name, index = device, "device released (no poller or qpair left on it)");
             self.out.push(AcceptorEvent::Device(DeviceMsg {
                 device,

@@ -3,7 +3,8 @@
 use crate::runtime;
 use softrdma_abi::fabric::{self, Counter};
 use softrdma_abi::private::{
-    AddrChangeHandler, CmDropHandler, DeviceHandler, SoftrdmaPrivateV1, SOFTRDMA_PRIVATE_ABI_VERSION,
+    AddrChangeHandler, CmDropHandler, DeviceHandler, SoftrdmaPrivateV1,
+    SOFTRDMA_PRIVATE_ABI_VERSION,
 };
 use softrdma_abi::verbs::ibv_context;
 use std::ffi::{c_char, c_int, c_void, CStr};

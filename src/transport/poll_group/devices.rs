@@ -54,8 +54,8 @@ impl<H: Host> PollGroup<H> {
     pub(super) fn drop_dead_pollers(&mut self) {
         let mut p = 0;
         while p < self.pollers.len() {
-            let busy = !self.pollers[p].device_dead
-                || self.conns.iter().flatten().any(|c| c.poller == p);
+            let busy =
+                !self.pollers[p].device_dead || self.conns.iter().flatten().any(|c| c.poller == p);
             if busy {
                 p += 1;
                 continue;

@@ -282,7 +282,11 @@ impl<H: Host> PollGroup<H> {
             }
             DeviceEvent::Added => {
                 if let Err(e) = self.ensure_poller(device) {
-                    tracing::error!(group = self.index, device, "no poller for the new device: {e}");
+                    tracing::error!(
+                        group = self.index,
+                        device,
+                        "no poller for the new device: {e}"
+                    );
                 }
             }
             DeviceEvent::Retired => {}

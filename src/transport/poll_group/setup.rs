@@ -35,7 +35,11 @@ impl<H: Host> PollGroup<H> {
         let poller_idx = match self.ensure_poller(device) {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(group = self.index, device, "no poller for the qpair's device: {e}");
+                tracing::warn!(
+                    group = self.index,
+                    device,
+                    "no poller for the qpair's device: {e}"
+                );
                 return Err(AddQpairFailure::NoPoller(device));
             }
         };
