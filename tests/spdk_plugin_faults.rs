@@ -56,6 +56,9 @@ struct Scenario {
     /// Lines the target's log must hold afterwards (the transport's own
     /// account of what it did).
     logged: &'static [&'static str],
+    /// `nvmf_tgt` runs with `--interrupt-mode` (the groups' and the
+    /// acceptor's fds change with the device).
+    interrupt_mode: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -67,6 +70,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::Fragmented,
         counts_fault: true,
         logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "3463-read-retry-exc-nth3",
@@ -76,6 +80,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::Fragmented,
         counts_fault: true,
         logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "3463-read-retry-exc-nth7",
@@ -85,6 +90,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::Fragmented,
         counts_fault: true,
         logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "read-rem-access-err",
@@ -94,6 +100,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::Fragmented,
         counts_fault: true,
         logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "write-retry-exc",
@@ -103,6 +110,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::RandRead,
         counts_fault: true,
         logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "send-rem-op-err",
@@ -112,6 +120,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::RandRead,
         counts_fault: true,
         logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "any-wr-rnr-retry-exc",
@@ -121,6 +130,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::Fragmented,
         counts_fault: true,
         logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "qp-error-mid-io",
@@ -130,6 +140,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::Fragmented,
         counts_fault: false,
         logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "qp-error-lost-flushes",
@@ -139,6 +150,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::Fragmented,
         counts_fault: false,
         logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "port-error-then-active",
@@ -148,6 +160,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::RandRead,
         counts_fault: false,
         logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "device-fatal",
@@ -157,6 +170,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::RandRead,
         counts_fault: false,
         logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "device-removal-and-return",
@@ -171,6 +185,17 @@ const SCENARIOS: &[Scenario] = &[
             "device opened (rescan)",
             "listening again",
         ],
+        interrupt_mode: false,
+    },
+    Scenario {
+        name: "device-removal-and-return-interrupt-mode",
+        at_start: None,
+        at_run: &["async device_remove"],
+        after: &["async device_add"],
+        load: Load::RandRead,
+        counts_fault: false,
+        logged: &["device opened (rescan)", "listening again"],
+        interrupt_mode: true,
     },
     Scenario {
         name: "addr-change",
@@ -180,6 +205,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::RandRead,
         counts_fault: true,
         logged: &["RDMA_CM_EVENT_ADDR_CHANGE on a listener"],
+        interrupt_mode: false,
     },
     Scenario {
         name: "cm-drop",
@@ -189,6 +215,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::Fragmented,
         counts_fault: false,
         logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "host-killed-mid-io",
@@ -198,6 +225,7 @@ const SCENARIOS: &[Scenario] = &[
         load: Load::KilledHost,
         counts_fault: false,
         logged: &[],
+        interrupt_mode: false,
     },
 ];
 
@@ -221,7 +249,12 @@ fn run_scenario(spdk: &std::path::Path, sc: &Scenario, port: u16) {
         .at_start
         .map(|f| vec![("SOFTRDMA_FAULTS", f)])
         .unwrap_or_default();
-    let mut t = SpdkTarget::start(spdk, &s.0, "tgt", Some(&lib), &[], &env);
+    let extra: &[&str] = if sc.interrupt_mode {
+        &["--interrupt-mode"]
+    } else {
+        &[]
+    };
+    let mut t = SpdkTarget::start(spdk, &s.0, "tgt", Some(&lib), extra, &env);
     t.export("RDMA_RS", json!({}), NQN, port);
     let baseline = (t.softrdma_counter("qps"), t.softrdma_counter("cm_ids"));
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_nvmf-rdma-rs"));
