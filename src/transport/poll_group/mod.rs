@@ -203,10 +203,8 @@ impl<H: Host> PollGroup<H> {
             reap_due: false,
         };
         for (device, _) in pg.devices.live() {
-            if let Err(e) = pg.add_poller(device) {
-                // Dropping `pg` releases the pollers made so far.
-                return Err(e);
-            }
+            // On error, dropping `pg` releases the pollers made so far.
+            pg.add_poller(device)?;
         }
         Ok(pg)
     }
