@@ -90,6 +90,11 @@ impl DeviceTable {
         s.len() - 1
     }
 
+    /// Slots ever made (live, dying or retired): device indices are below.
+    pub(crate) fn slot_count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// The live devices with their indices.
     pub(crate) fn live(&self) -> Vec<(usize, Arc<Device>)> {
         self.lock()
