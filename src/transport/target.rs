@@ -199,12 +199,6 @@ impl Transport {
         self.acceptor().fds_generation
     }
 
-    /// Addresses waiting to be listened on again (their device was removed
-    /// and is not back yet; upstream `retry_ports`).
-    pub fn retry_listen_addrs(&self) -> Vec<SocketAddr> {
-        self.acceptor().retry_listen.clone()
-    }
-
     /// One acceptor run (upstream's acceptor poller): handles up to 32 CM
     /// events and 32 async events per device, never blocks, and hands the
     /// results to `sink` after releasing the acceptor (so `sink` may call
@@ -659,8 +653,13 @@ impl Acceptor {
             }
             match Device::new(ctx) {
                 Ok(d) => {
-                    if d.attr.max_sge < 16 {
-                        tracing::warn!(device = %name, max_sge = d.attr.max_sge, "device opened by a rescan has fewer SGEs than io_unit_size was sized for");
+                    // io_unit_size was sized at create for the devices then.
+                    let needed = self
+                        .opts
+                        .max_io_size
+                        .div_ceil(self.opts.io_unit_size.max(1));
+                    if d.attr.max_sge < needed {
+                        tracing::warn!(device = %name, max_sge = d.attr.max_sge, needed, "device opened by a rescan has fewer SGEs than one I/O of max_io_size needs");
                     }
                     let device = self.devices.push(d);
                     self.fds_generation += 1;

@@ -220,18 +220,13 @@ fn handle(rt: &Runtime, msg: &str) -> Option<String> {
             }
             Some("ok".into())
         }
-        "addr_change" => {
-            let h = *rt.addr_change.lock().unwrap_or_else(|e| e.into_inner());
-            let Some((f, arg)) = h else {
-                crate::log::warn("addr_change: no CM handler registered (librdmacm not loaded)");
-                return Some("error librdmacm not loaded".into());
-            };
-            crate::log::fault("kind=addr_change qp=- wr_id=-");
-            rt.count(Counter::FaultsInjected, 1);
-            // SAFETY: handler and arg were registered together by librdmacm through the vtable.
-            let n = unsafe { f(arg as *mut std::ffi::c_void) };
-            Some(format!("addr_change listeners={n}"))
-        }
+        "addr_change" => Some(match crate::faults::addr_change() {
+            Ok(n) => format!("addr_change listeners={n}"),
+            Err(e) => {
+                crate::log::warn(&format!("control: addr_change: {e}"));
+                format!("error {e}")
+            }
+        }),
         "stats" => {
             let n = rt.fabric.node(rt.node);
             let mut line = String::from("stats");
