@@ -278,6 +278,11 @@ impl<H: Host> PollGroup<H> {
                 }
                 self.drop_dead_pollers();
             }
+            // A device removed again before this message arrived gets no
+            // poller (on a live one, the first qpair would make it too).
+            DeviceEvent::Added if self.devices.get_live(device).is_none() => {
+                tracing::debug!(group = self.index, device, "device added and already gone");
+            }
             DeviceEvent::Added => {
                 if let Err(e) = self.ensure_poller(device) {
                     tracing::error!(
