@@ -274,6 +274,7 @@ fn accept(transport: &Transport, pg: &mut PollGroup<IdealHost>, now: u64) {
         }
         AcceptorEvent::Qpair(m) => pg.deliver(m, now),
         AcceptorEvent::Device(m) => pg.deliver_device(m, now),
+        AcceptorEvent::Port(m) => pg.deliver_port(m, now),
     });
 }
 

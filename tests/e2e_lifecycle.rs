@@ -163,3 +163,144 @@ fn e2e_device_fatal_tears_down_and_comes_back() {
     let fin = t.stop();
     assert_final_zero(&fin);
 }
+
+/// softrdma's live objects of the target that belong to its device (the
+/// context, and everything made on it) and its CM ids.
+const DEVICE_OBJECTS: [&str; 8] = [
+    "contexts",
+    "pds",
+    "mrs",
+    "cqs",
+    "srqs",
+    "comp_channels",
+    "qps",
+    "cm_ids",
+];
+
+fn device_objects(t: &TargetProc) -> Vec<(&'static str, u64)> {
+    let line = t.softrdma_stats();
+    DEVICE_OBJECTS
+        .iter()
+        .map(|k| {
+            let v = softrdma_counter(&line, k).unwrap_or_else(|| panic!("no {k}= in {line:?}"));
+            (*k, v)
+        })
+        .collect()
+}
+
+/// Waits (bounded) until the target's device objects equal `want`.
+fn wait_device_objects(t: &TargetProc, want: &[(&'static str, u64)], what: &str) {
+    let start = Instant::now();
+    loop {
+        let now = device_objects(t);
+        if now == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{what}: softrdma objects of the target {now:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A fresh host's verified I/O passes within 15 s (retried while the target
+/// re-opens the device and listens again).
+fn verified_io_soon(t: &TargetProc, what: &str) {
+    let mut ok = perf_cfg(t.addr, 8, 4096, 200);
+    ok.region_bytes = 1 << 20;
+    let start = Instant::now();
+    loop {
+        match nvmf_rdma_rs::initiator::run_perf(&ok) {
+            Ok(r) if r.errors.is_empty() && r.verified > 0 => return,
+            other => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "{what}: no verified I/O within 15 s: {other:?}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Device removal under I/O and its return as a new context, twice (issue 9):
+/// the removal tears the qpairs down, every poller, buffer pool, the PD and
+/// the listener of the device are released (softrdma counts no object of it
+/// in the target), the target keeps running; after `device_add` the rescan
+/// opens the new context, the groups make its pollers, the address is
+/// listened on again and a new host verifies data — with exactly the objects
+/// the target had at start.
+#[test]
+fn e2e_device_removal_and_return() {
+    if !under_softrdma("e2e_device_removal_and_return", Duration::from_secs(150)) {
+        return;
+    }
+    let mut t = TargetProc::start(&["--threads", "2"]);
+    let baseline = device_objects(&t);
+    println!("at start: {baseline:?}");
+    let removed: Vec<(&str, u64)> = DEVICE_OBJECTS.iter().map(|k| (*k, 0)).collect();
+    for round in 0..2 {
+        let mut host = spawn_host(&t, "60", "16", "16K");
+        assert!(t.wait_busy(Duration::from_secs(20)), "no I/O was running");
+        ctl(t.pid(), &["async", "device_remove"]);
+        let idle = t.wait_idle(Duration::from_secs(15));
+        println!("round {round}, removed: {}", idle["counters"]);
+        wait_device_objects(&t, &removed, "after device_remove");
+        assert!(t.alive(), "the target died");
+        let _ = host.kill();
+        let _ = host.wait();
+        ctl(t.pid(), &["async", "device_add"]);
+        verified_io_soon(&t, "after device_add");
+        t.wait_idle(Duration::from_secs(15));
+        wait_device_objects(&t, &baseline, "back after device_add");
+        println!("round {round}, back: {:?}", device_objects(&t));
+    }
+    let fin = t.stop();
+    assert_final_zero(&fin);
+}
+
+/// `RDMA_CM_EVENT_ADDR_CHANGE` on the listener (softrdma's `addr_change`
+/// command) with a host doing I/O: the host's qpairs are disconnected (it
+/// stops long before its 60 s), the listener is back on the same address
+/// (the target's CM ids return to their count at start) and a new host
+/// verifies data.
+#[test]
+fn e2e_addr_change_relistens() {
+    if !under_softrdma("e2e_addr_change_relistens", Duration::from_secs(120)) {
+        return;
+    }
+    let mut t = TargetProc::start(&[]);
+    let cm_ids = |t: &TargetProc| softrdma_counter(&t.softrdma_stats(), "cm_ids").expect("cm_ids=");
+    let listening = cm_ids(&t);
+    let mut host = spawn_host(&t, "60", "16", "4K");
+    assert!(t.wait_busy(Duration::from_secs(20)), "no I/O was running");
+    ctl(t.pid(), &["addr_change"]);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = host.try_wait().expect("host status") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the host is still connected 20 s after ADDR_CHANGE"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "host ended {:?} after ADDR_CHANGE: {status}",
+        start.elapsed()
+    );
+    let idle = t.wait_idle(Duration::from_secs(15));
+    println!("after ADDR_CHANGE: {}", idle["counters"]);
+    wait_no_target_qps(&t, Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cm_ids(&t) != listening && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cm_ids(&t), listening, "the listener is not back alone");
+    verified_io_soon(&t, "after ADDR_CHANGE");
+    t.wait_idle(Duration::from_secs(15));
+    let fin = t.stop();
+    assert_final_zero(&fin);
+}

@@ -10,7 +10,9 @@
 //! fresh connection's verified I/O passing (the host reconnects), the
 //! target's live QPs and CM ids back to their baseline once the hosts left,
 //! `nvmf_get_stats` still answering with the RDMA_RS group, and a clean exit
-//! on SIGINT. The first scenarios are SPDK issue #3463's sequence: an RDMA
+//! on SIGINT. Device removal and return, and `RDMA_CM_EVENT_ADDR_CHANGE`,
+//! also check the target's log for its account of the recovery (device
+//! released, reopened, listening again). The first scenarios are SPDK issue #3463's sequence: an RDMA
 //! READ of a write split by the read depth completing with "transport retry
 //! counter exceeded", at several positions.
 //!
@@ -51,11 +53,12 @@ struct Scenario {
     load: Load,
     /// Whether softrdma must count an injected fault on the target.
     counts_fault: bool,
-    /// Whether a fresh host must get verified I/O afterwards. False only for
-    /// device removal: the device returns as a new context, which the
-    /// transport does not reopen yet (docs/spdk-plugin.md, "Not done yet");
-    /// the target must still survive, free the qpairs and exit cleanly.
-    recovers: bool,
+    /// Lines the target's log must hold afterwards (the transport's own
+    /// account of what it did).
+    logged: &'static [&'static str],
+    /// `nvmf_tgt` runs with `--interrupt-mode` (the groups' and the
+    /// acceptor's fds change with the device).
+    interrupt_mode: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -66,7 +69,8 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: true,
-        recovers: true,
+        logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "3463-read-retry-exc-nth3",
@@ -75,7 +79,8 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: true,
-        recovers: true,
+        logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "3463-read-retry-exc-nth7",
@@ -84,7 +89,8 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: true,
-        recovers: true,
+        logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "read-rem-access-err",
@@ -93,7 +99,8 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: true,
-        recovers: true,
+        logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "write-retry-exc",
@@ -102,7 +109,8 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::RandRead,
         counts_fault: true,
-        recovers: true,
+        logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "send-rem-op-err",
@@ -111,7 +119,8 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::RandRead,
         counts_fault: true,
-        recovers: true,
+        logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "any-wr-rnr-retry-exc",
@@ -120,7 +129,8 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: true,
-        recovers: true,
+        logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "qp-error-mid-io",
@@ -129,7 +139,8 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: false,
-        recovers: true,
+        logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "qp-error-lost-flushes",
@@ -138,7 +149,8 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: false,
-        recovers: true,
+        logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "port-error-then-active",
@@ -147,7 +159,8 @@ const SCENARIOS: &[Scenario] = &[
         after: &["async port_active"],
         load: Load::RandRead,
         counts_fault: false,
-        recovers: true,
+        logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "device-fatal",
@@ -156,7 +169,8 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::RandRead,
         counts_fault: false,
-        recovers: true,
+        logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "device-removal-and-return",
@@ -165,7 +179,33 @@ const SCENARIOS: &[Scenario] = &[
         after: &["async device_add"],
         load: Load::RandRead,
         counts_fault: false,
-        recovers: false,
+        logged: &[
+            "RDMA_CM_EVENT_DEVICE_REMOVAL on a listener",
+            "device released (no poller or qpair left on it)",
+            "device opened (rescan)",
+            "listening again",
+        ],
+        interrupt_mode: false,
+    },
+    Scenario {
+        name: "device-removal-and-return-interrupt-mode",
+        at_start: None,
+        at_run: &["async device_remove"],
+        after: &["async device_add"],
+        load: Load::RandRead,
+        counts_fault: false,
+        logged: &["device opened (rescan)", "listening again"],
+        interrupt_mode: true,
+    },
+    Scenario {
+        name: "addr-change",
+        at_start: None,
+        at_run: &["addr_change"],
+        after: &[],
+        load: Load::RandRead,
+        counts_fault: true,
+        logged: &["RDMA_CM_EVENT_ADDR_CHANGE on a listener"],
+        interrupt_mode: false,
     },
     Scenario {
         name: "cm-drop",
@@ -174,7 +214,8 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::Fragmented,
         counts_fault: false,
-        recovers: true,
+        logged: &[],
+        interrupt_mode: false,
     },
     Scenario {
         name: "host-killed-mid-io",
@@ -183,7 +224,8 @@ const SCENARIOS: &[Scenario] = &[
         after: &[],
         load: Load::KilledHost,
         counts_fault: false,
-        recovers: true,
+        logged: &[],
+        interrupt_mode: false,
     },
 ];
 
@@ -207,7 +249,12 @@ fn run_scenario(spdk: &std::path::Path, sc: &Scenario, port: u16) {
         .at_start
         .map(|f| vec![("SOFTRDMA_FAULTS", f)])
         .unwrap_or_default();
-    let mut t = SpdkTarget::start(spdk, &s.0, "tgt", Some(&lib), &[], &env);
+    let extra: &[&str] = if sc.interrupt_mode {
+        &["--interrupt-mode"]
+    } else {
+        &[]
+    };
+    let mut t = SpdkTarget::start(spdk, &s.0, "tgt", Some(&lib), extra, &env);
     t.export("RDMA_RS", json!({}), NQN, port);
     let baseline = (t.softrdma_counter("qps"), t.softrdma_counter("cm_ids"));
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_nvmf-rdma-rs"));
@@ -272,8 +319,8 @@ fn run_scenario(spdk: &std::path::Path, sc: &Scenario, port: u16) {
     // A fresh connection's verified I/O passes (retried while the target
     // tears the faulted connection down).
     let mut last = String::new();
-    let mut passed = !sc.recovers;
-    for _ in 0..if sc.recovers { 5 } else { 0 } {
+    let mut passed = false;
+    for _ in 0..5 {
         let (ok, out) = our_perf(
             &t,
             &bin,
@@ -305,15 +352,18 @@ fn run_scenario(spdk: &std::path::Path, sc: &Scenario, port: u16) {
     );
     t.assert_alive(&format!("after verify ({})", sc.name));
 
-    // Everything of the faulted hosts is gone; stats still answer. After a
-    // device removal the listener's CM id is gone too (its device left), so
-    // the target is back to its QPs and one CM id fewer.
+    for want in sc.logged {
+        assert!(
+            t.proc.log_text().contains(want),
+            "{}: the target's log lacks {want:?}:\n{}",
+            sc.name,
+            t.proc.log_tail()
+        );
+    }
+
+    // Everything of the faulted hosts is gone (after a device removal: the
+    // listener's CM id is back on the new device); stats still answer.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let baseline = if sc.recovers {
-        baseline
-    } else {
-        (baseline.0, baseline.1.saturating_sub(1))
-    };
     let mut now = (t.softrdma_counter("qps"), t.softrdma_counter("cm_ids"));
     while now != baseline && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));

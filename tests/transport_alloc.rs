@@ -58,6 +58,7 @@ impl Target {
             }
             AcceptorEvent::Qpair(m) => pg.deliver(m, now),
             AcceptorEvent::Device(m) => pg.deliver_device(m, now),
+            AcceptorEvent::Port(m) => pg.deliver_port(m, now),
         });
         self.pg.poll(now);
     }

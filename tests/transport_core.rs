@@ -45,6 +45,7 @@ impl Reactors {
         let mut arrived = Vec::new();
         let mut msgs = Vec::new();
         let mut devs = Vec::new();
+        let mut ports = Vec::new();
         self.transport.accept_poll(&mut |ev| match ev {
             AcceptorEvent::NewQpair(q) => {
                 // Inside the notification: placement, and a call that takes
@@ -56,10 +57,16 @@ impl Reactors {
             }
             AcceptorEvent::Qpair(m) => msgs.push(m),
             AcceptorEvent::Device(m) => devs.push(m),
+            AcceptorEvent::Port(m) => ports.push(m),
         });
         for m in devs {
             for pg in self.groups.iter_mut().flatten() {
                 pg.deliver_device(m, now);
+            }
+        }
+        for m in ports {
+            for pg in self.groups.iter_mut().flatten() {
+                pg.deliver_port(m, now);
             }
         }
         for (g, q) in arrived {

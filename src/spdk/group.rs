@@ -27,7 +27,7 @@ use crate::engine::codec::nvme::{Command, Completion};
 use crate::engine::ReqState;
 use crate::transport::{
     BufferGrant, CommandData, DeviceMsg, Direction, FiniDone, GroupCalls, Host, HostError,
-    HostGroup, PollGroup, QpairHandle, QpairInfo, QpairMsg, RequestBuffers, RequestHandle,
+    HostGroup, PollGroup, PortMsg, QpairHandle, QpairInfo, QpairMsg, RequestBuffers, RequestHandle,
 };
 use crate::verbs::{DmaAllocator, Pd};
 
@@ -41,6 +41,7 @@ pub(crate) enum Deferred {
     Fini(QpairHandle, FiniDone),
     Deliver(QpairMsg),
     DeliverDevice(DeviceMsg),
+    DeliverPort(PortMsg),
 }
 
 impl Deferred {
@@ -53,6 +54,7 @@ impl Deferred {
             Deferred::Fini(q, done) => pg.fini(q, Some(done), now),
             Deferred::Deliver(m) => pg.deliver(m, now),
             Deferred::DeliverDevice(m) => pg.deliver_device(m, now),
+            Deferred::DeliverPort(m) => pg.deliver_port(m, now),
         }
     }
 }
@@ -101,7 +103,10 @@ pub(crate) struct RsPollGroup {
     /// SPDK's thread of this group (messages from the acceptor go there).
     pub(crate) thread: *mut sys::spdk_thread,
     /// Interrupt mode: the channel fds and the deadline timer.
-    intr: Option<Interrupts>,
+    intr: RefCell<Option<Interrupts>>,
+    /// The core's [`PollGroup::event_fds_generation`] `intr` was made for
+    /// (a device's poller made or dropped changes the fds).
+    intr_generation: Cell<u64>,
 }
 
 /// Makes the host side of a group ([`Host::create_group`]) pointing at its
@@ -151,7 +156,8 @@ impl RsPollGroup {
                 aborts: RefCell::new(Vec::new()),
             },
             core: UnsafeCell::new(None),
-            intr: None,
+            intr: RefCell::new(None),
+            intr_generation: Cell::new(0),
             // SAFETY: no arguments; called on an SPDK thread.
             thread: unsafe { api.spdk_get_thread() },
         }));
@@ -166,15 +172,10 @@ impl RsPollGroup {
                     pg.arm();
                     pg.event_fds()
                 });
+                gr.intr_generation.set(pg.event_fds_generation());
                 *gr.core.get_mut() = Some(pg);
                 if let Some(fds) = fds {
-                    gr.intr = Some(Interrupts::register(
-                        &fds,
-                        interrupt::group_event,
-                        g.cast(),
-                        c"nvmf_rdma_rs_group",
-                        true,
-                    ));
+                    *gr.intr.get_mut() = Some(register_group_fds(&fds, g));
                 }
                 t.groups.add(index, g, gr.thread);
                 tracing::info!("RDMA_RS: poll group {index} created");
@@ -230,10 +231,33 @@ impl RsPollGroup {
                 let Some(d) = next else { break };
                 d.apply(pg);
             }
+            self.refresh_interrupts(pg);
             r
         });
         self.glue.busy.set(false);
         r
+    }
+
+    /// Interrupt mode: registers the channel fds again when a device's poller
+    /// was made or dropped (SPDK allows removing an interrupt from inside its
+    /// own handler).
+    fn refresh_interrupts(&self, pg: &mut PollGroup<SpdkHost>) {
+        let generation = pg.event_fds_generation();
+        if generation == self.intr_generation.get() {
+            return;
+        }
+        self.intr_generation.set(generation);
+        let mut intr = self.intr.borrow_mut();
+        if intr.is_none() {
+            return;
+        }
+        // Old registrations first: the fds of a dropped poller close once
+        // the core is told (`event_fds`) that nobody waits on them.
+        drop(intr.take());
+        let fds = pg.event_fds();
+        pg.arm();
+        let me: *const RsPollGroup = self;
+        *intr = Some(register_group_fds(&fds, me.cast_mut()));
     }
 
     /// Hands an answer to the core: into the current callback's calls, after
@@ -296,7 +320,7 @@ impl RsPollGroup {
         if let Some(i) = index {
             t.groups.remove(i);
         }
-        drop(g.intr.take());
+        drop(g.intr.get_mut().take());
         g.glue.busy.set(true);
         drop(g.core.get_mut().take());
         g.magic = 0;
@@ -446,6 +470,14 @@ impl HostGroup for SpdkHostGroup {
         }
         maps[device] = map;
         Ok(())
+    }
+
+    fn detach_device(&mut self, device: usize) {
+        // The map itself is transport-wide, freed when the device is retired
+        // (every group detached).
+        if let Some(m) = self.glue().maps.borrow_mut().get_mut(device) {
+            *m = std::ptr::null();
+        }
     }
 
     fn disconnect_requested(&mut self, qpair: QpairHandle, calls: &mut GroupCalls) {
@@ -624,6 +656,17 @@ impl HostGroup for SpdkHostGroup {
             }
         }
     }
+}
+
+/// Registers a group's channel fds and deadline timer (interrupt mode).
+fn register_group_fds(fds: &[std::os::fd::RawFd], g: *mut RsPollGroup) -> Interrupts {
+    Interrupts::register(
+        fds,
+        interrupt::group_event,
+        g.cast(),
+        c"nvmf_rdma_rs_group",
+        true,
+    )
 }
 
 /// SPDK's inline `spdk_nvmf_qpair_is_active`.

@@ -3,6 +3,7 @@
 //! for the acceptor's messages), the listeners' trids, one memory map per
 //! device, and the acceptor poller.
 
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,7 +15,7 @@ use super::interrupt::{self, Interrupts};
 use super::memmap::DeviceMemMap;
 use super::qpair::RsQpair;
 use super::sys;
-use crate::transport::{AcceptorEvent, Transport, TransportOptions};
+use crate::transport::{AcceptorEvent, DeviceEvent, Transport, TransportOptions};
 use crate::verbs::Pd;
 
 const TRANSPORT_MAGIC: u64 = 0x5244_4d41_5f52_5354; // "RDMA_RST"
@@ -89,8 +90,11 @@ pub(crate) struct RsTransport {
     /// One memory map per device, made when the first group attaches it.
     maps: Mutex<Vec<Option<Box<DeviceMemMap>>>>,
     acceptor: *mut sys::spdk_poller,
-    /// Interrupt mode: the acceptor's CM and async fds.
-    acceptor_intr: Option<Interrupts>,
+    /// Interrupt mode: the acceptor's CM and async fds (registered again
+    /// when a device is removed or opened; app thread only).
+    acceptor_intr: RefCell<Option<Interrupts>>,
+    /// The core's `acceptor_fds_generation` `acceptor_intr` was made for.
+    acceptor_fds_generation: Cell<u64>,
 }
 
 impl RsTransport {
@@ -110,7 +114,8 @@ impl RsTransport {
             listeners: Mutex::new(Vec::new()),
             maps: Mutex::new(Vec::new()),
             acceptor: std::ptr::null_mut(),
-            acceptor_intr: None,
+            acceptor_intr: RefCell::new(None),
+            acceptor_fds_generation: Cell::new(0),
         }));
         if let Some(api) = api() {
             // SAFETY: `t` lives until `free`, which unregisters the poller
@@ -127,14 +132,10 @@ impl RsTransport {
             let tr = unsafe { &mut *t };
             tr.acceptor = p;
             if interrupt::enabled() {
+                tr.acceptor_fds_generation
+                    .set(tr.core.acceptor_fds_generation());
                 let fds = tr.core.acceptor_fds();
-                tr.acceptor_intr = Some(Interrupts::register(
-                    &fds,
-                    acceptor_poll,
-                    t.cast(),
-                    c"nvmf_rdma_rs_accept",
-                    false,
-                ));
+                *tr.acceptor_intr.get_mut() = Some(register_acceptor_fds(&fds, t.cast()));
             }
         }
         t.cast()
@@ -165,7 +166,7 @@ impl RsTransport {
     pub(crate) unsafe fn free(p: *mut sys::spdk_nvmf_transport) {
         // SAFETY: the Box pointer `into_raw` leaked (caller's contract).
         let mut t = unsafe { Box::from_raw(p.cast::<RsTransport>()) };
-        drop(t.acceptor_intr.take());
+        drop(t.acceptor_intr.get_mut().take());
         if let Some(api) = api() {
             // SAFETY: our poller, unregistered on its thread; NULLs it.
             unsafe { api.spdk_poller_unregister(&mut t.acceptor) };
@@ -197,6 +198,33 @@ impl RsTransport {
             )?));
         }
         maps[device].as_deref().map(|m| m as *const DeviceMemMap)
+    }
+
+    /// Frees the memory map of a retired device (every group detached it:
+    /// nothing translates through it any more).
+    fn free_mem_map(&self, device: usize) {
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = maps.get_mut(device).and_then(Option::take) {
+            drop(m);
+            tracing::info!("RDMA_RS: memory map of retired device {device} freed");
+        }
+    }
+
+    /// Interrupt mode: registers the acceptor's fds again when a device was
+    /// removed or opened (its async fd left or joined the set).
+    fn refresh_acceptor_interrupts(&self) {
+        let generation = self.core.acceptor_fds_generation();
+        if generation == self.acceptor_fds_generation.get() {
+            return;
+        }
+        self.acceptor_fds_generation.set(generation);
+        let mut intr = self.acceptor_intr.borrow_mut();
+        if intr.is_some() {
+            drop(intr.take());
+            let fds = self.core.acceptor_fds();
+            let me: *const RsTransport = self;
+            *intr = Some(register_acceptor_fds(&fds, me.cast_mut().cast()));
+        }
     }
 
     /// Starts listening on `addr`, remembering SPDK's trid for it.
@@ -304,12 +332,25 @@ unsafe extern "C" fn acceptor_poll(arg: *mut c_void) -> i32 {
                 Some(e) => send_to_group(&t.groups, e, Deferred::Deliver(m)),
                 None => tracing::debug!("RDMA_RS: {:?} for a group that is gone", m),
             },
+            // Every group dropped its poller on it: its map goes.
+            AcceptorEvent::Device(m) if m.event == DeviceEvent::Retired => t.free_mem_map(m.device),
             AcceptorEvent::Device(m) => {
                 for e in t.groups.all() {
                     send_to_group(&t.groups, e, Deferred::DeliverDevice(m));
                 }
             }
+            AcceptorEvent::Port(m) => {
+                for e in t.groups.all() {
+                    send_to_group(&t.groups, e, Deferred::DeliverPort(m));
+                }
+            }
         });
+        t.refresh_acceptor_interrupts();
         i32::from(n > 0)
     })
+}
+
+/// Registers the acceptor's CM and async fds (interrupt mode).
+fn register_acceptor_fds(fds: &[std::os::fd::RawFd], t: *mut c_void) -> Interrupts {
+    Interrupts::register(fds, acceptor_poll, t, c"nvmf_rdma_rs_accept", false)
 }

@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::transport::{
-    AcceptorEvent, DeviceMsg, Host, PendingQpair, PollGroup, PollGroupStats, QpairMsg,
+    AcceptorEvent, DeviceMsg, Host, PendingQpair, PollGroup, PollGroupStats, PortMsg, QpairMsg,
     ResourceCounters, Transport, TransportCdata, TransportError, TransportOptions,
     DEFAULT_DRAIN_TIMEOUT,
 };
@@ -111,6 +111,7 @@ enum GroupMsg {
     NewQpair(PendingQpair),
     Event(QpairMsg),
     Device(DeviceMsg),
+    Port(PortMsg),
 }
 
 /// The acceptor's way to a group thread: the channel and the eventfd that
@@ -317,8 +318,12 @@ fn group_thread<H: Host>(
     }
     let start = Instant::now();
     let now_ns = || start.elapsed().as_nanos() as u64;
-    let mut fds = pg.event_fds();
-    fds.push(inbox.wake.fd());
+    let event_fds = |pg: &mut PollGroup<H>| {
+        let mut fds = pg.event_fds();
+        fds.push(inbox.wake.fd());
+        (fds, pg.event_fds_generation())
+    };
+    let (mut fds, mut fds_generation) = event_fds(&mut pg);
     if run.interrupt_mode {
         pg.arm();
     }
@@ -335,6 +340,10 @@ fn group_thread<H: Host>(
         while let Ok(msg) = inbox.rx.try_recv() {
             handle_msg(&mut pg, msg, now);
             work += 1;
+        }
+        if pg.event_fds_generation() != fds_generation {
+            // A device's poller was made or dropped: wait on the new set.
+            (fds, fds_generation) = event_fds(&mut pg);
         }
         work += if run.interrupt_mode {
             pg.handle_event(now)
@@ -413,11 +422,13 @@ fn handle_msg<H: Host>(pg: &mut PollGroup<H>, msg: GroupMsg, now: u64) {
         }
         GroupMsg::Event(m) => pg.deliver(m, now),
         GroupMsg::Device(m) => pg.deliver_device(m, now),
+        GroupMsg::Port(m) => pg.deliver_port(m, now),
     }
 }
 
 fn acceptor_thread(transport: &Transport, shared: &DriverShared, senders: &[Option<GroupInbox>]) {
-    let fds = transport.acceptor_fds();
+    let mut fds = transport.acceptor_fds();
+    let mut fds_generation = transport.acceptor_fds_generation();
     let period =
         Duration::from_micros(u64::from(transport.options().acceptor_poll_rate).clamp(100, 10_000));
     let mut route = |ev: AcceptorEvent| {
@@ -425,6 +436,13 @@ fn acceptor_thread(transport: &Transport, shared: &DriverShared, senders: &[Opti
             AcceptorEvent::Device(m) => {
                 for s in senders.iter().flatten() {
                     let _ = s.tx.send(GroupMsg::Device(m));
+                    s.wake.signal();
+                }
+                return;
+            }
+            AcceptorEvent::Port(m) => {
+                for s in senders.iter().flatten() {
+                    let _ = s.tx.send(GroupMsg::Port(m));
                     s.wake.signal();
                 }
                 return;
@@ -455,6 +473,11 @@ fn acceptor_thread(transport: &Transport, shared: &DriverShared, senders: &[Opti
             std::thread::sleep(period);
         }
         transport.accept_poll(&mut route);
+        if transport.acceptor_fds_generation() != fds_generation {
+            // A device was removed or opened: its async fd left or joined.
+            fds = transport.acceptor_fds();
+            fds_generation = transport.acceptor_fds_generation();
+        }
     }
     // Keep acking CM events until the groups are gone so that their ids can
     // be destroyed; the groups exit on their own deadline.

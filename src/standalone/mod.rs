@@ -361,6 +361,25 @@ impl HostGroup for MiniGroup {
         Ok(())
     }
 
+    fn detach_device(&mut self, device: usize) {
+        if let Some(pool) = self.pools.get_mut(device).and_then(Option::take) {
+            let lent = pool.total as usize - pool.free.len();
+            if lent > 0 {
+                tracing::error!(
+                    group = self.index,
+                    device,
+                    lent,
+                    "data buffer pool dropped with buffers lent"
+                );
+            }
+            tracing::info!(
+                group = self.index,
+                device,
+                "data buffer pool of a removed device released"
+            );
+        }
+    }
+
     fn qpair_added(&mut self, info: &QpairInfo) -> bool {
         self.answer_room += 2 * usize::from(info.queue_depth);
         self.answers

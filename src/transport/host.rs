@@ -387,6 +387,15 @@ pub trait HostGroup: 'static {
     /// joins (SPDK: the device's `spdk_mem_map`).
     fn attach_device(&mut self, device: usize, pd: &Pd) -> Result<(), HostError>;
 
+    /// Device `device` was removed and this group's last qpair on it is
+    /// gone: drop what [`HostGroup::attach_device`] registered on it (its
+    /// PD goes once nothing holds it). A device that comes back gets a new
+    /// index and a new `attach_device`. No request of the device is held
+    /// by the host any more (its qpairs are finished).
+    fn detach_device(&mut self, device: usize) {
+        let _ = device;
+    }
+
     /// The transport needs the qpair gone (an error completion, a fatal QP
     /// event, the peer left; SPDK: the transport calls
     /// `spdk_nvmf_qpair_disconnect`). The host stops submitting to it, frees

@@ -38,8 +38,8 @@ pub use host::{
 };
 pub use options::{DecodeError, OptionsError, OptionsNotice, TransportCdata, TransportOptions};
 pub use pending::{
-    AcceptorEvent, AddQpairError, AddQpairFailure, DeviceEvent, DeviceMsg, PendingQpair,
-    QpairEvent, QpairMsg,
+    AcceptorEvent, AddQpairError, AddQpairFailure, DeviceEvent, DeviceMsg, PendingQpair, PortEvent,
+    PortMsg, QpairEvent, QpairMsg,
 };
 pub use poll_group::{PollGroup, DEFAULT_DRAIN_TIMEOUT};
 pub use stats::{PollGroupStats, PollerStats, ResourceCounters};

@@ -101,8 +101,8 @@ pub enum AddQpairFailure {
     /// The group has no poller for the qpair's device.
     #[error("no poller for device {0} in this group")]
     NoPoller(usize),
-    /// The qpair's device had a fatal error and is not back.
-    #[error("device {0} had a fatal error")]
+    /// The qpair's device had a fatal error or was removed.
+    #[error("device {0} had a fatal error or was removed")]
     DeviceDead(usize),
     /// Without SRQ the CQ would exceed the device's `max_cqe`.
     #[error("CQ cannot hold another qpair: {required} entries needed, device max_cqe {max_cqe}")]
@@ -169,11 +169,19 @@ pub struct QpairMsg {
 /// A device-wide event every poll group must hear of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceEvent {
-    /// `IBV_EVENT_DEVICE_FATAL`: tear down the device's qpairs, take no new
-    /// ones on it.
-    Fatal,
-    /// The device is listed again after a fatal error: take qpairs on it.
-    Back,
+    /// The device had `IBV_EVENT_DEVICE_FATAL` or was removed
+    /// (`RDMA_CM_EVENT_DEVICE_REMOVAL` on its listener; upstream
+    /// `need_destroy`): tear down its qpairs, take no new ones on it, and
+    /// drop the poller (CQ, SRQ, the host's registrations) once it is empty.
+    Removed,
+    /// A device was opened at this index (a rescan found it after a
+    /// removal): make a poller for it (upstream
+    /// `_nvmf_rdma_register_poller_in_group`).
+    Added,
+    /// Every group dropped its poller on the device and the transport let it
+    /// go (upstream `destroy_ib_device`): the driver frees what it keeps per
+    /// device (SPDK: the memory map). Groups ignore it.
+    Retired,
 }
 
 /// A [`DeviceEvent`] for transport device index `device`: deliver it to
@@ -184,6 +192,25 @@ pub struct DeviceMsg {
     pub device: usize,
     /// What happened.
     pub event: DeviceEvent,
+}
+
+/// A listener-wide event every poll group must hear of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortEvent {
+    /// `RDMA_CM_EVENT_ADDR_CHANGE` on the listener (upstream
+    /// `nvmf_rdma_handle_cm_event_addr_change`): every qpair accepted
+    /// through it is disconnected; the acceptor listens again.
+    AddrChange,
+}
+
+/// A [`PortEvent`] for the listener on `addr`: deliver it to every poll
+/// group with [`super::PollGroup::deliver_port`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortMsg {
+    /// The listen address (as [`PendingQpair::listen_addr`] names it).
+    pub addr: SocketAddr,
+    /// What happened.
+    pub event: PortEvent,
 }
 
 /// What [`super::Transport::accept_poll`] hands to its driver.
@@ -198,4 +225,6 @@ pub enum AcceptorEvent {
     Qpair(QpairMsg),
     /// A device event: deliver it to every group.
     Device(DeviceMsg),
+    /// A listener event: deliver it to every group.
+    Port(PortMsg),
 }

@@ -15,11 +15,12 @@ use crate::verbs::{
     rdma_devices, AsyncElement, AsyncEventKind, CmEventKind, CmId, EventChannel, VerbsError,
 };
 
-use super::device::Device;
+use super::device::{Device, DeviceTable};
 use super::host::Host;
 use super::options::{OptionsError, TransportCdata, TransportOptions};
 use super::pending::{
-    AcceptorEvent, DeviceEvent, DeviceMsg, PendingInner, PendingQpair, QpairEvent, QpairMsg,
+    AcceptorEvent, DeviceEvent, DeviceMsg, PendingInner, PendingQpair, PortEvent, PortMsg,
+    QpairEvent, QpairMsg,
 };
 use super::placement::GroupRegistry;
 use super::poll_group::PollGroup;
@@ -68,7 +69,7 @@ pub(crate) fn verbs(what: impl Into<String>) -> impl FnOnce(VerbsError) -> Trans
 /// What every poll group and the acceptor share.
 pub(crate) struct Core {
     pub opts: TransportOptions,
-    pub devices: Arc<Vec<Device>>,
+    pub devices: Arc<DeviceTable>,
     pub shared: Arc<Shared>,
     pub groups: GroupRegistry,
     acceptor: Mutex<Acceptor>,
@@ -98,29 +99,28 @@ impl Transport {
         if contexts.is_empty() {
             return Err(TransportError::NoDevice);
         }
-        let mut devices = Vec::new();
+        let mut opened = Vec::new();
         for ctx in contexts {
             let name = ctx.name();
-            devices.push(Device::new(ctx).map_err(verbs(format!("opening device {name}")))?);
+            opened.push(Device::new(ctx).map_err(verbs(format!("opening device {name}")))?);
         }
-        let max_sge = devices.iter().map(|d| d.attr.max_sge).min().unwrap_or(16);
+        let max_sge = opened.iter().map(|d| d.attr.max_sge).min().unwrap_or(16);
         if let Some(n) = opts.adjust_for_device_sge(max_sge) {
             tracing::info!("{n}");
         }
         tracing::info!(opts = %opts.dump_opts_json(), "transport options");
-        let devices = Arc::new(devices);
+        let devices = Arc::new(DeviceTable::default());
+        for d in opened {
+            devices.push(d);
+        }
         let ev = EventChannel::new().map_err(verbs("rdma_create_event_channel"))?;
         let shared = Arc::new(Shared::default());
-        *shared
-            .device_qpairs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = vec![0; devices.len()];
         let acceptor = Acceptor {
             ev,
             listeners: Vec::new(),
             retry_listen: Vec::new(),
-            dead: vec![false; devices.len()],
             last_rescan: Instant::now(),
+            fds_generation: 0,
             devices: devices.clone(),
             shared: shared.clone(),
             opts: opts.clone(),
@@ -148,12 +148,14 @@ impl Transport {
         if acc.listeners.iter().any(|l| l.addr == addr) {
             return Err(TransportError::AlreadyListening(addr));
         }
-        let l = Listener::open(
-            &acc.ev,
-            addr,
-            &self.core.devices,
-            self.core.opts.acceptor_backlog,
-        )?;
+        let l = match Listener::open(&acc.ev, addr, &acc.devices, acc.opts.acceptor_backlog) {
+            // Upstream: no device for the address → rescan, in case it is
+            // one that appeared since (then the next listen finds it).
+            Err(TransportError::NotRdmaAddress(_)) if acc.rescan() => {
+                Listener::open(&acc.ev, addr, &acc.devices, acc.opts.acceptor_backlog)?
+            }
+            other => other?,
+        };
         let actual = l.addr;
         acc.listeners.push(l);
         Ok(actual)
@@ -166,7 +168,7 @@ impl Transport {
         let mut acc = self.acceptor();
         let before = acc.listeners.len() + acc.retry_listen.len();
         acc.listeners.retain(|l| l.addr != addr);
-        acc.retry_listen.retain(|(a, _)| *a != addr);
+        acc.retry_listen.retain(|a| *a != addr);
         let removed = acc.listeners.len() + acc.retry_listen.len() != before;
         if removed {
             tracing::info!(%addr, "stopped listening");
@@ -179,14 +181,22 @@ impl Transport {
         self.acceptor().listeners.iter().map(|l| l.addr).collect()
     }
 
-    /// The fds the acceptor waits on: the CM event channel, then each
+    /// The fds the acceptor waits on: the CM event channel, then each live
     /// device's async event fd. All non-blocking; when any is readable,
-    /// call [`Transport::accept_poll`].
+    /// call [`Transport::accept_poll`]. The set changes when a device is
+    /// removed or opened ([`Transport::acceptor_fds_generation`]).
     pub fn acceptor_fds(&self) -> Vec<RawFd> {
         let acc = self.acceptor();
         let mut fds = vec![acc.ev.fd()];
-        fds.extend(self.core.devices.iter().map(|d| d.ctx.async_fd()));
+        fds.extend(acc.devices.live().iter().map(|(_, d)| d.ctx.async_fd()));
         fds
+    }
+
+    /// Changes whenever [`Transport::acceptor_fds`] may have changed (a
+    /// device removed or opened): a driver that registered the fds
+    /// registers them again.
+    pub fn acceptor_fds_generation(&self) -> u64 {
+        self.acceptor().fds_generation
     }
 
     /// One acceptor run (upstream's acceptor poller): handles up to 32 CM
@@ -199,7 +209,7 @@ impl Transport {
             let mut acc = self.acceptor();
             acc.process_cm_events();
             acc.process_ib_events();
-            acc.retry_dead_devices();
+            acc.maintain_devices();
             std::mem::take(&mut acc.out)
         };
         let n = out.len();
@@ -266,15 +276,17 @@ struct Listener {
     addr: SocketAddr,
     /// Transport device index the address belongs to.
     device: usize,
+    /// The address asked for (port 0 kept as 0; re-listened as given).
+    requested: SocketAddr,
 }
 
 impl Listener {
     /// `rdma_create_id` + `rdma_bind_addr` + `rdma_listen` on `addr`, which
-    /// must belong to one of `devices`.
+    /// must belong to one of the live `devices`.
     fn open(
         ev: &EventChannel,
         addr: SocketAddr,
-        devices: &[Device],
+        devices: &DeviceTable,
         backlog: i32,
     ) -> Result<Listener, TransportError> {
         let id = CmId::new(ev).map_err(verbs("rdma_create_id"))?;
@@ -283,7 +295,7 @@ impl Listener {
         let Some(ctx) = id.context() else {
             return Err(TransportError::NotRdmaAddress(addr));
         };
-        let Some(device) = devices.iter().position(|d| d.ctx == ctx) else {
+        let Some(device) = devices.live_index(&ctx) else {
             return Err(TransportError::NotRdmaAddress(addr));
         };
         id.listen(backlog)
@@ -298,24 +310,27 @@ impl Listener {
             id,
             addr: actual,
             device,
+            requested: addr,
         })
     }
 }
 
-/// How often the acceptor looks for a device that had a fatal error to be
-/// listed again (upstream rescans on every acceptor run with retry ports).
+/// How often the acceptor rescans the devices while addresses wait to be
+/// listened on again (upstream rescans on every acceptor run with retry
+/// ports).
 const RESCAN_PERIOD: Duration = Duration::from_millis(100);
 
 struct Acceptor {
     ev: EventChannel,
     listeners: Vec<Listener>,
-    /// Listen addresses stopped by a device's fatal error, with the device
-    /// index: listened on again when the device is back.
-    retry_listen: Vec<(SocketAddr, usize)>,
-    /// Per device index: `IBV_EVENT_DEVICE_FATAL` seen, not back yet.
-    dead: Vec<bool>,
+    /// Listen addresses stopped by a device's removal (upstream
+    /// `retry_ports`): listened on again once a rescan found a device for
+    /// them.
+    retry_listen: Vec<SocketAddr>,
     last_rescan: Instant,
-    devices: Arc<Vec<Device>>,
+    /// Bumped when the live devices (and so the async fds) change.
+    fds_generation: u64,
+    devices: Arc<DeviceTable>,
     shared: Arc<Shared>,
     opts: TransportOptions,
     /// Events for the driver, handed over by `accept_poll`.
@@ -392,15 +407,24 @@ impl Acceptor {
                 }
                 CmEventKind::DeviceRemoval => {
                     let id_key = ev.id_key;
-                    if self.listeners.iter().any(|l| l.id.key() == id_key) {
-                        tracing::error!("device removal on a listener: the listener stops");
-                        self.listeners.retain(|l| l.id.key() != id_key);
-                    } else {
-                        self.route_cm(id_key, QpairEvent::CmDisconnected);
+                    // Upstream nvmf_rdma_handle_cm_event_port_removal: the
+                    // listener's device goes (its ids are only good for
+                    // destroying now).
+                    let device = self
+                        .listeners
+                        .iter()
+                        .find(|l| l.id.key() == id_key)
+                        .map(|l| (l.device, l.addr));
+                    match device {
+                        Some((device, addr)) => {
+                            tracing::error!(%addr, device, "RDMA_CM_EVENT_DEVICE_REMOVAL on a listener: removing the device");
+                            self.remove_device(device, "RDMA_CM_EVENT_DEVICE_REMOVAL");
+                        }
+                        None => self.route_cm(id_key, QpairEvent::CmDisconnected),
                     }
                 }
                 CmEventKind::AddrChange => {
-                    tracing::warn!(id_key = ev.id_key, "address change on a listener (ignored)");
+                    self.addr_change(ev.id_key);
                 }
                 CmEventKind::Established
                 | CmEventKind::TimewaitExit
@@ -443,17 +467,17 @@ impl Acceptor {
                 return self.reject(id, status, &why);
             }
         };
-        let Some(device) = id
-            .context()
-            .and_then(|ctx| self.devices.iter().position(|d| d.ctx == ctx))
-        else {
-            return self.reject(id, RejectStatus::NoResources, "unknown device");
+        let Some((device, dev)) = id.context().and_then(|ctx| {
+            let i = self.devices.live_index(&ctx)?;
+            Some((i, self.devices.get_live(i)?))
+        }) else {
+            return self.reject(
+                id,
+                RejectStatus::NoResources,
+                "its device is unknown, removed or being removed",
+            );
         };
-        if self.dead[device] {
-            let why = format!("device {} had a fatal error", self.devices[device].name);
-            return self.reject(id, RejectStatus::NoResources, &why);
-        }
-        let attr = self.devices[device].attr;
+        let attr = dev.attr;
         let limits = ConnectLimits {
             max_queue_depth: self.opts.max_queue_depth,
             // Upstream sizes admin QPs with max_queue_depth too (doc §7.1).
@@ -483,94 +507,184 @@ impl Acceptor {
         ))));
     }
 
-    /// `IBV_EVENT_DEVICE_FATAL` (upstream `need_destroy` + device removal):
-    /// every qpair on the device is torn down (bounded by the drain
-    /// deadline), its listeners stop, and connections to it are refused until
-    /// [`Acceptor::retry_dead_devices`] takes it up again.
-    fn device_fatal(&mut self, device: usize) {
-        let name = self.devices[device].name.clone();
-        if self.dead[device] {
-            tracing::warn!(device = %name, "IBV_EVENT_DEVICE_FATAL again (already torn down)");
+    /// Device removal (upstream `need_destroy` + `nvmf_rdma_handle_device_removal`,
+    /// on `IBV_EVENT_DEVICE_FATAL`, `RDMA_CM_EVENT_DEVICE_REMOVAL` on a
+    /// listener, or a stale context found by a rescan): every qpair on the
+    /// device is torn down (bounded by the drain deadline), each group drops
+    /// its poller once it is empty, the device's listeners stop and wait in
+    /// the retry list, and [`Acceptor::maintain_devices`] retires the device
+    /// and rescans.
+    fn remove_device(&mut self, device: usize, why: &str) {
+        let name = self.devices.name(device).unwrap_or_else(|| "?".into());
+        if !self.devices.mark_dying(device) {
+            tracing::warn!(device = %name, index = device, "{why} again (already being removed)");
             return;
         }
-        self.dead[device] = true;
+        self.fds_generation += 1;
         tracing::error!(
             device = %name,
+            index = device,
             qpairs = self.shared.device_qpairs(device),
-            "IBV_EVENT_DEVICE_FATAL: tearing down the device's qpairs and listeners"
+            "{why}: tearing down the device's qpairs, pollers and listeners"
         );
         self.out.push(AcceptorEvent::Device(DeviceMsg {
             device,
-            event: DeviceEvent::Fatal,
+            event: DeviceEvent::Removed,
         }));
         let (stopped, kept): (Vec<Listener>, Vec<Listener>) = std::mem::take(&mut self.listeners)
             .into_iter()
             .partition(|l| l.device == device);
         self.listeners = kept;
         for l in stopped {
-            tracing::warn!(device = %name, addr = %l.addr, "listener stopped until the device is back");
-            self.retry_listen.push((l.addr, device));
+            tracing::warn!(device = %name, addr = %l.addr, "listener stopped until a device for it is back");
+            self.retry_listen.push(l.addr);
         }
         self.last_rescan = Instant::now();
     }
 
-    /// A dead device whose qpairs are all gone is taken up again once
-    /// `rdma_get_devices` lists its context again (upstream
-    /// `nvmf_rdma_rescan_devices` + `retry_listen_port`), and its listen
-    /// addresses are listened on again; a failed listen is retried later.
-    fn retry_dead_devices(&mut self) {
-        if !self.dead.iter().any(|&d| d) || self.last_rescan.elapsed() < RESCAN_PERIOD {
+    /// `RDMA_CM_EVENT_ADDR_CHANGE` (upstream
+    /// `nvmf_rdma_handle_cm_event_addr_change`): only for a listener — its
+    /// qpairs are disconnected (every group hears of it), it stops and
+    /// listens again on the same address; a failed listen waits in the retry
+    /// list.
+    fn addr_change(&mut self, id_key: usize) {
+        let Some(i) = self.listeners.iter().position(|l| l.id.key() == id_key) else {
+            tracing::debug!(
+                id_key = format_args!("{id_key:#x}"),
+                "ADDR_CHANGE on an id that is not a listener ignored"
+            );
+            return;
+        };
+        let old = self.listeners.remove(i);
+        let (addr, requested) = (old.addr, old.requested);
+        tracing::warn!(%addr, "RDMA_CM_EVENT_ADDR_CHANGE on a listener: disconnecting its qpairs and listening again");
+        self.out.push(AcceptorEvent::Port(PortMsg {
+            addr,
+            event: PortEvent::AddrChange,
+        }));
+        drop(old);
+        // The bound port, unless the listener asked for any port: the same
+        // address is listened on again.
+        let again = if requested.port() == 0 {
+            addr
+        } else {
+            requested
+        };
+        match Listener::open(&self.ev, again, &self.devices, self.opts.acceptor_backlog) {
+            Ok(l) => self.listeners.push(l),
+            Err(e) => {
+                tracing::warn!(%addr, "listening again after ADDR_CHANGE failed (retried): {e}");
+                self.retry_listen.push(addr);
+            }
+        }
+    }
+
+    /// Every acceptor run: dying devices no poller and no qpair uses any more
+    /// are retired (upstream `_nvmf_rdma_remove_destroyed_device`); then,
+    /// while addresses wait in the retry list and no device is dying, the
+    /// devices are rescanned every [`RESCAN_PERIOD`] and the addresses
+    /// listened on again (upstream `nvmf_rdma_rescan_devices` +
+    /// `nvmf_rdma_retry_listen_port`).
+    fn maintain_devices(&mut self) {
+        let shared = self.shared.clone();
+        for (device, name) in self.devices.retire_unused(|d| shared.device_qpairs(d)) {
+            tracing::warn!(device = %name, index = device, "device released (no poller or qpair left on it)");
+            self.out.push(AcceptorEvent::Device(DeviceMsg {
+                device,
+                event: DeviceEvent::Retired,
+            }));
+        }
+        if self.retry_listen.is_empty()
+            || self.devices.any_dying()
+            || self.last_rescan.elapsed() < RESCAN_PERIOD
+        {
             return;
         }
         self.last_rescan = Instant::now();
-        let listed = match rdma_devices() {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!("rescanning devices: rdma_get_devices failed: {e}");
-                return;
-            }
-        };
-        for device in 0..self.devices.len() {
-            if !self.dead[device] || self.shared.device_qpairs(device) != 0 {
-                continue;
-            }
-            let d = &self.devices[device];
-            if !listed.contains(&d.ctx) {
-                continue;
-            }
-            if let Err(e) = d.ctx.query_device() {
-                tracing::warn!(device = %d.name, "device listed again but not usable yet: {e}");
-                continue;
-            }
-            tracing::warn!(device = %d.name, "device is back: taking it up again");
-            self.dead[device] = false;
-            self.out.push(AcceptorEvent::Device(DeviceMsg {
-                device,
-                event: DeviceEvent::Back,
-            }));
-        }
+        self.rescan();
         let mut retry = Vec::new();
-        for (addr, device) in std::mem::take(&mut self.retry_listen) {
-            if self.dead[device] {
-                retry.push((addr, device));
-                continue;
-            }
+        for addr in std::mem::take(&mut self.retry_listen) {
             match Listener::open(&self.ev, addr, &self.devices, self.opts.acceptor_backlog) {
-                Ok(l) => self.listeners.push(l),
+                Ok(l) => {
+                    tracing::warn!(%addr, device = l.device, "listening again");
+                    self.listeners.push(l);
+                }
                 Err(e) => {
-                    tracing::warn!(%addr, "listening again failed (retried): {e}");
-                    retry.push((addr, device));
+                    tracing::debug!(%addr, "listening again failed (retried): {e}");
+                    retry.push(addr);
                 }
             }
         }
         self.retry_listen = retry;
     }
 
+    /// Opens every device `rdma_get_devices` lists that is not a live device
+    /// of ours (a new context after a removal, or the same one after a fatal
+    /// error and its retirement), each in a new slot, and tells the groups
+    /// (they make its poller; a group that gets a qpair on it first makes it
+    /// then). A live device whose context is no longer listed while another
+    /// context of the same name is (upstream
+    /// `nvmf_rdma_check_devices_context`) is removed. Returns whether a
+    /// device was opened.
+    fn rescan(&mut self) -> bool {
+        let listed = match rdma_devices() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("rescanning devices: rdma_get_devices failed: {e}");
+                return false;
+            }
+        };
+        let live = self.devices.live();
+        for (i, d) in &live {
+            let stale = !listed.contains(&d.ctx) && listed.iter().any(|c| c.name() == d.name);
+            if stale {
+                self.remove_device(*i, "device listed with a new context");
+            }
+        }
+        let mut opened = false;
+        for ctx in listed {
+            if live.iter().any(|(_, d)| d.ctx == ctx) {
+                continue;
+            }
+            let name = ctx.name();
+            if let Err(e) = ctx.query_device() {
+                tracing::warn!(device = %name, "device listed but not usable yet: {e}");
+                continue;
+            }
+            match Device::new(ctx) {
+                Ok(d) => {
+                    // io_unit_size was sized at create for the devices then.
+                    let needed = self
+                        .opts
+                        .max_io_size
+                        .div_ceil(self.opts.io_unit_size.max(1));
+                    if d.attr.max_sge < needed {
+                        tracing::warn!(device = %name, max_sge = d.attr.max_sge, needed, "device opened by a rescan has fewer SGEs than one I/O of max_io_size needs");
+                    }
+                    let device = self.devices.push(d);
+                    self.fds_generation += 1;
+                    opened = true;
+                    tracing::warn!(device = %name, index = device, "device opened (rescan)");
+                    self.out.push(AcceptorEvent::Device(DeviceMsg {
+                        device,
+                        event: DeviceEvent::Added,
+                    }));
+                }
+                Err(e) => tracing::warn!(device = %name, "opening device found by a rescan: {e}"),
+            }
+        }
+        opened
+    }
+
     /// IB async events (upstream `nvmf_process_ib_event`).
     fn process_ib_events(&mut self) {
         let mut fatal = Vec::new();
-        let devices = self.devices.clone();
-        for (device, d) in devices.iter().enumerate() {
+        // Dying devices are not read (upstream skips `need_destroy` ones).
+        // By index: no allocation on an acceptor run.
+        for device in 0..self.devices.slot_count() {
+            let Some(d) = self.devices.get_live(device) else {
+                continue;
+            };
             for _ in 0..MAX_EVENTS_PER_POLL {
                 let ev = match d.ctx.get_async_event() {
                     Ok(Some(ev)) => ev,
@@ -600,7 +714,7 @@ impl Acceptor {
             }
         }
         for device in fatal {
-            self.device_fatal(device);
+            self.remove_device(device, "IBV_EVENT_DEVICE_FATAL");
         }
     }
 }

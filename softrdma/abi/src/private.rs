@@ -21,6 +21,11 @@ pub type CmDropHandler = unsafe extern "C" fn(arg: *mut c_void, qpn: u32);
 /// `RDMA_CM_EVENT_DEVICE_REMOVAL` on the ids bound to it and drops it from its device list.
 pub type DeviceHandler = unsafe extern "C" fn(arg: *mut c_void, removed_ctx: *mut ibv_context);
 
+/// Callback invoked (from libibverbs' event thread) for the control command `addr_change`:
+/// librdmacm reports `RDMA_CM_EVENT_ADDR_CHANGE` on every listening id, as the kernel does when
+/// the address of the netdev under a listener changes. Returns how many ids got the event.
+pub type AddrChangeHandler = unsafe extern "C" fn(arg: *mut c_void) -> c_int;
+
 /// Index of a counter in a node's counter array (see [`crate::fabric::Counter`]).
 pub type CounterIndex = u32;
 
@@ -53,4 +58,7 @@ pub struct SoftrdmaPrivateV1 {
     /// Register the device-removal handler. Replaces any previous one. While the device is
     /// removed, `shared_context` returns NULL; once it is back, it opens a new context.
     pub set_device_handler: unsafe extern "C" fn(handler: Option<DeviceHandler>, arg: *mut c_void),
+    /// Register the handler of the control command `addr_change`. Replaces any previous one.
+    pub set_addr_change_handler:
+        unsafe extern "C" fn(handler: Option<AddrChangeHandler>, arg: *mut c_void),
 }

@@ -220,6 +220,13 @@ fn handle(rt: &Runtime, msg: &str) -> Option<String> {
             }
             Some("ok".into())
         }
+        "addr_change" => Some(match crate::faults::addr_change() {
+            Ok(n) => format!("addr_change listeners={n}"),
+            Err(e) => {
+                crate::log::warn(&format!("control: addr_change: {e}"));
+                format!("error {e}")
+            }
+        }),
         "stats" => {
             let n = rt.fabric.node(rt.node);
             let mut line = String::from("stats");

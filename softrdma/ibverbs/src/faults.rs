@@ -102,14 +102,20 @@ fn parse_status(s: &str) -> Result<u32, String> {
 pub(crate) const DEVICE_REMOVE: u32 = 0x1_0000;
 /// Pseudo async event `device_add`: the device comes back ([`crate::device::add`]).
 pub(crate) const DEVICE_ADD: u32 = 0x1_0001;
+/// Pseudo async event `addr_change`: librdmacm reports `RDMA_CM_EVENT_ADDR_CHANGE` on every
+/// listening cm id ([`addr_change`]).
+pub(crate) const ADDR_CHANGE: u32 = 0x1_0002;
 // Above every ibv_event_type, so they never shadow a numeric event.
-const _: () = assert!(DEVICE_REMOVE > IBV_EVENT_GID_CHANGE && DEVICE_ADD > DEVICE_REMOVE);
+const _: () = assert!(
+    DEVICE_REMOVE > IBV_EVENT_GID_CHANGE && DEVICE_ADD > DEVICE_REMOVE && ADDR_CHANGE > DEVICE_ADD
+);
 
 /// Parse an async event name or number.
 pub(crate) fn parse_event(s: &str) -> Result<u32, String> {
     Ok(match s {
         "device_remove" => DEVICE_REMOVE,
         "device_add" => DEVICE_ADD,
+        "addr_change" => ADDR_CHANGE,
         "port_err" => IBV_EVENT_PORT_ERR,
         "port_active" => IBV_EVENT_PORT_ACTIVE,
         "device_fatal" => IBV_EVENT_DEVICE_FATAL,
@@ -690,6 +696,12 @@ fn qp_seq(rt: &crate::runtime::Runtime, qpn: u32) -> Option<u32> {
 /// back the device.
 pub(crate) fn raise_async(event: u32) {
     match event {
+        ADDR_CHANGE => {
+            if let Err(e) = addr_change() {
+                crate::log::warn(&format!("addr_change: {e}"));
+            }
+            return;
+        }
         DEVICE_REMOVE | DEVICE_ADD => {
             let (what, changed) = if event == DEVICE_REMOVE {
                 ("device_remove", crate::device::remove())
@@ -709,6 +721,17 @@ pub(crate) fn raise_async(event: u32) {
     }
     note(format!("kind=async event={event} qp=- wr_id=-"));
     crate::events::raise_device_event(event);
+}
+
+/// `RDMA_CM_EVENT_ADDR_CHANGE` on every listening cm id of the process, through librdmacm's
+/// handler (logged and counted as a fault); returns how many ids got it.
+pub(crate) fn addr_change() -> Result<i32, &'static str> {
+    let rt = crate::runtime::get().ok_or("no softrdma runtime")?;
+    let h = *rt.addr_change.lock().unwrap_or_else(|e| e.into_inner());
+    let (f, arg) = h.ok_or("no CM handler registered (librdmacm not loaded)")?;
+    note("kind=addr_change qp=- wr_id=-".into());
+    // SAFETY: handler and arg were registered together by librdmacm through the vtable.
+    Ok(unsafe { f(arg as *mut std::ffi::c_void) })
 }
 
 #[cfg(test)]
@@ -840,6 +863,7 @@ mod tests {
     fn device_removal_events_are_not_real_event_numbers() {
         assert_eq!(parse_event("device_remove"), Ok(DEVICE_REMOVE));
         assert_eq!(parse_event("device_add"), Ok(DEVICE_ADD));
+        assert_eq!(parse_event("addr_change"), Ok(ADDR_CHANGE));
         let f = faults();
         assert!(f.add("async:event=device_remove,after_ms=5").is_ok());
         // Due without any open context (the device may be removed with none open).

@@ -3,7 +3,8 @@
 use crate::runtime;
 use softrdma_abi::fabric::{self, Counter};
 use softrdma_abi::private::{
-    CmDropHandler, DeviceHandler, SoftrdmaPrivateV1, SOFTRDMA_PRIVATE_ABI_VERSION,
+    AddrChangeHandler, CmDropHandler, DeviceHandler, SoftrdmaPrivateV1,
+    SOFTRDMA_PRIVATE_ABI_VERSION,
 };
 use softrdma_abi::verbs::ibv_context;
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -31,6 +32,12 @@ unsafe extern "C" fn set_cm_drop_handler(h: Option<CmDropHandler>, arg: *mut c_v
 unsafe extern "C" fn set_device_handler(h: Option<DeviceHandler>, arg: *mut c_void) {
     if let Some(rt) = runtime::get() {
         *rt.device_handler.lock().unwrap_or_else(|e| e.into_inner()) = h.map(|f| (f, arg as usize));
+    }
+}
+
+unsafe extern "C" fn set_addr_change_handler(h: Option<AddrChangeHandler>, arg: *mut c_void) {
+    if let Some(rt) = runtime::get() {
+        *rt.addr_change.lock().unwrap_or_else(|e| e.into_inner()) = h.map(|f| (f, arg as usize));
     }
 }
 
@@ -95,6 +102,7 @@ static VTABLE: SoftrdmaPrivateV1 = SoftrdmaPrivateV1 {
     qp_owner_pid,
     note_cm_fault,
     set_device_handler,
+    set_addr_change_handler,
 };
 
 /// Exported as `softrdma_private_v1@@SOFTRDMA_PRIVATE_1`.

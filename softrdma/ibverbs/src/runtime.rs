@@ -37,6 +37,8 @@ pub(crate) struct Runtime {
     pub cm_drop: Mutex<Option<(softrdma_abi::private::CmDropHandler, usize)>>,
     /// Device-removal handler registered by librdmacm.
     pub device_handler: Mutex<Option<(softrdma_abi::private::DeviceHandler, usize)>>,
+    /// librdmacm's handler of the control command `addr_change` and its argument.
+    pub addr_change: Mutex<Option<(softrdma_abi::private::AddrChangeHandler, usize)>>,
     /// Number of QPs created so far in this process (for `qp=#N` filters).
     pub qp_seq: AtomicU32,
     /// Peer event sockets duplicated with pidfd_getfd: (pid, cq slot, cq generation) → our fd.
@@ -163,6 +165,7 @@ impl Runtime {
             shared_ctx: Mutex::new(0),
             cm_drop: Mutex::new(None),
             device_handler: Mutex::new(None),
+            addr_change: Mutex::new(None),
             qp_seq: AtomicU32::new(0),
             peer_fds: Mutex::new(HashMap::new()),
             peer_addrs: Mutex::new(HashMap::new()),

@@ -222,6 +222,9 @@ pub unsafe fn destroy_id(idp: *mut rdma_cm_id) -> c_int {
         rt.deregister(l.key, l.fd.as_raw_fd());
     }
     st.reservation = None;
+    if let Some(dev) = st.dev.take() {
+        dev.put();
+    }
     let channel = st.channel.clone();
     let sync = st.sync;
     // SAFETY: st is held.

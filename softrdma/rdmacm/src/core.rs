@@ -47,6 +47,10 @@ pub struct Device {
     pub ctx: *mut ibv_context,
     /// Default PD, allocated on first use (`ucma_get_device`).
     pd: Mutex<usize>,
+    /// Ids attached to the device and not destroyed, and whether the device was removed:
+    /// the default PD of a removed device is deallocated once no id uses it (rdma-core's
+    /// `ucma_put_device`), so a removal leaks nothing.
+    refs: Mutex<(usize, bool)>,
     /// `max_qp_rd_atom` (responder resources limit), clamped to u8.
     pub max_resp_res: u8,
     /// `max_qp_init_rd_atom` (initiator depth limit), clamped to u8.
@@ -81,6 +85,39 @@ impl Device {
             *g = pd as usize;
         }
         *g as *mut ibv_pd
+    }
+
+    /// An id attached to the device.
+    fn get(&self) {
+        lock(&self.refs).0 += 1;
+    }
+
+    /// An id attached to the device was destroyed.
+    pub fn put(&self) {
+        let mut r = lock(&self.refs);
+        r.0 = r.0.saturating_sub(1);
+        if r.0 == 0 && r.1 {
+            self.free_pd();
+        }
+    }
+
+    /// The device was removed: its default PD goes now if no id uses it, else with the last.
+    fn removed(&self) {
+        let mut r = lock(&self.refs);
+        r.1 = true;
+        if r.0 == 0 {
+            self.free_pd();
+        }
+    }
+
+    fn free_pd(&self) {
+        let mut g = lock(&self.pd);
+        if *g != 0 {
+            // SAFETY: our PD, allocated in `pd`, deallocated once (zeroed below); no id
+            // of the removed device uses it any more.
+            unsafe { ffi::ibv_dealloc_pd(*g as *mut ibv_pd) };
+            *g = 0;
+        }
     }
 }
 
@@ -178,6 +215,7 @@ fn open_devices() -> Result<Vec<Device>, c_int> {
         out.push(Device {
             ctx,
             pd: Mutex::new(0),
+            refs: Mutex::new((0, false)),
             max_resp_res: da.max_qp_rd_atom.clamp(0, 255) as u8,
             max_init_depth: da.max_qp_init_rd_atom.clamp(0, 255) as u8,
             lid: pa.lid,
@@ -611,7 +649,10 @@ impl IdBox {
 
     /// Bind the id to a device (verbs, pd, port, GIDs).
     pub fn attach_device(&self, st: &mut IdState, dev: &'static Device) {
-        st.dev = Some(dev);
+        dev.get();
+        if let Some(old) = st.dev.replace(dev) {
+            old.put();
+        }
         // SAFETY: st is held.
         let c = unsafe { self.c_mut() };
         c.verbs = dev.ctx;
@@ -1521,6 +1562,7 @@ unsafe extern "C" fn device_removed(_arg: *mut std::ffi::c_void, ctx: *mut ibv_c
     let Some(dev) = remove_device(ctx) else {
         return;
     };
+    dev.removed();
     let mut n = 0;
     for id in runtime().ids() {
         let mut st = lock(&id.st);
@@ -1535,12 +1577,31 @@ unsafe extern "C" fn device_removed(_arg: *mut std::ffi::c_void, ctx: *mut ibv_c
     debug!("device context {ctx:p} removed: DEVICE_REMOVAL on {n} cm ids");
 }
 
+/// The control command `addr_change` (through libibverbs): every listening id not destroyed
+/// or removed gets RDMA_CM_EVENT_ADDR_CHANGE, as when the address under it changes. Returns
+/// how many got it.
+unsafe extern "C" fn addr_changed(_arg: *mut std::ffi::c_void) -> c_int {
+    let mut n = 0;
+    for id in runtime().ids() {
+        let st = lock(&id.st);
+        if st.destroyed || st.removed || st.listen.is_none() {
+            continue;
+        }
+        let ev = EventBox::new(&id, RDMA_CM_EVENT_ADDR_CHANGE, 0);
+        id.queue(&st, ev);
+        n += 1;
+    }
+    debug!("addr_change: ADDR_CHANGE on {n} listening cm ids");
+    n
+}
+
 fn install_fault_handler() {
     if let Some(p) = ffi::private() {
         // SAFETY: vtable functions; the handlers are static functions valid forever.
         unsafe {
             (p.set_cm_drop_handler)(Some(fault_handler), std::ptr::null_mut());
             (p.set_device_handler)(Some(device_removed), std::ptr::null_mut());
+            (p.set_addr_change_handler)(Some(addr_changed), std::ptr::null_mut());
         }
     }
 }

@@ -364,6 +364,24 @@ fn device_removal_and_return() {
     server.finish();
 }
 
+/// The control command `addr_change` (and `async addr_change`): each listening id gets
+/// RDMA_CM_EVENT_ADDR_CHANGE once per command, a bound id that does not listen gets nothing,
+/// and the listener keeps working (a connection to it is requested after the event).
+#[test]
+fn addr_change_on_listeners() {
+    let mut p = Proc::spawn("addr_change", "addr_change", &[]);
+    let pid = p.expect("READY ");
+    for cmd in [&["addr_change"][..], &["async", "addr_change"]] {
+        ctl(&pid, cmd);
+        p.tell("sent");
+        assert_eq!(p.expect("ADDR_CHANGE "), "listener=1");
+        // No second event (200 ms) before the next command.
+        p.expect("QUIET");
+    }
+    p.expect("STILL_LISTENING");
+    p.finish();
+}
+
 /// One process: non-blocking channel (EAGAIN), bind conflicts, listen backlog (a REQ beyond
 /// the backlog of not-yet-retrieved CONNECT_REQUESTs is rejected with status 1), rejecting a
 /// QP-less connection, and destroying a listener with a pending request.
@@ -430,6 +448,7 @@ fn child_main() {
         "client" => client(),
         "ep_server" => ep_server(),
         "misc" => misc(),
+        "addr_change" => addr_change_child(),
         "ep_client" => ep_client(),
         r => Err(format!("unknown role {r}")),
     };
@@ -1299,6 +1318,65 @@ fn readable(ch: *mut rdma_event_channel) -> bool {
         };
         libc::poll(&mut pfd, 1, WAIT_MS) == 1
     }
+}
+
+/// Child of `addr_change_on_listeners`: a listener and a bound, non-listening id on one
+/// channel; after each "sent" line exactly one ADDR_CHANGE, on the listener; then a connect
+/// from a second id is still requested on the listener.
+fn addr_change_child() -> Result<(), String> {
+    use rdma_cm_event_type::*;
+    // SAFETY: straight-line use of the librdmacm API with live objects created here.
+    unsafe {
+        let ch = rdma_create_event_channel();
+        if ch.is_null() {
+            return Err("rdma_create_event_channel".into());
+        }
+        let mut ids = [std::ptr::null_mut::<rdma_cm_id>(); 2];
+        for id in &mut ids {
+            if rdma_create_id(ch, id, std::ptr::null_mut(), rdma_port_space::RDMA_PS_TCP) != 0 {
+                return Err("rdma_create_id".into());
+            }
+            let mut sa = sockaddr(&"127.0.0.1:0".parse().expect("addr"));
+            if rdma_bind_addr(*id, &mut sa as *mut _ as *mut libc::sockaddr) != 0 {
+                return Err("rdma_bind_addr".into());
+            }
+        }
+        let [listen, bound] = ids;
+        if rdma_listen(listen, 4) != 0 {
+            return Err("rdma_listen".into());
+        }
+        println!("READY {}", std::process::id());
+        for _ in 0..2 {
+            read_stdin_line("sent")?;
+            let ev = wait_event(ch, RDMA_CM_EVENT_ADDR_CHANGE)?;
+            println!("ADDR_CHANGE listener={}", u8::from(ev.id == listen));
+            let mut pfd = libc::pollfd {
+                fd: (*ch).fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut pfd, 1, 200) == 1 {
+                return Err(format!(
+                    "a second event after ADDR_CHANGE: {}",
+                    wait_any(ch)?.kind
+                ));
+            }
+            println!("QUIET");
+        }
+        let port = u16::from_be(rdma_get_src_port(listen));
+        let client_ch = rdma_create_event_channel();
+        let client = active(client_ch, port)?;
+        let req = wait_event(ch, RDMA_CM_EVENT_CONNECT_REQUEST)?;
+        println!("STILL_LISTENING");
+        rdma_reject(req.id, std::ptr::null(), 0);
+        rdma_destroy_id(req.id);
+        rdma_destroy_id(client);
+        rdma_destroy_event_channel(client_ch);
+        rdma_destroy_id(bound);
+        rdma_destroy_id(listen);
+        rdma_destroy_event_channel(ch);
+    }
+    Ok(())
 }
 
 fn misc() -> Result<(), String> {

@@ -9,13 +9,20 @@ impl<H: Host> PollGroup<H> {
     /// registers them with `SPDK_INTERRUPT_REGISTER_FOR_EVENTS`). Call
     /// [`PollGroup::arm`] once, then [`PollGroup::handle_event`] whenever one
     /// is readable or [`PollGroup::next_deadline`] passed.
-    pub fn event_fds(&self) -> Vec<RawFd> {
+    /// The set changes when a device is removed or opened
+    /// ([`PollGroup::event_fds_generation`]); asking for it again tells the
+    /// group the driver no longer waits on the fds of dropped pollers, which
+    /// are closed then.
+    pub fn event_fds(&mut self) -> Vec<RawFd> {
+        self.retired_channels.clear();
         self.pollers.iter().map(|p| p.channel.fd()).collect()
     }
 
-    /// Arms every CQ so that its next completion makes its fd readable.
+    /// Arms every CQ so that its next completion makes its fd readable
+    /// (and marks the group as driven by events).
     pub fn arm(&mut self) {
-        for p in &self.pollers {
+        self.armed = true;
+        for p in self.pollers.iter().filter(|p| !p.device_dead) {
             if let Err(e) = p.cq.req_notify(false) {
                 tracing::error!(group = self.index, device = %p.stats.name, "ibv_req_notify_cq failed: {e}");
             }
@@ -28,7 +35,8 @@ impl<H: Host> PollGroup<H> {
     /// fired, WRs flushed. Re-arming before the last poll means a completion
     /// that raced with it raises a new event. Returns the work done.
     pub fn handle_event(&mut self, now: u64) -> usize {
-        for p in &self.pollers {
+        // A removed device's channel fails with EIO once drained: not read.
+        for p in self.pollers.iter().filter(|p| !p.device_dead) {
             loop {
                 match p.channel.get_event() {
                     Ok(Some(_)) => {}

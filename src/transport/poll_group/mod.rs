@@ -34,7 +34,7 @@ use crate::verbs::{
     SendOp, SendWrList, Srq, VerbsError, WorkCompletion,
 };
 
-use super::device::Device;
+use super::device::{Device, DeviceTable};
 use super::host::{
     AbortResult, BufferGrant, Call, CallQueueFull, CommandData, Direction, FiniDone, GroupCalls,
     Host, HostGroup, QpairHandle, QpairInfo, RequestBuffers, RequestHandle,
@@ -42,7 +42,8 @@ use super::host::{
 };
 use super::options::TransportOptions;
 use super::pending::{
-    AddQpairError, AddQpairFailure, DeviceEvent, DeviceMsg, PendingQpair, QpairEvent, QpairMsg,
+    AddQpairError, AddQpairFailure, DeviceEvent, DeviceMsg, PendingQpair, PortEvent, PortMsg,
+    QpairEvent, QpairMsg,
 };
 use super::qpn_map::QpnMap;
 use super::shared::{Held, HeldCounts, Shared};
@@ -52,6 +53,7 @@ use super::wrid;
 
 mod actions;
 mod calls;
+mod devices;
 mod interrupt;
 mod recv;
 mod setup;
@@ -77,11 +79,14 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Poller {
     device: usize,
+    /// The device (its PD, attributes), held while the poller lives.
+    dev: Arc<Device>,
     /// Completion channel of `cq` (interrupt mode; unused while polling).
     channel: CompChannel,
-    /// The device had `IBV_EVENT_DEVICE_FATAL` and is not back yet: new
-    /// qpairs are refused. The CQ is still polled so that flushes end the
-    /// drain early; the drain deadline bounds it when the NIC returns nothing.
+    /// The device had `IBV_EVENT_DEVICE_FATAL` or was removed: new qpairs
+    /// are refused, and the poller is dropped once its last qpair is gone.
+    /// The CQ is still polled so that flushes end the drain early; the drain
+    /// deadline bounds it when the NIC returns nothing.
     device_dead: bool,
     cq: Cq,
     required_wr: u32,
@@ -98,6 +103,8 @@ struct Conn {
     cm_id: CmId,
     handle: QpairHandle,
     device: usize,
+    /// The listener that accepted it (ADDR_CHANGE disconnects by listener).
+    listen: std::net::SocketAddr,
     poller: usize,
     qp_num: u32,
     engine: engine::Qpair,
@@ -133,8 +140,15 @@ pub struct PollGroup<H: Host> {
     index: u16,
     host: H::Group,
     opts: TransportOptions,
-    devices: Arc<Vec<Device>>,
+    devices: Arc<DeviceTable>,
     pollers: Vec<Poller>,
+    /// Interrupt mode ([`PollGroup::arm`] was called): the channels of
+    /// dropped pollers stay open until the driver next asks for
+    /// [`PollGroup::event_fds`] (it may still be waiting on them).
+    armed: bool,
+    retired_channels: Vec<CompChannel>,
+    /// Bumped when the pollers (and so [`PollGroup::event_fds`]) change.
+    fds_generation: u64,
     conns: Vec<Option<Conn>>,
     generations: Vec<u32>,
     by_qpn: QpnMap<usize>,
@@ -170,69 +184,18 @@ impl<H: Host> PollGroup<H> {
         let opts = core.opts.clone();
         let devices = core.devices.clone();
         let shared = core.shared.clone();
-        let mut group = host.create_group(index);
+        let group = host.create_group(index);
         let dma = host.dma_allocator();
-        let mut pollers = Vec::new();
-        for (i, d) in devices.iter().enumerate() {
-            // SRQ (upstream: unless no_srq or the device has none): one
-            // SRQ of max_srq_depth RECVs and a CQ of 3 * max_srq_depth.
-            // Without SRQ the CQ starts at `num_cqe` and grows per qpair
-            // (upstream nvmf_rdma_resize_cq).
-            let mut srq = None;
-            let mut num_cqe = u32::try_from(opts.num_cqe.max(1)).unwrap_or(4096);
-            if !opts.no_srq && d.attr.max_srq > 0 {
-                let (depth, notice) = opts.srq_depth_for_device(d.attr.max_srq_wr);
-                if let Some(n) = notice {
-                    tracing::warn!(device = %d.name, "{n}");
-                }
-                let depth = depth.max(1);
-                let slot_size = CAPSULE + opts.in_capsule_data_size as usize;
-                let s = Srq::new(&d.pd, u32::from(depth), 1)?;
-                let mut area = RecvArea::new(dma, &d.pd, usize::from(depth), slot_size)?;
-                for i in 0..depth {
-                    area.queue(RecvId(u32::from(i)))?;
-                }
-                let mut sr = SrqRecv {
-                    srq: s,
-                    area,
-                    retry: Vec::new(),
-                };
-                let mut st = PollerStats::new(d.name.clone());
-                st.total_recv_wrs += u64::from(depth);
-                flush_srq(&mut sr, &mut st);
-                num_cqe = 3 * u32::from(depth);
-                srq = Some((sr, st));
-            }
-            let num_cqe = num_cqe.min(d.attr.max_cqe.max(1));
-            let channel = CompChannel::new(&d.ctx)?;
-            channel.set_nonblocking()?;
-            let cq = Cq::new(&d.ctx, num_cqe, Some(&channel))?;
-            let (srq, stats) = match srq {
-                Some((sr, st)) => (Some(sr), st),
-                None => (None, PollerStats::new(d.name.clone())),
-            };
-            if let Err(e) = group.attach_device(i, &d.pd) {
-                tracing::error!(group = index, device = %d.name, "host cannot use device: {e}");
-            }
-            pollers.push(Poller {
-                device: i,
-                channel,
-                device_dead: false,
-                cq,
-                required_wr: 0,
-                max_cqe: d.attr.max_cqe,
-                stats,
-                wcs: vec![WorkCompletion::EMPTY; WC_BATCH],
-                srq,
-            });
-        }
-        Ok(PollGroup {
+        let mut pg = PollGroup {
             core,
             index,
             host: group,
             opts,
             devices,
-            pollers,
+            pollers: Vec::new(),
+            armed: false,
+            retired_channels: Vec::new(),
+            fds_generation: 0,
             conns: Vec::new(),
             generations: Vec::new(),
             by_qpn: QpnMap::default(),
@@ -247,7 +210,12 @@ impl<H: Host> PollGroup<H> {
             reap_due: false,
             dma,
             drain_timers: false,
-        })
+        };
+        for (device, _) in pg.devices.live() {
+            // On error, dropping `pg` releases the pollers made so far.
+            pg.add_poller(device)?;
+        }
+        Ok(pg)
     }
 
     /// This group's index (the `group` of its [`QpairHandle`]s).
@@ -296,22 +264,61 @@ impl<H: Host> PollGroup<H> {
         });
     }
 
-    /// Handles a device event the acceptor sent to every group: on
-    /// `IBV_EVENT_DEVICE_FATAL` every qpair on the device is torn down
-    /// (bounded by the drain deadline) and new ones are refused until the
-    /// device is back.
+    /// Handles a device event the acceptor sent to every group:
+    /// [`DeviceEvent::Removed`] tears every qpair on the device down
+    /// (bounded by the drain deadline), refuses new ones and drops the
+    /// poller once it is empty; [`DeviceEvent::Added`] makes the new
+    /// device's poller (a failure is logged; the first qpair on it tries
+    /// again).
     pub fn deliver_device(&mut self, msg: DeviceMsg, now: u64) {
         let DeviceMsg { device, event } = msg;
-        for p in self.pollers.iter_mut().filter(|p| p.device == device) {
-            p.device_dead = event == DeviceEvent::Fatal;
+        match event {
+            DeviceEvent::Removed => {
+                for p in self.pollers.iter_mut().filter(|p| p.device == device) {
+                    p.device_dead = true;
+                }
+                for slot in 0..self.conns.len() {
+                    let on_device = self.conns[slot]
+                        .as_ref()
+                        .is_some_and(|c| c.device == device && !c.finished);
+                    if on_device {
+                        self.with_conn(slot, now, |c| c.engine.handle_qp_fatal());
+                    }
+                }
+                self.drop_dead_pollers();
+            }
+            // A device removed again before this message arrived gets no
+            // poller (on a live one, the first qpair would make it too).
+            DeviceEvent::Added if self.devices.get_live(device).is_none() => {
+                tracing::debug!(group = self.index, device, "device added and already gone");
+            }
+            DeviceEvent::Added => {
+                if let Err(e) = self.ensure_poller(device) {
+                    tracing::error!(
+                        group = self.index,
+                        device,
+                        "no poller for the new device: {e}"
+                    );
+                }
+            }
+            DeviceEvent::Retired => {}
         }
-        if event == DeviceEvent::Fatal {
-            for slot in 0..self.conns.len() {
-                let on_device = self.conns[slot]
-                    .as_ref()
-                    .is_some_and(|c| c.device == device && !c.finished);
-                if on_device {
-                    self.with_conn(slot, now, |c| c.engine.handle_qp_fatal());
+    }
+
+    /// Handles a listener event the acceptor sent to every group:
+    /// [`PortEvent::AddrChange`] disconnects every qpair accepted through
+    /// `msg.addr` (upstream `nvmf_rdma_disconnect_qpairs_on_port`).
+    pub fn deliver_port(&mut self, msg: PortMsg, now: u64) {
+        let PortMsg { addr, event } = msg;
+        match event {
+            PortEvent::AddrChange => {
+                for slot in 0..self.conns.len() {
+                    let on_port = self.conns[slot]
+                        .as_ref()
+                        .is_some_and(|c| c.listen == addr && !c.finished);
+                    if on_port {
+                        self.with_conn(slot, now, |c| c.engine.handle_peer_disconnected());
+                    }
                 }
             }
         }
@@ -592,7 +599,8 @@ impl<H: Host> PollGroup<H> {
         }
     }
 
-    /// Frees qpairs the engine declared finished.
+    /// Frees qpairs the engine declared finished (then the pollers of
+    /// removed devices that became empty).
     fn reap(&mut self, _now: u64) {
         self.reap_due = false;
         for slot in 0..self.conns.len() {
@@ -606,6 +614,7 @@ impl<H: Host> PollGroup<H> {
                 drop(conn);
             }
         }
+        self.drop_dead_pollers();
     }
 }
 

@@ -32,8 +32,16 @@ impl<H: Host> PollGroup<H> {
     ) -> Result<Conn, AddQpairFailure> {
         let pending = &mut *pending.0;
         let device = pending.device;
-        let Some(poller_idx) = self.pollers.iter().position(|p| p.device == device) else {
-            return Err(AddQpairFailure::NoPoller(device));
+        let poller_idx = match self.ensure_poller(device) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(
+                    group = self.index,
+                    device,
+                    "no poller for the qpair's device: {e}"
+                );
+                return Err(AddQpairFailure::NoPoller(device));
+            }
         };
         if self.pollers[poller_idx].device_dead {
             return Err(AddQpairFailure::DeviceDead(device));
@@ -44,7 +52,7 @@ impl<H: Host> PollGroup<H> {
             ));
         };
         let negotiated = pending.negotiated;
-        let dev = &self.devices[device];
+        let dev = self.pollers[poller_idx].dev.clone();
         let qd = negotiated.max_queue_depth.max(1);
         let opts = &self.opts;
         let has_srq = self.pollers[poller_idx].srq.is_some();
@@ -182,6 +190,7 @@ impl<H: Host> PollGroup<H> {
             cm_id,
             handle,
             device,
+            listen: pending.listen,
             poller: poller_idx,
             qp_num,
             engine,

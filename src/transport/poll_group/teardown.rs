@@ -83,6 +83,9 @@ impl<H: Host> Drop for PollGroup<H> {
             // The engine's clock: only the relative drain deadline matters.
             self.force_finish_all(u64::MAX / 2);
         }
+        for p in self.pollers.drain(..) {
+            self.devices.release(p.device);
+        }
         self.shared.unregister_group(&self.held);
         self.core.groups.unregister(self.index);
     }
