@@ -188,6 +188,8 @@ pub struct Qpair {
     qp_destroyed: bool,
     actions: ActionRing,
     stats: Stats,
+    /// Emit [`Action::RequestState`] on every state change.
+    trace_states: bool,
     #[cfg(feature = "sim")]
     sim_bug_3463: bool,
 }
@@ -220,6 +222,7 @@ impl Qpair {
             qp_destroyed: false,
             actions: ActionRing::with_capacity(8 * n + 64),
             stats: Stats::default(),
+            trace_states: false,
             #[cfg(feature = "sim")]
             sim_bug_3463: false,
         };
@@ -373,6 +376,19 @@ impl Qpair {
         self.actions.drain_into(out);
     }
 
+    /// Turns state tracing on or off: while on, every request state change
+    /// (but to FREE) also emits an [`Action::RequestState`], in order with
+    /// the other actions; nothing else changes. Off by default; when off it
+    /// costs one test of this flag per state change.
+    pub fn set_state_tracing(&mut self, on: bool) {
+        self.trace_states = on;
+    }
+
+    /// Whether state tracing is on ([`Qpair::set_state_tracing`]).
+    pub fn state_tracing(&self) -> bool {
+        self.trace_states
+    }
+
     /// When [`Qpair::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         match self.state {
@@ -480,6 +496,7 @@ impl Qpair {
             self.buffers_dirty = true;
         }
         self.reqs[i].state = ReqState::HaveBuffer;
+        self.traced(req, ReqState::NeedBuffer, ReqState::HaveBuffer);
         Ok(())
     }
 
@@ -846,10 +863,11 @@ impl Qpair {
     // ------------------------------------------------------------------
 
     /// Changes a request's state: unlinks it from the queue of the old state
-    /// and links it into the queue of the new one. The only other code that
-    /// changes a state is the written-out copies of this for the transitions
-    /// every request makes (`leave_free`, `enter_free`, `on_new`,
-    /// `leave_buffer_queue`), which change state and links together too.
+    /// and links it into the queue of the new one, and reports the change
+    /// when state tracing is on. The only other code that changes a state is
+    /// the written-out copies of this for the transitions every request
+    /// makes (`leave_free`, `enter_free`, `on_new`, `leave_buffer_queue`),
+    /// which change state and links together too, and report it (but FREE).
     #[inline]
     fn set_state(&mut self, req: ReqId, new: ReqState) -> Result<(), EngineError> {
         let i = req.index();
@@ -867,7 +885,35 @@ impl Qpair {
             self.relink(req, oq, nq)?;
         }
         self.reqs[i].state = new;
+        if self.trace_states {
+            self.push_trace(req, old, new);
+        }
         Ok(())
+    }
+
+    /// Reports `req` entering `state` from another state when state
+    /// tracing is on: one test of the flag when off (the push is out of
+    /// line).
+    #[inline(always)]
+    fn traced(&mut self, req: ReqId, old: ReqState, state: ReqState) {
+        if self.trace_states {
+            self.push_trace(req, old, state);
+        }
+    }
+
+    /// Emits [`Action::RequestState`] for a change from `old` to `state`
+    /// (none when the state stays, e.g. COMPLETED set again on the way to
+    /// FREE, and none for FREE, which upstream does not trace either).
+    #[cold]
+    #[inline(never)]
+    fn push_trace(&mut self, req: ReqId, old: ReqState, state: ReqState) {
+        if state != old && state != ReqState::Free {
+            self.actions.push_back(Action::RequestState {
+                req,
+                state,
+                in_use: self.in_use,
+            });
+        }
     }
 
     /// Moves `req` from queue `oq` to queue `nq` (part of [`Qpair::set_state`]).
@@ -1035,6 +1081,7 @@ impl Qpair {
                     // this request.
                     self.queues.push_back(QueueKind::PendingBuffer, req)?;
                     self.reqs[i].state = ReqState::NeedBuffer;
+                    self.traced(req, ReqState::New, ReqState::NeedBuffer);
                     self.buffers_dirty = false;
                     self.ask_for(req);
                 } else {
@@ -1548,6 +1595,7 @@ impl Qpair {
         self.queues.remove(req);
         self.in_use += 1;
         self.reqs[i].state = ReqState::New;
+        self.traced(req, ReqState::Free, ReqState::New);
         Ok(())
     }
 

@@ -156,6 +156,9 @@ pub struct PollGroup<H: Host> {
     /// `Finished`): the next poll frees it. Saves a walk of every slot on
     /// every poll.
     reap_due: bool,
+    /// The host wants request states reported ([`HostGroup::trace_requests`]
+    /// at the last poll): every engine of the group traces its states.
+    trace_requests: bool,
 }
 
 impl<H: Host> PollGroup<H> {
@@ -238,6 +241,7 @@ impl<H: Host> PollGroup<H> {
             pending_data_buffer: 0,
             drain_timeout_ns: DEFAULT_DRAIN_TIMEOUT.as_nanos() as u64,
             reap_due: false,
+            trace_requests: false,
         })
     }
 
@@ -359,6 +363,10 @@ impl<H: Host> PollGroup<H> {
     /// One pass: completions, host answers, timers, WR flush. Returns the
     /// amount of work done (0 = idle).
     pub fn poll(&mut self, now: u64) -> usize {
+        let trace = self.host.trace_requests();
+        if trace != self.trace_requests {
+            self.set_state_tracing(trace);
+        }
         let mut work = 0;
         for p in 0..self.pollers.len() {
             work += self.poll_cq(p, now);
@@ -397,6 +405,16 @@ impl<H: Host> PollGroup<H> {
             self.reap(now);
         }
         work
+    }
+
+    /// Turns the request-state reports of every qpair on or off (the host's
+    /// [`HostGroup::trace_requests`] changed; qpairs added later follow).
+    #[cold]
+    fn set_state_tracing(&mut self, on: bool) {
+        self.trace_requests = on;
+        for c in self.conns.iter_mut().flatten() {
+            c.engine.set_state_tracing(on);
+        }
     }
 
     fn poll_cq(&mut self, p: usize, now: u64) -> usize {
