@@ -363,19 +363,13 @@ fn parse(trace: &Value) -> Parsed {
 /// of the qpairs) and no request state of the new qpairs.
 #[test]
 fn rdma_rs_request_states_and_qp_error() {
-    let Some(spdk) = std::env::var_os("SPDK_DIR").map(PathBuf::from) else {
-        eprintln!(
-            "SPDK_DIR not set: skipping the RDMA_RS request-state and QP-error trace test in \
-             SPDK's nvmf_tgt (see docs/spdk-plugin.md)"
-        );
+    let Some(spdk) = spdk_common::spdk_dir_or_skip(
+        "the RDMA_RS request-state and QP-error trace test in SPDK's nvmf_tgt",
+        cfg!(spdk),
+    ) else {
         return;
     };
-    if !cfg!(spdk) {
-        panic!("SPDK_DIR is set but this crate was built without it: rebuild with SPDK_DIR set");
-    }
-    let lib = std::env::current_exe()
-        .expect("current_exe")
-        .with_file_name("libnvmf_rdma_rs.so");
+    let lib = spdk_common::cdylib();
     let mut tgt = Tgt::start(
         &spdk,
         "spdk-trace-states",

@@ -18,14 +18,14 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e_common::{ctl, port, under_softrdma};
+use e2e_common::{accept_into, ctl, port, under_softrdma};
 use nvmf_rdma_rs::engine::codec::nvme::Command;
 use nvmf_rdma_rs::engine::{DisconnectReason, ReqState};
 use nvmf_rdma_rs::initiator::{Controller, ControllerConfig, SglMode};
 use nvmf_rdma_rs::standalone::MiniHost;
 use nvmf_rdma_rs::transport::{
-    AcceptorEvent, BufferGrant, CommandData, Direction, GroupCalls, Host, HostError, HostGroup,
-    PollGroup, QpairHandle, QpairInfo, RequestBuffers, RequestHandle, Transport, TransportOptions,
+    BufferGrant, CommandData, Direction, GroupCalls, Host, HostError, HostGroup, PollGroup,
+    QpairHandle, QpairInfo, RequestBuffers, RequestHandle, Transport, TransportOptions,
 };
 use nvmf_rdma_rs::verbs::Pd;
 
@@ -155,16 +155,7 @@ struct Target {
 impl Target {
     fn step(&mut self) {
         let now = self.start.elapsed().as_nanos() as u64;
-        let pg = &mut self.pg;
-        self.transport.accept_poll(&mut |ev| match ev {
-            AcceptorEvent::NewQpair(q) => {
-                if let Err(e) = pg.add_qpair(q, now) {
-                    e.qpair.reject();
-                }
-            }
-            AcceptorEvent::Qpair(m) => pg.deliver(m, now),
-            AcceptorEvent::Device(m) => pg.deliver_device(m, now),
-        });
+        accept_into(&self.transport, &mut self.pg, now);
         self.pg.poll(now);
     }
 
