@@ -87,6 +87,21 @@ fn rdma_rs_trace_group_is_registered() {
     );
 }
 
+/// Tracepoint names by id in `spdk_trace -j` output.
+fn tpoint_names(trace: &Value) -> std::collections::HashMap<u64, String> {
+    trace["tpoints"]
+        .as_array()
+        .expect("tpoints")
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_u64().expect("tpoint id"),
+                t["name"].as_str().expect("tpoint name").to_string(),
+            )
+        })
+        .collect()
+}
+
 /// The listen port of I/O test `n` (this file's range: 45500-45599).
 fn port(n: u64) -> u64 {
     spdk_common::env_u64("SPDK_TRACE_TEST_PORT", 45510) + n
@@ -136,17 +151,7 @@ fn rdma_rs_events_and_stats_after_io() {
 
     // Events: count per tracepoint name.
     let trace = tgt.trace_json();
-    let names: std::collections::HashMap<u64, String> = trace["tpoints"]
-        .as_array()
-        .expect("tpoints")
-        .iter()
-        .map(|t| {
-            (
-                t["id"].as_u64().unwrap(),
-                t["name"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let names = tpoint_names(&trace);
     let mut counts: std::collections::HashMap<&str, u64> = Default::default();
     for e in trace["entries"].as_array().expect("entries") {
         let id = e["tpoint"].as_u64().expect("tpoint id");
@@ -288,17 +293,7 @@ struct Parsed {
 /// Splits our group's entries of `trace` (`spdk_trace -j`) into request
 /// lives (by the request object, cut at `RS_REQ_NEW`) and qpair events.
 fn parse(trace: &Value) -> Parsed {
-    let names: std::collections::HashMap<u64, String> = trace["tpoints"]
-        .as_array()
-        .expect("tpoints")
-        .iter()
-        .map(|t| {
-            (
-                t["id"].as_u64().unwrap(),
-                t["name"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let names = tpoint_names(trace);
     let mut open: std::collections::HashMap<u64, Life> = Default::default();
     // The I/O qpair ordinal of each qpair pointer, as of its last create.
     let mut qpairs: std::collections::HashMap<u64, usize> = Default::default();
