@@ -21,9 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e_common::{bin, port, under_softrdma};
+use e2e_common::{accept_into, bin, port, under_softrdma};
 use nvmf_rdma_rs::standalone::MiniHost;
-use nvmf_rdma_rs::transport::{AcceptorEvent, PollGroup, Transport, TransportOptions};
+use nvmf_rdma_rs::transport::{PollGroup, Transport, TransportOptions};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -49,17 +49,7 @@ impl Target {
     /// One driver iteration: acceptor, then the group.
     fn step(&mut self) {
         let now = self.now();
-        let pg = &mut self.pg;
-        self.transport.accept_poll(&mut |ev| match ev {
-            AcceptorEvent::NewQpair(q) => {
-                if let Err(e) = pg.add_qpair(q, now) {
-                    e.qpair.reject();
-                }
-            }
-            AcceptorEvent::Qpair(m) => pg.deliver(m, now),
-            AcceptorEvent::Device(m) => pg.deliver_device(m, now),
-            AcceptorEvent::Port(m) => pg.deliver_port(m, now),
-        });
+        accept_into(&self.transport, &mut self.pg, now);
         self.pg.poll(now);
     }
 

@@ -24,7 +24,7 @@ use super::sys;
 use super::trace::{self, QpairEvent};
 use super::transport::RsTransport;
 use crate::engine::codec::nvme::{Command, Completion};
-use crate::engine::ReqState;
+use crate::engine::{DisconnectReason, ReqState};
 use crate::transport::{
     BufferGrant, CommandData, DeviceMsg, Direction, FiniDone, GroupCalls, Host, HostError,
     HostGroup, PollGroup, PortMsg, QpairHandle, QpairInfo, QpairMsg, RequestBuffers, RequestHandle,
@@ -547,11 +547,6 @@ impl HostGroup for SpdkHostGroup {
         };
         super::request::prepare(rec, cmd, data, direction);
         let base: *mut sys::spdk_nvmf_request = &mut rec.base;
-        trace::request_state(
-            base.cast(),
-            std::ptr::addr_of!(q.base).cast(),
-            ReqState::Executing,
-        );
         // SAFETY: a prepared record of a live qpair; SPDK may complete it (or
         // others) inside, through our ops, which find `calls` published.
         g.with_calls(calls, || unsafe { api.spdk_nvmf_request_exec(base) });
@@ -637,6 +632,26 @@ impl HostGroup for SpdkHostGroup {
         if q.life.fini_called {
             // SAFETY: SPDK finished it and the transport is done with it.
             unsafe { RsQpair::free(p) };
+        }
+    }
+
+    fn trace_requests(&mut self) -> bool {
+        trace::requests_enabled()
+    }
+
+    fn request_state(&mut self, req: RequestHandle, state: ReqState, in_use: u16) {
+        let Some(q) = self.glue().qpair(req.qpair) else {
+            return;
+        };
+        let qpair = std::ptr::addr_of!(q.base).cast();
+        if let Some(rec) = q.record(req.slot) {
+            trace::request_state(std::ptr::addr_of!(rec.base).cast(), qpair, state, in_use);
+        }
+    }
+
+    fn qpair_error(&mut self, qpair: QpairHandle, reason: DisconnectReason) {
+        if let Some(q) = self.glue().qpair(qpair) {
+            trace::qpair_error(std::ptr::addr_of!(q.base).cast(), reason);
         }
     }
 

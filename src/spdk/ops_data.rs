@@ -139,11 +139,6 @@ pub(super) unsafe extern "C" fn req_complete(req: *mut sys::spdk_nvmf_request) {
         };
         let rec = &q.records[slot];
         let (handle, cpl) = (rec.handle, completion(rec));
-        super::trace::request_state(
-            req.cast(),
-            std::ptr::addr_of!(q.base).cast(),
-            crate::engine::ReqState::Executed,
-        );
         // SAFETY: the group a joined qpair belongs to lives while it does.
         match unsafe { RsPollGroup::from_raw(q.group) } {
             Some(g) => g.answer(Deferred::Complete(handle, cpl)),

@@ -31,7 +31,7 @@ use super::api::api;
 use super::guard::guard;
 use super::sys;
 use super::trace_file;
-use crate::engine::ReqState;
+use crate::engine::{DisconnectReason, ReqState};
 
 /// The group: (id, name, request object type, its id prefix).
 #[cfg(not(feature = "link-mode"))]
@@ -55,7 +55,6 @@ const BDEV_IO_RELATIONS: [(u16, u8); 2] = [(3 * 64, 1), (3 * 64 + 1, 0)];
 
 /// A qpair lifecycle event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // `Error` waits for a core hook (docs/spdk-plugin.md)
 pub(crate) enum QpairEvent {
     /// The qpair joined its poll group (`code`: its queue id, 0 = admin).
     Create,
@@ -63,8 +62,34 @@ pub(crate) enum QpairEvent {
     Disconnect,
     /// The transport is done with it (`code`: 0).
     Destroy,
-    /// An error moved the qpair to error (`code`: the WC status or event).
+    /// An error moved the qpair to error (`code`: [`error_code`]).
     Error,
+}
+
+/// `code` of `RS_QP_ERROR` when a QP event reported the error: the QP is
+/// fatal (`IBV_EVENT_QP_FATAL`, or the device's `IBV_EVENT_DEVICE_FATAL`).
+const CODE_QP_FATAL: u64 = 0x100;
+/// The QP went to error with no fatal event nor error completion (SRQ:
+/// last WQE reached on an active qpair).
+const CODE_QP_IN_ERROR: u64 = 0x101;
+/// The host sent more commands than the queue depth.
+const CODE_HOST_OVERRUN: u64 = 0x102;
+/// A WR could not be posted.
+const CODE_POST_FAILED: u64 = 0x103;
+
+/// The `code` argument of `RS_QP_ERROR` for `reason`: the `ibv_wc_status`
+/// of an error completion (1–23, e.g. 5 = `IBV_WC_WR_FLUSH_ERR`), or one of
+/// the `CODE_*` values (0x100 and up). `None` when the peer disconnected:
+/// that is no error (`RS_QP_DISCONNECT` records the disconnect).
+fn error_code(reason: DisconnectReason) -> Option<u64> {
+    Some(match reason {
+        DisconnectReason::WcError { status, .. } => u64::from(status.to_raw()),
+        DisconnectReason::QpFatal => CODE_QP_FATAL,
+        DisconnectReason::QpInError => CODE_QP_IN_ERROR,
+        DisconnectReason::HostOverrun { .. } => CODE_HOST_OVERRUN,
+        DisconnectReason::PostFailed => CODE_POST_FAILED,
+        DisconnectReason::PeerDisconnected => return None,
+    })
 }
 
 /// One tracepoint description.
@@ -76,20 +101,33 @@ struct Tpoint {
     request: bool,
     /// Starts a request's life (`new_object`).
     new_object: bool,
-    /// Arguments: the request's qpair, or the qpair and an event code.
+    /// Arguments: the request's qpair (and, when a request starts or ends,
+    /// the qpair's requests in use), or the qpair and an event code.
     args: &'static [(&'static CStr, u8)],
 }
 
 const REQ_ARGS: &[(&CStr, u8)] = &[(c"qpair", ARG_PTR)];
+/// Upstream's `RDMA_REQ_NEW` / `RDMA_REQ_COMPLETED` arguments: the qpair and
+/// `qd`, its requests not FREE (this one included).
+const REQ_QD_ARGS: &[(&CStr, u8)] = &[(c"qpair", ARG_PTR), (c"qd", ARG_INT)];
 const QP_ARGS: &[(&CStr, u8)] = &[(c"qpair", ARG_PTR), (c"code", ARG_INT)];
+
+/// Index of `RS_REQ_NEW` (the `new_object` tracepoint).
+const NEW_INDEX: u16 = 0;
+/// Index of `RS_REQ_COMPLETED`.
+const COMPLETED_INDEX: u16 = 13;
 
 const fn req(index: u16, name: &'static CStr) -> Tpoint {
     Tpoint {
         index,
         name,
         request: true,
-        new_object: index == 0,
-        args: REQ_ARGS,
+        new_object: index == NEW_INDEX,
+        args: if index == NEW_INDEX || index == COMPLETED_INDEX {
+            REQ_QD_ARGS
+        } else {
+            REQ_ARGS
+        },
     }
 }
 
@@ -105,12 +143,14 @@ const fn qp(index: u16, name: &'static CStr) -> Tpoint {
 
 /// First qpair event index (request states use 0..14).
 const QP_BASE: u16 = 0x10;
+/// The bits of the request-state tracepoints in the group's mask word.
+const REQUEST_MASK: u64 = (1 << (COMPLETED_INDEX + 1)) - 1;
 
 /// Every tracepoint of the group. Request states keep upstream's order
 /// (`ReqState`, which mirrors `spdk_nvmf_rdma_request_state`); `Free` is
 /// never traced, as upstream.
 const TPOINTS: [Tpoint; 18] = [
-    req(0, c"RS_REQ_NEW"),
+    req(NEW_INDEX, c"RS_REQ_NEW"),
     req(1, c"RS_REQ_NEED_BUFFER"),
     req(2, c"RS_REQ_HAVE_BUFFER"),
     req(3, c"RS_REQ_TX_PENDING_H2C"),
@@ -123,7 +163,7 @@ const TPOINTS: [Tpoint; 18] = [
     req(10, c"RS_REQ_RDY_TO_COMPL"),
     req(11, c"RS_REQ_COMPLETING_C2H"),
     req(12, c"RS_REQ_COMPLETING"),
-    req(13, c"RS_REQ_COMPLETED"),
+    req(COMPLETED_INDEX, c"RS_REQ_COMPLETED"),
     qp(QP_BASE, c"RS_QP_CREATE"),
     qp(QP_BASE + 1, c"RS_QP_DISCONNECT"),
     qp(QP_BASE + 2, c"RS_QP_DESTROY"),
@@ -135,7 +175,7 @@ const TPOINTS: [Tpoint; 18] = [
 fn state_index(state: ReqState) -> Option<u16> {
     Some(match state {
         ReqState::Free => return None,
-        ReqState::New => 0,
+        ReqState::New => NEW_INDEX,
         ReqState::NeedBuffer => 1,
         ReqState::HaveBuffer => 2,
         ReqState::DataTransferToControllerPending => 3,
@@ -148,7 +188,7 @@ fn state_index(state: ReqState) -> Option<u16> {
         ReqState::ReadyToComplete => 10,
         ReqState::TransferringControllerToHost => 11,
         ReqState::Completing => 12,
-        ReqState::Completed => 13,
+        ReqState::Completed => COMPLETED_INDEX,
     })
 }
 
@@ -180,40 +220,74 @@ static TRACE_FILE_VAR: AtomicPtr<AtomicPtr<sys::spdk_trace_file>> =
 /// check): our group registered, a trace file, and the id's bit in its mask.
 #[inline]
 fn enabled(id: u16) -> bool {
+    mask_of(id >> 6) & (1u64 << (id & 0x3f)) != 0
+}
+
+/// Whether any request-state tracepoint of the group is enabled: the
+/// transport core asks once per poll (`HostGroup::trace_requests`) and
+/// reports request states only while this holds.
+pub(crate) fn requests_enabled() -> bool {
+    mask_of(u16::from(GROUP.0)) & REQUEST_MASK != 0
+}
+
+/// The tpoint mask word of `group` in the trace file (0 until our group is
+/// described, or without a trace file).
+#[inline]
+fn mask_of(group: u16) -> u64 {
     let var = TRACE_FILE_VAR.load(Ordering::Relaxed);
     if var.is_null() {
-        return false;
+        return 0;
     }
     // SAFETY: `var` is the address of SPDK's `g_trace_file` (dlsym), a
     // pointer-sized, aligned variable living as long as the process; an
     // `AtomicPtr` has the layout of the pointer it wraps.
     let file = unsafe { &*var }.load(Ordering::Relaxed);
     if file.is_null() {
-        return false;
+        return 0;
     }
     // SAFETY: a non-NULL `g_trace_file` points to the mapped trace file until
     // `spdk_trace_cleanup`, which runs after every poller (and so every
     // recording call) stopped.
-    let Some(word) = (unsafe { trace_file::mask_word(file, usize::from(id >> 6)) }) else {
-        return false;
+    let Some(word) = (unsafe { trace_file::mask_word(file, usize::from(group)) }) else {
+        return 0;
     };
     // SAFETY: an aligned `u64` of the mapped file, which SPDK's RPCs write
     // from another thread: read atomically.
-    let mask = unsafe { AtomicU64::from_ptr(word) }.load(Ordering::Relaxed);
-    mask & (1u64 << (id & 0x3f)) != 0
+    unsafe { AtomicU64::from_ptr(word) }.load(Ordering::Relaxed)
 }
 
 /// Records a request's new state: `req` is its `spdk_nvmf_request` (the
 /// object id, as upstream, so `spdk_trace` relates bdev I/O to it), `qpair`
-/// its `spdk_nvmf_qpair`. Costs a mask check when the tracepoint is off.
+/// its `spdk_nvmf_qpair`, `in_use` the qpair's requests not FREE (the `qd`
+/// argument of `RS_REQ_NEW` and `RS_REQ_COMPLETED`, as upstream). Costs a
+/// mask check when the tracepoint is off.
 #[inline]
-pub(crate) fn request_state(req: *const c_void, qpair: *const c_void, state: ReqState) {
+pub(crate) fn request_state(
+    req: *const c_void,
+    qpair: *const c_void,
+    state: ReqState,
+    in_use: u16,
+) {
     let Some(index) = state_index(state) else {
         return;
     };
     let id = tpoint_id(index);
-    if enabled(id) {
+    if !enabled(id) {
+        return;
+    }
+    if index == NEW_INDEX || index == COMPLETED_INDEX {
+        record(id, req as u64, &[qpair as u64, u64::from(in_use)]);
+    } else {
         record(id, req as u64, &[qpair as u64]);
+    }
+}
+
+/// Records `RS_QP_ERROR` for `qpair` (its `spdk_nvmf_qpair`) moved to error
+/// by `reason`, with [`error_code`] as its code; nothing when the peer
+/// disconnected.
+pub(crate) fn qpair_error(qpair: *const c_void, reason: DisconnectReason) {
+    if let Some(code) = error_code(reason) {
+        qpair_event(qpair, QpairEvent::Error, code);
     }
 }
 
@@ -487,7 +561,9 @@ mod tests {
         for (i, idx) in indexes.iter().enumerate() {
             let t = TPOINTS.iter().find(|t| t.index == *idx).expect("described");
             assert_eq!(t.request, i < states.len());
-            assert_eq!(t.args.len(), if t.request { 1 } else { 2 });
+            // Upstream's shapes: NEW and COMPLETED carry the queue depth.
+            let ends = t.request && matches!(states[i], New | Completed);
+            assert_eq!(t.args.len(), if t.request && !ends { 1 } else { 2 });
             assert_eq!(t.new_object, t.request && states[i] == New);
         }
         let mut sorted = indexes.clone();
@@ -509,11 +585,36 @@ mod tests {
         assert_eq!(first.object_type, GROUP.2);
         assert_eq!(first.new_object, 1);
         assert_eq!(first.args[0].type_, ARG_PTR);
-        assert!(first.args[1].name.is_null());
+        assert_eq!(first.args[1].type_, ARG_INT);
+        assert!(first.args[2].name.is_null());
+        assert!(
+            d[1].args[1].name.is_null(),
+            "RS_REQ_NEED_BUFFER: qpair only"
+        );
         let last = d.last().unwrap();
         assert_eq!(last.object_type, OBJECT_NONE);
         assert_eq!(last.args[1].type_, ARG_INT);
         assert_eq!(last.args[1].size, 8);
+    }
+
+    #[test]
+    fn error_codes_name_the_reason() {
+        use crate::engine::{RecvId, WcStatus, WrId};
+        let wc = |status| DisconnectReason::WcError {
+            wr: WrId::recv(RecvId(0)),
+            status,
+        };
+        assert_eq!(error_code(wc(WcStatus::Flushed)), Some(5));
+        assert_eq!(error_code(wc(WcStatus::RetryExceeded)), Some(12));
+        let codes = [
+            DisconnectReason::QpFatal,
+            DisconnectReason::QpInError,
+            DisconnectReason::HostOverrun { recv_depth: 3 },
+            DisconnectReason::PostFailed,
+        ]
+        .map(|r| error_code(r).expect("an error"));
+        assert_eq!(codes, [0x100, 0x101, 0x102, 0x103]);
+        assert_eq!(error_code(DisconnectReason::PeerDisconnected), None);
     }
 
     /// The only test that touches `TRACE_FILE_VAR` (tests share the process).
@@ -522,8 +623,9 @@ mod tests {
         // Not registered: every tracepoint reads as off, and the calls
         // return without touching SPDK.
         assert!(!enabled(tpoint_id(0)));
-        request_state(std::ptr::null(), std::ptr::null(), ReqState::New);
+        request_state(std::ptr::null(), std::ptr::null(), ReqState::New, 1);
         qpair_event(std::ptr::null(), QpairEvent::Error, 5);
+        assert!(!requests_enabled());
 
         // Registered, no trace file (g_trace_file NULL): still off.
         let var = Box::leak(Box::new(AtomicPtr::<sys::spdk_trace_file>::new(
@@ -544,12 +646,18 @@ mod tests {
             .filter(|i| enabled(tpoint_id(*i)))
             .collect();
         assert_eq!(on, [13]);
+        assert!(requests_enabled());
+        // Only qpair events on: no request state to report.
+        file.set_mask(group, 1 << QP_BASE);
+        var.store(file.ptr(), Ordering::Release);
+        assert!(!requests_enabled());
         file.set_mask(group, u64::MAX);
         // (The pointer is taken again after each write through `file`.)
         var.store(file.ptr(), Ordering::Release);
         assert!(TPOINTS.iter().all(|t| enabled(tpoint_id(t.index))));
         // Enabled but SPDK not resolved: `record` returns without calling.
-        request_state(std::ptr::null(), std::ptr::null(), ReqState::Completed);
+        request_state(std::ptr::null(), std::ptr::null(), ReqState::Completed, 1);
+        qpair_error(std::ptr::null(), DisconnectReason::QpFatal);
         // Every slot describe() fills is free in an empty file.
         // SAFETY: the fake file is laid out as SPDK's.
         assert!(unsafe { check_free(file.ptr()) }.is_ok());

@@ -30,6 +30,7 @@
 use std::net::SocketAddr;
 
 use crate::engine::codec::nvme::{Command, Completion};
+use crate::engine::{DisconnectReason, ReqState};
 use crate::verbs::{DmaAllocator, HeapDma, Pd, Sge};
 
 /// Names one qpair for the host: poll group index, slot in the group and a
@@ -460,6 +461,33 @@ pub trait HostGroup: 'static {
     /// Lets the host push what it has to say. `now` is the group's
     /// monotonic clock in nanoseconds (keep-alive timers and the like).
     fn poll(&mut self, now: u64, calls: &mut GroupCalls);
+
+    /// Whether the host wants [`HostGroup::request_state`] reports (SPDK: a
+    /// request-state tracepoint of the transport's trace group is enabled).
+    /// Asked once per [`super::PollGroup::poll`]; the answer holds until the
+    /// next poll. Default: no, and then the reports cost the engine one test
+    /// of a flag per state change.
+    fn trace_requests(&mut self) -> bool {
+        false
+    }
+
+    /// Request `req` entered `state` (never FREE), while
+    /// [`HostGroup::trace_requests`] says yes: for tracepoints. `in_use` is
+    /// the qpair's requests not FREE, this one included (upstream's `qd`).
+    /// Called on the I/O path, in order with the other calls about `req`
+    /// (`RS_REQ_EXECUTING` before [`HostGroup::execute`]).
+    fn request_state(&mut self, req: RequestHandle, state: ReqState, in_use: u16) {
+        let _ = (req, state, in_use);
+    }
+
+    /// `qpair` entered the error state because of `reason` (an error or
+    /// flushed completion, a fatal QP event, a host overrun, a failed post,
+    /// or the peer disconnected); called once, right before
+    /// [`HostGroup::disconnect_requested`] for the same reason. Not called
+    /// when the host itself tears the qpair down ([`GroupCalls::fini`]).
+    fn qpair_error(&mut self, qpair: QpairHandle, reason: DisconnectReason) {
+        let _ = (qpair, reason);
+    }
 }
 
 /// Host-side failure reported to the transport.

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use nvmf_rdma_rs::initiator::{
     run_perf, ControllerConfig, PerfConfig, PerfReport, SglMode, Workload,
 };
+use nvmf_rdma_rs::transport::{AcceptorEvent, Host, PollGroup, Transport};
 use serde_json::Value;
 
 #[path = "../support/reexec.rs"]
@@ -278,6 +279,22 @@ impl Drop for TargetProc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// One acceptor pass of a transport driven by hand into its one poll group
+/// `pg`: new qpairs join it (rejected when they cannot), qpair and device
+/// events are delivered to it.
+pub fn accept_into<H: Host>(transport: &Transport, pg: &mut PollGroup<H>, now: u64) {
+    transport.accept_poll(&mut |ev| match ev {
+        AcceptorEvent::NewQpair(q) => {
+            if let Err(e) = pg.add_qpair(q, now) {
+                e.qpair.reject();
+            }
+        }
+        AcceptorEvent::Qpair(m) => pg.deliver(m, now),
+        AcceptorEvent::Device(m) => pg.deliver_device(m, now),
+        AcceptorEvent::Port(m) => pg.deliver_port(m, now),
+    });
 }
 
 /// `softrdma-ctl send <pid> <command...>`.

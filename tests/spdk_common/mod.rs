@@ -276,6 +276,23 @@ pub fn spdk_dir_or_skip(what: &str, built_with_spdk: bool) -> Option<PathBuf> {
     Some(spdk)
 }
 
+/// `<softrdma>/softrdma-ctl <args>` against the fabric in `shm`; returns its
+/// output, panicking when it fails.
+pub fn softrdma_ctl_in(softrdma: &Path, shm: &Path, args: &[&str]) -> String {
+    let out = Command::new(softrdma.join("softrdma-ctl"))
+        .args(args)
+        .env("SOFTRDMA_SHM_DIR", shm)
+        .output()
+        .expect("softrdma-ctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "softrdma-ctl {args:?} failed: {text}");
+    text
+}
+
 /// A listener port for test `n` of a file (`SPDK_TEST_PORT` + n, default
 /// 45000 + pid % 500 * 2 + n).
 pub fn test_port(n: u16) -> u16 {
@@ -419,18 +436,7 @@ impl SpdkTarget {
     /// `softrdma-ctl <args>` against this target's fabric; returns its
     /// output, panicking when it fails.
     pub fn softrdma_ctl(&self, args: &[&str]) -> String {
-        let out = Command::new(self.softrdma.join("softrdma-ctl"))
-            .args(args)
-            .env("SOFTRDMA_SHM_DIR", &self.shm)
-            .output()
-            .expect("softrdma-ctl");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "softrdma-ctl {args:?} failed: {text}");
-        text
+        softrdma_ctl_in(&self.softrdma, &self.shm, args)
     }
 
     /// Counter ` name=<n>` of `nvmf_tgt` in `softrdma-ctl stats PID` (live

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::spdk_common::{env_u64, softrdma_dir, wait_for_rpc, Proc, RpcClient, Scratch};
+use crate::spdk_common::{
+    env_u64, softrdma_ctl_in, softrdma_dir, wait_for_rpc, Proc, RpcClient, Scratch,
+};
 
 /// A running `nvmf_tgt`; stopped, then its scratch directory removed, on drop.
 pub struct Tgt {
@@ -144,6 +146,13 @@ impl Tgt {
     /// RDMA listener of this target for `secs` seconds; returns its output
     /// (panics when it fails).
     pub fn perf(&self, trid: &str, args: &[&str], secs: u64) -> String {
+        let (ok, text) = self.try_perf(trid, args, secs);
+        assert!(ok, "spdk_nvme_perf failed:\n{text}");
+        text
+    }
+
+    /// [`Tgt::perf`] that may fail: whether it exited 0, and its output.
+    pub fn try_perf(&self, trid: &str, args: &[&str], secs: u64) -> (bool, String) {
         let mem = env_u64("SPDK_MEM_MB", 512).to_string();
         // `timeout` bounds a perf that would not finish on its own.
         let out = Command::new("timeout")
@@ -158,16 +167,18 @@ impl Tgt {
             .output()
             .expect("running spdk_nvme_perf");
         let text = format!(
-            "{}{}",
+            "{}{}({})",
             String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "spdk_nvme_perf failed ({}):\n{text}",
+            String::from_utf8_lossy(&out.stderr),
             out.status
         );
-        text
+        (out.status.success(), text)
+    }
+
+    /// `softrdma-ctl <args>` against this target's fabric (panics when it
+    /// fails); e.g. `send <pid> qperr *`.
+    pub fn softrdma_ctl(&self, args: &[&str]) -> String {
+        softrdma_ctl_in(&softrdma_dir(), &self.scratch.0.join("shm"), args)
     }
 
     /// SIGINT, then asserts a clean exit (status 0, no panic or crash in the

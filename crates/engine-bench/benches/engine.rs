@@ -12,6 +12,9 @@
 //!   response SEND, SEND completion.
 //! - `read_4k_qd32`: 32 READs in flight per iteration (per-I/O time is the
 //!   iteration time / 32).
+//! - `read_4k_traced`: `read_4k` with state tracing on (nine
+//!   `Action::RequestState` reports per I/O, each read by the driver): the
+//!   cost of tracing when a host wants it.
 //!
 //! - `codec/*`: the codecs alone (SGL classification of one keyed
 //!   descriptor and of a 16-descriptor list, CM request parse + negotiate).
@@ -23,7 +26,7 @@
 //! Instruction counts (repeatable on a loaded machine): with
 //! `ENGINE_BENCH_COUNT=<scenario>:<ios>` the binary skips criterion and runs
 //! exactly `<ios>` I/Os of one scenario (`read_4k`, `write_4k`,
-//! `write_4k_in_capsule`, `read_4k_qd32`) after a warm-up, e.g. under
+//! `write_4k_in_capsule`, `read_4k_qd32`, `read_4k_traced`) after a warm-up, e.g. under
 //! `valgrind --tool=callgrind`. Two runs with different `<ios>` give the
 //! instructions per I/O as (Ir₂ − Ir₁) / (ios₂ − ios₁); see
 //! `docs/benchmarks.md`.
@@ -64,6 +67,8 @@ struct Driver {
     completed: u64,
     /// Response SENDs posted.
     responses: u64,
+    /// State reports seen (state tracing on).
+    reports: u64,
 }
 
 impl Driver {
@@ -83,6 +88,7 @@ impl Driver {
             capsule: vec![0u8; 64 + IO as usize],
             completed: 0,
             responses: 0,
+            reports: 0,
         };
         d.handle_actions();
         assert_eq!(d.free_recvs.len(), usize::from(QD), "receives posted");
@@ -121,6 +127,10 @@ impl Driver {
                     self.events.push(Event::Complete(send.wr_id.to_raw()));
                 }
                 Action::ReleaseBuffers { .. } => self.completed += 1,
+                Action::RequestState { .. } => {
+                    black_box(a);
+                    self.reports += 1;
+                }
                 Action::Notice(n) => panic!("unexpected notice {n:?}"),
                 other => panic!("unexpected action {other:?}"),
             }
@@ -245,14 +255,16 @@ enum Scenario {
     Write4k,
     Write4kInCapsule,
     Read4kQd32,
+    Read4kTraced,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 4] = [
+    const ALL: [Scenario; 5] = [
         Scenario::Read4k,
         Scenario::Write4k,
         Scenario::Write4kInCapsule,
         Scenario::Read4kQd32,
+        Scenario::Read4kTraced,
     ];
 
     fn name(self) -> &'static str {
@@ -261,6 +273,7 @@ impl Scenario {
             Scenario::Write4k => "write_4k",
             Scenario::Write4kInCapsule => "write_4k_in_capsule",
             Scenario::Read4kQd32 => "read_4k_qd32",
+            Scenario::Read4kTraced => "read_4k_traced",
         }
     }
 
@@ -303,6 +316,10 @@ impl Scenarios {
     fn run(&self, sc: Scenario, d: &mut Driver) {
         match sc {
             Scenario::Read4k => one_io(d, &self.read, 64),
+            Scenario::Read4kTraced => {
+                d.qp.set_state_tracing(true);
+                one_io(d, &self.read, 64)
+            }
             Scenario::Write4k => one_io(d, &self.write, 64),
             Scenario::Write4kInCapsule => one_io(d, &self.icd_write, 64 + IO as usize),
             Scenario::Read4kQd32 => {
@@ -329,7 +346,7 @@ fn run_count(spec: &str) {
     let s = Scenarios::new();
     let mut d = Driver::new();
     s.run(sc, &mut d);
-    let (released0, answered0) = (d.completed, d.responses);
+    let (released0, answered0, reports0) = (d.completed, d.responses, d.reports);
     let mut done = 0;
     while done < ios {
         s.run(sc, &mut d);
@@ -350,6 +367,13 @@ fn run_count(spec: &str) {
         d.responses - answered0,
         done,
         "every I/O of {name} answered"
+    );
+    // NEW … COMPLETED: nine states per traced read, none untraced.
+    let reports = if sc == Scenario::Read4kTraced { 9 } else { 0 };
+    assert_eq!(
+        d.reports - reports0,
+        reports * done,
+        "state reports of {name}"
     );
     let sim = if nvmf_rdma_engine::SIM_BUILD {
         "yes"

@@ -89,6 +89,18 @@ pub enum Action {
     Finished,
     /// Something worth logging.
     Notice(Notice),
+    /// Request `req` entered `state` (never [`ReqState::Free`]). Emitted
+    /// only while state tracing is on ([`crate::Qpair::set_state_tracing`]),
+    /// in order with the other actions: for trace points, nothing to do.
+    RequestState {
+        /// The request.
+        req: ReqId,
+        /// Its new state.
+        state: ReqState,
+        /// Request objects of the qpair not FREE at that moment, this one
+        /// included (upstream's `qd` trace argument).
+        in_use: u16,
+    },
 }
 
 /// Why the engine asked for a disconnect.

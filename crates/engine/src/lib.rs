@@ -45,6 +45,10 @@
 //!    emitted (after which no completion of this QP may be fed) and every
 //!    request, buffer and receive has been returned.
 //!
+//! For tracepoints, [`Qpair::set_state_tracing`] makes the engine also
+//! report every request state change as [`Action::RequestState`], in order
+//! with the other actions (nothing to do but record it); off by default.
+//!
 //! If a post fails, the transport calls [`Qpair::handle_wr_not_posted`] for
 //! `bad_wr` and every WR after it in that post (not a completion: WRs before
 //! `bad_wr` still belong to the NIC).

@@ -188,6 +188,8 @@ pub struct Qpair {
     qp_destroyed: bool,
     actions: ActionRing,
     stats: Stats,
+    /// Emit [`Action::RequestState`] on every state change.
+    trace_states: bool,
     #[cfg(feature = "sim")]
     sim_bug_3463: bool,
 }
@@ -220,6 +222,7 @@ impl Qpair {
             qp_destroyed: false,
             actions: ActionRing::with_capacity(8 * n + 64),
             stats: Stats::default(),
+            trace_states: false,
             #[cfg(feature = "sim")]
             sim_bug_3463: false,
         };
@@ -373,6 +376,19 @@ impl Qpair {
         self.actions.drain_into(out);
     }
 
+    /// Turns state tracing on or off: while on, every request state change
+    /// (but to FREE) also emits an [`Action::RequestState`], in order with
+    /// the other actions; nothing else changes. Off by default; when off it
+    /// costs one test of this flag per state change.
+    pub fn set_state_tracing(&mut self, on: bool) {
+        self.trace_states = on;
+    }
+
+    /// Whether state tracing is on ([`Qpair::set_state_tracing`]).
+    pub fn state_tracing(&self) -> bool {
+        self.trace_states
+    }
+
     /// When [`Qpair::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         match self.state {
@@ -500,6 +516,7 @@ impl Qpair {
             self.buffers_dirty = true;
         }
         self.reqs[i].state = ReqState::HaveBuffer;
+        self.traced(req, ReqState::HaveBuffer);
         Ok(())
     }
 
@@ -866,11 +883,14 @@ impl Qpair {
     // ------------------------------------------------------------------
 
     /// Changes a request's state: unlinks it from the queue of the old state
-    /// and links it into the queue of the new one. The only other code that
-    /// changes a state is the written-out copies of this for the transitions
-    /// every request makes (`leave_free`, `enter_free`, `on_new`,
-    /// `leave_buffer_queue`), which change state and links together too.
-    #[inline]
+    /// and links it into the queue of the new one, and reports the change
+    /// when state tracing is on. The only other code that changes a state is
+    /// the written-out copies of this for the transitions every request
+    /// makes (`leave_free`, `enter_free`, `on_new`, `leave_buffer_queue`),
+    /// which change state and links together too, and report it (but FREE).
+    // Always inlined: with its trace test it grew past the inliner's
+    // threshold, and an out-of-line call per transition cost ~20 % per I/O.
+    #[inline(always)]
     fn set_state(&mut self, req: ReqId, new: ReqState) -> Result<(), EngineError> {
         let i = req.index();
         let old = self.reqs[i].state;
@@ -887,7 +907,33 @@ impl Qpair {
             self.relink(req, oq, nq)?;
         }
         self.reqs[i].state = new;
+        self.traced(req, new);
         Ok(())
+    }
+
+    /// Reports `req` entering `state` when state tracing is on: one test of
+    /// the flag when off (the push is out of line). Callers change the
+    /// state (`complete` does not set COMPLETED again), so no state is
+    /// reported twice in a row.
+    #[inline(always)]
+    fn traced(&mut self, req: ReqId, state: ReqState) {
+        if self.trace_states {
+            self.push_trace(req, state);
+        }
+    }
+
+    /// Emits [`Action::RequestState`] (none for FREE, which upstream does
+    /// not trace either).
+    #[cold]
+    #[inline(never)]
+    fn push_trace(&mut self, req: ReqId, state: ReqState) {
+        if state != ReqState::Free {
+            self.actions.push_back(Action::RequestState {
+                req,
+                state,
+                in_use: self.in_use,
+            });
+        }
     }
 
     /// Moves `req` from queue `oq` to queue `nq` (part of [`Qpair::set_state`]).
@@ -1055,6 +1101,7 @@ impl Qpair {
                     // this request.
                     self.queues.push_back(QueueKind::PendingBuffer, req)?;
                     self.reqs[i].state = ReqState::NeedBuffer;
+                    self.traced(req, ReqState::NeedBuffer);
                     self.buffers_dirty = false;
                     self.ask_for(req);
                 } else {
@@ -1282,7 +1329,11 @@ impl Qpair {
                 state,
             });
         }
-        self.set_state(req, ReqState::Completed)?;
+        // Most arrive COMPLETED already (the response SEND completed, the
+        // host freed it): setting it again would change nothing.
+        if state != ReqState::Completed {
+            self.set_state(req, ReqState::Completed)?;
+        }
         self.release(req);
         self.enter_free(req)
     }
@@ -1582,6 +1633,7 @@ impl Qpair {
         self.queues.remove(req);
         self.in_use += 1;
         self.reqs[i].state = ReqState::New;
+        self.traced(req, ReqState::New);
         Ok(())
     }
 

@@ -1012,3 +1012,159 @@ fn held_command_freed_after_fini_gets_no_response() {
     );
     assert_eq!(d.state(r), ReqState::Free);
 }
+
+/// The states reported with state tracing on, as (request, state, in use).
+fn reported(acts: &[Action]) -> Vec<(ReqId, ReqState, u16)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::RequestState { req, state, in_use } => Some((*req, *state, *in_use)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The actions but the reports.
+fn without_reports(acts: &[Action]) -> Vec<Action> {
+    acts.iter()
+        .filter(|a| !matches!(a, Action::RequestState { .. }))
+        .copied()
+        .collect()
+}
+
+/// State tracing: a 4 KiB write and a 4 KiB read (keyed), an in-capsule
+/// write and a command that waits for send depth report every state they
+/// enter, in order, once, each before the action it leads to (EXECUTING
+/// before `Execute`); the other actions are those of an untraced qpair
+/// fed the same events; a QP error reports the queued request's COMPLETED.
+#[test]
+fn state_tracing_reports_every_state_once_in_order() {
+    use ReqState::*;
+    let mut c = cfg(8, 4);
+    c.max_send_depth = 17;
+    let (mut d, _) = D::new(c);
+    let (mut plain, _) = D::new(c);
+    d.q.set_state_tracing(true);
+    assert!(d.q.state_tracing() && !plain.q.state_tracing());
+    // Both qpairs get the same events; the traced one's actions minus its
+    // reports must equal the plain one's.
+    let mut all = Vec::new();
+    let mut step = |d: &mut D, plain: &mut D, f: &dyn Fn(&mut D) -> Vec<Action>| {
+        let a = f(d);
+        assert_eq!(without_reports(&a), f(plain), "tracing changed the actions");
+        all.extend(a.iter().copied());
+        a
+    };
+    let a = step(&mut d, &mut plain, &|d| d.recv(0, &write_keyed(1, 4096)));
+    let w = asked(&a)[0];
+    assert_eq!(reported(&a), [(w, New, 1), (w, NeedBuffer, 1)]);
+    let a = step(&mut d, &mut plain, &|d| d.grant(w, 4096));
+    assert_eq!(
+        reported(&a),
+        [
+            (w, HaveBuffer, 1),
+            (w, TransferringHostToController { partial: false }, 1)
+        ]
+    );
+    let a = step(&mut d, &mut plain, &|d| {
+        d.wc(d.data(w, 0), WcStatus::Success)
+    });
+    assert_eq!(reported(&a), [(w, ReadyToExecute, 1), (w, Executing, 1)]);
+    assert_eq!(
+        a.last(),
+        Some(&Action::Execute { req: w }),
+        "EXECUTING is reported before Execute"
+    );
+    let a = step(&mut d, &mut plain, &|d| d.executed(w, Status::SUCCESS));
+    assert_eq!(
+        reported(&a),
+        [
+            (w, Executed, 1),
+            (w, ReadyToComplete, 1),
+            (w, Completing, 1)
+        ]
+    );
+    let a = step(&mut d, &mut plain, &|d| d.wc(d.send(w), WcStatus::Success));
+    assert_eq!(
+        reported(&a),
+        [(w, Completed, 1)],
+        "COMPLETED once, FREE never"
+    );
+
+    let a = step(&mut d, &mut plain, &|d| d.recv(1, &read_keyed(2, 4096)));
+    let r = asked(&a)[0];
+    let a2 = step(&mut d, &mut plain, &|d| d.grant(r, 4096));
+    let a3 = step(&mut d, &mut plain, &|d| d.executed(r, Status::SUCCESS));
+    let a4 = step(&mut d, &mut plain, &|d| d.wc(d.send(r), WcStatus::Success));
+    let states: Vec<ReqState> = [a, a2, a3, a4]
+        .iter()
+        .flat_map(|a| reported(a))
+        .map(|(req, s, _)| {
+            assert_eq!(req, r);
+            s
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            New,
+            NeedBuffer,
+            HaveBuffer,
+            ReadyToExecute,
+            Executing,
+            Executed,
+            ReadyToComplete,
+            TransferringControllerToHost,
+            Completed
+        ]
+    );
+
+    // A 16-WRITE read fills the send queue (17): a FLUSH then waits for
+    // send depth (READY_TO_COMPLETE_PENDING), with 2 requests in use.
+    let a = step(&mut d, &mut plain, &|d| {
+        d.recv(2, &multi(io_opcode::READ, 3, 16, 512))
+    });
+    let big = asked(&a)[0];
+    step(&mut d, &mut plain, &|d| d.grant(big, 16 * 512));
+    step(&mut d, &mut plain, &|d| d.executed(big, Status::SUCCESS));
+    let a = step(&mut d, &mut plain, &|d| {
+        d.recv(3, &no_data(io_opcode::FLUSH, 4, Fuse::Normal))
+    });
+    let f = executes(&a)[0];
+    assert_eq!(
+        reported(&a),
+        [(f, New, 2), (f, ReadyToExecute, 2), (f, Executing, 2)]
+    );
+    let a = step(&mut d, &mut plain, &|d| d.executed(f, Status::SUCCESS));
+    assert_eq!(
+        reported(&a),
+        [(f, Executed, 2), (f, ReadyToCompletePending, 2)]
+    );
+    // The QP fails: the queued FLUSH is dropped (COMPLETED), the big read
+    // waits for its SEND's flush.
+    let a = step(&mut d, &mut plain, &|d| {
+        d.q.handle_qp_fatal().unwrap();
+        d.take()
+    });
+    assert_eq!(reported(&a), [(f, Completed, 2)]);
+    assert!(has(
+        &a,
+        Action::HostDisconnect {
+            reason: DisconnectReason::QpFatal
+        }
+    ));
+    let a = step(&mut d, &mut plain, &|d| {
+        d.wc(d.send(big), WcStatus::Flushed)
+    });
+    assert_eq!(reported(&a), [(big, Completed, 1)]);
+
+    // Every report is a change: no request reports the same state twice in
+    // a row.
+    let mut last = std::collections::HashMap::new();
+    for (req, s, _) in reported(&all) {
+        assert_ne!(last.insert(req, s), Some(s), "{req:?} reported {s:?} twice");
+    }
+    // Off again: no more reports.
+    d.q.set_state_tracing(false);
+    let a = d.recv(4, &no_data(io_opcode::FLUSH, 5, Fuse::Normal));
+    assert!(reported(&a).is_empty(), "{a:?}");
+}

@@ -196,6 +196,7 @@ pub(super) fn handle_action<G: HostGroup>(
         }
         Action::HostDisconnect { reason } => {
             tracing::info!(qpair = %conn.handle, qp_num = conn.qp_num, ?reason, "qpair disconnect requested");
+            cx.host.qpair_error(conn.handle, reason);
             // What the host answers from inside is queued (cx.calls) and
             // applied after this batch: the request is never re-entered.
             cx.host.disconnect_requested(conn.handle, cx.calls);
@@ -227,6 +228,10 @@ pub(super) fn handle_action<G: HostGroup>(
             cx.host.qpair_gone(conn.handle);
         }
         Action::Notice(n) => log_notice(conn.handle, n),
+        Action::RequestState { req, state, in_use } => {
+            cx.host
+                .request_state(request_handle(conn, req), state, in_use)
+        }
     }
 }
 

@@ -176,6 +176,9 @@ pub struct PollGroup<H: Host> {
     /// since the last pass found none): only then does a poll walk the
     /// qpairs for due deadlines.
     drain_timers: bool,
+    /// The host wants request states reported ([`HostGroup::trace_requests`]
+    /// at the last poll): every engine of the group traces its states.
+    trace_requests: bool,
 }
 
 impl<H: Host> PollGroup<H> {
@@ -210,6 +213,7 @@ impl<H: Host> PollGroup<H> {
             reap_due: false,
             dma,
             drain_timers: false,
+            trace_requests: false,
         };
         for (device, _) in pg.devices.live() {
             // On error, dropping `pg` releases the pollers made so far.
@@ -399,6 +403,10 @@ impl<H: Host> PollGroup<H> {
     /// One pass: completions, host answers, timers, WR flush. Returns the
     /// amount of work done (0 = idle).
     pub fn poll(&mut self, now: u64) -> usize {
+        let trace = self.host.trace_requests();
+        if trace != self.trace_requests {
+            self.set_state_tracing(trace);
+        }
         let mut work = 0;
         for p in 0..self.pollers.len() {
             work += self.poll_cq(p, now);
@@ -431,6 +439,16 @@ impl<H: Host> PollGroup<H> {
             self.reap(now);
         }
         work
+    }
+
+    /// Turns the request-state reports of every qpair on or off (the host's
+    /// [`HostGroup::trace_requests`] changed; qpairs added later follow).
+    #[cold]
+    fn set_state_tracing(&mut self, on: bool) {
+        self.trace_requests = on;
+        for c in self.conns.iter_mut().flatten() {
+            c.engine.set_state_tracing(on);
+        }
     }
 
     fn poll_cq(&mut self, p: usize, now: u64) -> usize {

@@ -125,13 +125,14 @@ impl<H: Host> PollGroup<H> {
                 max_descriptors: MAX_SGL_DESCRIPTORS,
             },
         };
-        let engine = match engine::Qpair::new(cfg) {
+        let mut engine = match engine::Qpair::new(cfg) {
             Ok(e) => e,
             Err(e) => {
                 let f = AddQpairFailure::Config(e.to_string());
                 return Err(undo(&mut self.pollers, f));
             }
         };
+        engine.set_state_tracing(self.trace_requests);
         let slot_size = CAPSULE + opts.in_capsule_data_size as usize;
         let n = usize::from(qd);
         let bufs = if has_srq {

@@ -118,6 +118,9 @@ struct SimQp {
     fini_called: bool,
     fini_at: Option<u64>,
     peer_gone: bool,
+    /// With state tracing on (every other qpair): the last state reported
+    /// for each request by [`Action::RequestState`].
+    traced: Option<Vec<Option<ReqState>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -238,6 +241,11 @@ impl<'a> World<'a> {
             };
             let mut engine = Qpair::new(cfg).expect("simulated config is valid");
             engine.sim_reintroduce_bug_3463(opts.bug_3463);
+            // Tracing must change nothing but add its reports: half the
+            // qpairs trace (not with the #3463 switch, whose broken frees
+            // the trace checks would report before the invariants do).
+            let trace = i % 2 == 0 && !opts.bug_3463;
+            engine.set_state_tracing(trace);
             qps.push(SimQp {
                 engine,
                 nic: NicQp::default(),
@@ -249,6 +257,7 @@ impl<'a> World<'a> {
                 fini_called: false,
                 fini_at: None,
                 peer_gone: false,
+                traced: trace.then(|| vec![None; usize::from(qd)]),
             });
         }
         let srq_size = if srq {
@@ -1107,6 +1116,14 @@ impl<'a> World<'a> {
                 self.wait.remove(pos);
             }
             Action::Execute { req } => {
+                if let Some(t) = &self.qps[qp].traced {
+                    let last = t.get(req.index()).copied().flatten();
+                    if last != Some(ReqState::Executing) {
+                        return Err(self.fail(format!(
+                            "qpair {qp}: Execute for {req:?} last traced as {last:?}"
+                        )));
+                    }
+                }
                 let e = &self.qps[qp].engine;
                 if e.command(req).is_none() || e.request_state(req) != Some(ReqState::Executing) {
                     return Err(self.fail(format!("qpair {qp}: Execute for {req:?} not executing")));
@@ -1210,6 +1227,39 @@ impl<'a> World<'a> {
                 Notice::HostOverrun { .. } => {}
                 _ => {}
             },
+            Action::RequestState { req, state, in_use } => {
+                self.traced_state(qp, req, state, in_use)?
+            }
+        }
+        Ok(())
+    }
+
+    /// A reported state change: only from a tracing qpair, never FREE nor
+    /// the state already reported, a life starts with NEW after COMPLETED
+    /// (or first use) and never skips NEW; `in_use` within the depth.
+    fn traced_state(&mut self, qp: usize, req: ReqId, state: ReqState, in_use: u16) -> Res {
+        let qd = self.qps[qp].engine.config().max_queue_depth;
+        let Some(last) = self.qps[qp]
+            .traced
+            .as_ref()
+            .and_then(|t| t.get(req.index()).copied())
+        else {
+            return Err(self.fail(format!(
+                "qpair {qp}: RequestState {req:?} {state:?} with tracing off or for no request"
+            )));
+        };
+        let starts = matches!(last, None | Some(ReqState::Completed));
+        let ok = state != ReqState::Free
+            && last != Some(state)
+            && (state == ReqState::New) == starts
+            && (1..=qd).contains(&in_use);
+        if !ok {
+            return Err(self.fail(format!(
+                "qpair {qp}: {req:?} reported {state:?} (in use {in_use}) after {last:?}"
+            )));
+        }
+        if let Some(t) = self.qps[qp].traced.as_mut() {
+            t[req.index()] = Some(state);
         }
         Ok(())
     }
@@ -1407,6 +1457,22 @@ impl<'a> World<'a> {
                 return Err(self.fail(format!(
                     "qpair {qp}: fabrics command {req:?} waits for buffers the host was never asked for"
                 )));
+            }
+        }
+        // Every state change was reported: the last report is the state (a
+        // FREE request's life ended with COMPLETED).
+        if let Some(t) = &q.traced {
+            for (r, last) in t.iter().enumerate() {
+                let now = q.engine.request_state(ReqId(r as u16));
+                let agrees = match now {
+                    Some(ReqState::Free) => matches!(last, None | Some(ReqState::Completed)),
+                    _ => *last == now,
+                };
+                if !agrees {
+                    return Err(self.fail(format!(
+                        "qpair {qp}: request {r} is {now:?}, last reported {last:?}"
+                    )));
+                }
             }
         }
         let c = q.engine.counters();
