@@ -60,6 +60,7 @@ impl<H: Host> PollGroup<H> {
             });
         }
         self.apply_calls(now);
+        self.flush_pushed(now);
         result
     }
 
@@ -106,6 +107,7 @@ impl<H: Host> PollGroup<H> {
             tracing::error!(group = self.index, "host answer dropped: {e}");
         }
         self.apply_calls(now);
+        self.flush_pushed(now);
     }
 
     /// Applies every queued host answer, in order, until none is left

@@ -156,6 +156,9 @@ pub struct PollGroup<H: Host> {
     /// `Finished`): the next poll frees it. Saves a walk of every slot on
     /// every poll.
     reap_due: bool,
+    /// Interrupt mode (set by [`PollGroup::arm`]): push entry points post
+    /// the WRs they queued before returning, since no poll follows.
+    interrupt_mode: bool,
 }
 
 impl<H: Host> PollGroup<H> {
@@ -238,6 +241,7 @@ impl<H: Host> PollGroup<H> {
             pending_data_buffer: 0,
             drain_timeout_ns: DEFAULT_DRAIN_TIMEOUT.as_nanos() as u64,
             reap_due: false,
+            interrupt_mode: false,
         })
     }
 
@@ -285,6 +289,7 @@ impl<H: Host> PollGroup<H> {
             QpairEvent::QpFatal => c.engine.handle_qp_fatal(),
             QpairEvent::LastWqeReached => c.engine.handle_last_wqe_reached(),
         });
+        self.flush_pushed(now);
     }
 
     /// Handles a device event the acceptor sent to every group: on
@@ -306,6 +311,7 @@ impl<H: Host> PollGroup<H> {
                 }
             }
         }
+        self.flush_pushed(now);
     }
 
     /// The slot of `qpair` if it is a live, unfinished qpair of this group.
@@ -333,6 +339,7 @@ impl<H: Host> PollGroup<H> {
             self.host.disconnect_requested(handle, &mut self.calls);
             self.with_conn(slot, now, |c| c.engine.handle_fini(deadline));
         }
+        self.flush_pushed(now);
     }
 
     /// Feeds one engine event to the qpair in `slot` and handles the actions.
@@ -376,11 +383,7 @@ impl<H: Host> PollGroup<H> {
                 self.with_conn(slot, now, |c| c.engine.handle_timeout(Timestamp(now)));
             }
         }
-        for slot in 0..self.conns.len() {
-            if self.conns[slot].as_ref().is_some_and(|c| c.dirty) {
-                self.flush(slot, now);
-            }
-        }
+        self.flush_dirty(now);
         for p in &mut self.pollers {
             // A dead device's SRQ refuses every post (EIO): its receives stay
             // queued instead of failing (and logging) at every poll.
@@ -554,6 +557,15 @@ impl<H: Host> PollGroup<H> {
             }
             for req in self.granted_now.drain(..) {
                 grant(conn, req, &mut self.host, &mut self.calls, &self.held);
+            }
+        }
+    }
+
+    /// Posts the WRs every qpair has queued (one doorbell per qpair).
+    fn flush_dirty(&mut self, now: u64) {
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].as_ref().is_some_and(|c| c.dirty) {
+                self.flush(slot, now);
             }
         }
     }
