@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use super::api::api;
-use super::interrupt::{self, Interrupts};
+use super::interrupt::{self, GroupInterrupts};
 use super::memmap::DeviceMemMap;
 use super::qpair::RsQpair;
 use super::sys;
@@ -106,8 +106,8 @@ pub(crate) struct RsPollGroup {
     core: UnsafeCell<Option<PollGroup<SpdkHost>>>,
     /// SPDK's thread of this group (messages from the acceptor go there).
     pub(crate) thread: *mut sys::spdk_thread,
-    /// Interrupt mode: the channel fds and the deadline timer.
-    intr: Option<Interrupts>,
+    /// Interrupt mode: the channel interrupts and the deadline timer.
+    intr: Option<GroupInterrupts>,
 }
 
 /// Makes the host side of a group ([`Host::create_group`]) pointing at its
@@ -171,13 +171,7 @@ impl RsPollGroup {
                 });
                 *gr.core.get_mut() = Some(pg);
                 if let Some(fds) = fds {
-                    gr.intr = Some(Interrupts::register(
-                        &fds,
-                        interrupt::group_event,
-                        g.cast(),
-                        c"nvmf_rdma_rs_group",
-                        true,
-                    ));
+                    gr.intr = Some(GroupInterrupts::register(g, &fds));
                 }
                 t.groups.add(index, g, gr.thread);
                 tracing::info!("RDMA_RS: poll group {index} created");
@@ -232,6 +226,11 @@ impl RsPollGroup {
                 let next = self.glue.deferred.borrow_mut().pop_front();
                 let Some(d) = next else { break };
                 d.apply(pg);
+            }
+            if let Some(intr) = &self.intr {
+                // Interrupt mode: what no fd announces needs the timer.
+                let waiting = !self.glue.waiters.borrow().is_empty();
+                intr.want_timer(waiting || pg.next_deadline().is_some());
             }
             r
         });

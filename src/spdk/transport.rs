@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::api::api;
 use super::group::{Deferred, RsPollGroup};
 use super::guard::guard;
-use super::interrupt::{self, Interrupts};
+use super::interrupt::{self, Interrupts, Timer, TIMER_US};
 use super::memmap::DeviceMemMap;
 use super::qpair::RsQpair;
 use super::sys;
@@ -88,9 +88,14 @@ pub(crate) struct RsTransport {
     listeners: Mutex<Vec<(SocketAddr, sys::spdk_nvme_transport_id)>>,
     /// One memory map per device, made when the first group attaches it.
     maps: Mutex<Vec<Option<Box<DeviceMemMap>>>>,
+    /// Polling mode: the acceptor poller (`acceptor_poll_rate`).
     acceptor: *mut sys::spdk_poller,
-    /// Interrupt mode: the acceptor's CM and async fds.
+    /// Interrupt mode: the acceptor's CM and async fds (upstream registers
+    /// no acceptor poller then).
     acceptor_intr: Option<Interrupts>,
+    /// Interrupt mode: the acceptor's timer, registered only while
+    /// [`Transport::acceptor_needs_timer`].
+    acceptor_timer: Option<Timer>,
 }
 
 impl RsTransport {
@@ -111,11 +116,25 @@ impl RsTransport {
             maps: Mutex::new(Vec::new()),
             acceptor: std::ptr::null_mut(),
             acceptor_intr: None,
+            acceptor_timer: None,
         }));
-        if let Some(api) = api() {
+        // SAFETY: just allocated, not yet shared.
+        let tr = unsafe { &mut *t };
+        if interrupt::enabled() {
+            // `t` lives until `free`, which drops these first.
+            let fds = tr.core.acceptor_fds();
+            let name = c"nvmf_rdma_rs_accept";
+            tr.acceptor_intr = Some(Interrupts::register(
+                &fds,
+                acceptor_poll,
+                |_| t.cast(),
+                name,
+            ));
+            tr.acceptor_timer = Some(Timer::new(acceptor_poll, t.cast(), TIMER_US, name));
+        } else if let Some(api) = api() {
             // SAFETY: `t` lives until `free`, which unregisters the poller
             // first; the name is a static C string.
-            let p = unsafe {
+            tr.acceptor = unsafe {
                 api.spdk_poller_register_named(
                     Some(acceptor_poll),
                     t.cast(),
@@ -123,19 +142,6 @@ impl RsTransport {
                     c"nvmf_rdma_rs_accept".as_ptr(),
                 )
             };
-            // SAFETY: just allocated, not yet shared.
-            let tr = unsafe { &mut *t };
-            tr.acceptor = p;
-            if interrupt::enabled() {
-                let fds = tr.core.acceptor_fds();
-                tr.acceptor_intr = Some(Interrupts::register(
-                    &fds,
-                    acceptor_poll,
-                    t.cast(),
-                    c"nvmf_rdma_rs_accept",
-                    false,
-                ));
-            }
         }
         t.cast()
     }
@@ -166,6 +172,7 @@ impl RsTransport {
         // SAFETY: the Box pointer `into_raw` leaked (caller's contract).
         let mut t = unsafe { Box::from_raw(p.cast::<RsTransport>()) };
         drop(t.acceptor_intr.take());
+        drop(t.acceptor_timer.take());
         if let Some(api) = api() {
             // SAFETY: our poller, unregistered on its thread; NULLs it.
             unsafe { api.spdk_poller_unregister(&mut t.acceptor) };
@@ -310,6 +317,9 @@ unsafe extern "C" fn acceptor_poll(arg: *mut c_void) -> i32 {
                 }
             }
         });
+        if let Some(timer) = &t.acceptor_timer {
+            timer.want(t.core.acceptor_needs_timer());
+        }
         i32::from(n > 0)
     })
 }

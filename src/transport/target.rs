@@ -189,6 +189,14 @@ impl Transport {
         fds
     }
 
+    /// Whether the acceptor has work no fd announces: a device that had a
+    /// fatal error, rescanned periodically until it is listed again. An
+    /// interrupt-mode driver runs [`Transport::accept_poll`] periodically
+    /// only while this holds (otherwise when an acceptor fd is readable).
+    pub fn acceptor_needs_timer(&self) -> bool {
+        self.acceptor().dead.contains(&true)
+    }
+
     /// One acceptor run (upstream's acceptor poller): handles up to 32 CM
     /// events and 32 async events per device, never blocks, and hands the
     /// results to `sink` after releasing the acceptor (so `sink` may call
