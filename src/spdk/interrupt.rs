@@ -103,7 +103,7 @@ impl Timer {
     /// Registers the poller if `on` and it is not, unregisters it if it is
     /// and not `on` (also from inside its own handler, as SPDK allows).
     pub(crate) fn want(&self, on: bool) {
-        if on == !self.poller.get().is_null() {
+        if on != self.poller.get().is_null() {
             return;
         }
         let Some(api) = api() else { return };
