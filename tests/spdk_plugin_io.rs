@@ -51,6 +51,22 @@ fn live_qps(t: &SpdkTarget) -> (u64, u64) {
     (t.softrdma_counter("qps"), t.softrdma_counter("cm_ids"))
 }
 
+/// The target's live QPs and CM ids once no host qpair is left (QPs 0, the
+/// same counts twice 200 ms apart; at most 10 s): a host that just exited may
+/// still be tearing its qpairs down on the target.
+fn settled_qps(t: &SpdkTarget) -> (u64, u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = live_qps(t);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = live_qps(t);
+        if (now == last && now.0 == 0) || std::time::Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// The RDMA_RS entry of poll group 0 in `nvmf_get_stats`.
 fn rdma_rs_stats(t: &mut SpdkTarget) -> Value {
     let stats = t.rpc.call("nvmf_get_stats", Value::Null);
@@ -167,7 +183,7 @@ fn workloads_discovery_listeners_config() {
         "the discovery log page does not list the RDMA listener ({status}):\n{text}"
     );
 
-    let qps_before = live_qps(&t);
+    let qps_before = settled_qps(&t);
     io_set(&mut t, port, true);
     let st = rdma_rs_stats(&mut t);
     eprintln!("nvmf_get_stats RDMA_RS: {st}");
@@ -222,9 +238,8 @@ fn workloads_discovery_listeners_config() {
     t.add_listener("RDMA_RS", NQN, port);
     io_set(&mut t, port, false);
     // Hosts left: the target's QPs are back to the baseline.
-    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        live_qps(&t),
+        settled_qps(&t),
         qps_before,
         "target QPs leaked after the hosts left"
     );

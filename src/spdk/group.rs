@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use super::api::api;
 use super::clock::now_ns;
 use super::dma::SpdkDma;
-use super::interrupt::{self, Interrupts};
+use super::interrupt::{self, GroupInterrupts};
 use super::memmap::DeviceMemMap;
 use super::qpair::RsQpair;
 use super::sys;
@@ -102,8 +102,8 @@ pub(crate) struct RsPollGroup {
     core: UnsafeCell<Option<PollGroup<SpdkHost>>>,
     /// SPDK's thread of this group (messages from the acceptor go there).
     pub(crate) thread: *mut sys::spdk_thread,
-    /// Interrupt mode: the channel fds and the deadline timer.
-    intr: RefCell<Option<Interrupts>>,
+    /// Interrupt mode: the channel interrupts and the deadline timer.
+    intr: RefCell<Option<GroupInterrupts>>,
     /// The core's [`PollGroup::event_fds_generation`] `intr` was made for
     /// (a device's poller made or dropped changes the fds).
     intr_generation: Cell<u64>,
@@ -175,7 +175,7 @@ impl RsPollGroup {
                 gr.intr_generation.set(pg.event_fds_generation());
                 *gr.core.get_mut() = Some(pg);
                 if let Some(fds) = fds {
-                    *gr.intr.get_mut() = Some(register_group_fds(&fds, g));
+                    *gr.intr.get_mut() = Some(GroupInterrupts::register(g, &fds));
                 }
                 t.groups.add(index, g, gr.thread);
                 tracing::info!("RDMA_RS: poll group {index} created");
@@ -232,6 +232,11 @@ impl RsPollGroup {
                 d.apply(pg);
             }
             self.refresh_interrupts(pg);
+            if let Some(intr) = self.intr.borrow().as_ref() {
+                // Interrupt mode: what no fd announces needs the timer.
+                let waiting = !self.glue.waiters.borrow().is_empty();
+                intr.want_timer(waiting || pg.next_deadline().is_some());
+            }
             r
         });
         self.glue.busy.set(false);
@@ -257,7 +262,7 @@ impl RsPollGroup {
         let fds = pg.event_fds();
         pg.arm();
         let me: *const RsPollGroup = self;
-        *intr = Some(register_group_fds(&fds, me.cast_mut()));
+        *intr = Some(GroupInterrupts::register(me, &fds));
     }
 
     /// Hands an answer to the core: into the current callback's calls, after
@@ -671,17 +676,6 @@ impl HostGroup for SpdkHostGroup {
             }
         }
     }
-}
-
-/// Registers a group's channel fds and deadline timer (interrupt mode).
-fn register_group_fds(fds: &[std::os::fd::RawFd], g: *mut RsPollGroup) -> Interrupts {
-    Interrupts::register(
-        fds,
-        interrupt::group_event,
-        g.cast(),
-        c"nvmf_rdma_rs_group",
-        true,
-    )
 }
 
 /// SPDK's inline `spdk_nvmf_qpair_is_active`.

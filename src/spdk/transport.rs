@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::api::api;
 use super::group::{Deferred, RsPollGroup};
 use super::guard::guard;
-use super::interrupt::{self, Interrupts};
+use super::interrupt::{self, Interrupts, Timer, TIMER_US};
 use super::memmap::DeviceMemMap;
 use super::qpair::RsQpair;
 use super::sys;
@@ -89,12 +89,17 @@ pub(crate) struct RsTransport {
     listeners: Mutex<Vec<(SocketAddr, sys::spdk_nvme_transport_id)>>,
     /// One memory map per device, made when the first group attaches it.
     maps: Mutex<Vec<Option<Box<DeviceMemMap>>>>,
+    /// Polling mode: the acceptor poller (`acceptor_poll_rate`).
     acceptor: *mut sys::spdk_poller,
     /// Interrupt mode: the acceptor's CM and async fds (registered again
     /// when a device is removed or opened; app thread only).
     acceptor_intr: RefCell<Option<Interrupts>>,
     /// The core's `acceptor_fds_generation` `acceptor_intr` was made for.
     acceptor_fds_generation: Cell<u64>,
+    /// Interrupt mode: the acceptor's timer, registered only while
+    /// [`Transport::acceptor_needs_timer`] (upstream registers no acceptor
+    /// poller in interrupt mode).
+    acceptor_timer: Option<Timer>,
 }
 
 impl RsTransport {
@@ -116,27 +121,28 @@ impl RsTransport {
             acceptor: std::ptr::null_mut(),
             acceptor_intr: RefCell::new(None),
             acceptor_fds_generation: Cell::new(0),
+            acceptor_timer: None,
         }));
-        if let Some(api) = api() {
+        // SAFETY: just allocated, not yet shared.
+        let tr = unsafe { &mut *t };
+        if interrupt::enabled() {
+            // `t` lives until `free`, which drops these first.
+            tr.acceptor_fds_generation
+                .set(tr.core.acceptor_fds_generation());
+            let fds = tr.core.acceptor_fds();
+            *tr.acceptor_intr.get_mut() = Some(register_acceptor_fds(&fds, t.cast()));
+            tr.acceptor_timer = Some(Timer::new(acceptor_poll, t.cast(), TIMER_US, ACCEPTOR_NAME));
+        } else if let Some(api) = api() {
             // SAFETY: `t` lives until `free`, which unregisters the poller
             // first; the name is a static C string.
-            let p = unsafe {
+            tr.acceptor = unsafe {
                 api.spdk_poller_register_named(
                     Some(acceptor_poll),
                     t.cast(),
                     rate,
-                    c"nvmf_rdma_rs_accept".as_ptr(),
+                    ACCEPTOR_NAME.as_ptr(),
                 )
             };
-            // SAFETY: just allocated, not yet shared.
-            let tr = unsafe { &mut *t };
-            tr.acceptor = p;
-            if interrupt::enabled() {
-                tr.acceptor_fds_generation
-                    .set(tr.core.acceptor_fds_generation());
-                let fds = tr.core.acceptor_fds();
-                *tr.acceptor_intr.get_mut() = Some(register_acceptor_fds(&fds, t.cast()));
-            }
         }
         t.cast()
     }
@@ -167,6 +173,7 @@ impl RsTransport {
         // SAFETY: the Box pointer `into_raw` leaked (caller's contract).
         let mut t = unsafe { Box::from_raw(p.cast::<RsTransport>()) };
         drop(t.acceptor_intr.get_mut().take());
+        drop(t.acceptor_timer.take());
         if let Some(api) = api() {
             // SAFETY: our poller, unregistered on its thread; NULLs it.
             unsafe { api.spdk_poller_unregister(&mut t.acceptor) };
@@ -346,11 +353,17 @@ unsafe extern "C" fn acceptor_poll(arg: *mut c_void) -> i32 {
             }
         });
         t.refresh_acceptor_interrupts();
+        if let Some(timer) = &t.acceptor_timer {
+            timer.want(t.core.acceptor_needs_timer());
+        }
         i32::from(n > 0)
     })
 }
 
 /// Registers the acceptor's CM and async fds (interrupt mode).
 fn register_acceptor_fds(fds: &[std::os::fd::RawFd], t: *mut c_void) -> Interrupts {
-    Interrupts::register(fds, acceptor_poll, t, c"nvmf_rdma_rs_accept", false)
+    Interrupts::register(fds, acceptor_poll, |_| t, ACCEPTOR_NAME)
 }
+
+/// The name of the acceptor's poller, interrupts and timer.
+const ACCEPTOR_NAME: &std::ffi::CStr = c"nvmf_rdma_rs_accept";

@@ -199,6 +199,16 @@ impl Transport {
         self.acceptor().fds_generation
     }
 
+    /// Whether the acceptor has work no fd announces: a removed device
+    /// still to be released once its qpairs and pollers are gone, or
+    /// listeners waiting for a device (rescanned every 100 ms). An
+    /// interrupt-mode driver runs [`Transport::accept_poll`] periodically
+    /// only while this holds (otherwise when an acceptor fd is readable).
+    pub fn acceptor_needs_timer(&self) -> bool {
+        let acc = self.acceptor();
+        !acc.retry_listen.is_empty() || acc.devices.any_dying()
+    }
+
     /// One acceptor run (upstream's acceptor poller): handles up to 32 CM
     /// events and 32 async events per device, never blocks, and hands the
     /// results to `sink` after releasing the acceptor (so `sink` may call

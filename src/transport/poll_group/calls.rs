@@ -85,6 +85,7 @@ impl<H: Host> PollGroup<H> {
             });
         }
         self.apply_calls(now);
+        self.flush_pushed(now);
         result
     }
 
@@ -131,6 +132,7 @@ impl<H: Host> PollGroup<H> {
             tracing::error!(group = self.index, "host answer dropped: {e}");
         }
         self.apply_calls(now);
+        self.flush_pushed(now);
     }
 
     /// Applies every queued host answer, in order, until none is left

@@ -142,8 +142,9 @@ pub struct PollGroup<H: Host> {
     opts: TransportOptions,
     devices: Arc<DeviceTable>,
     pollers: Vec<Poller>,
-    /// Interrupt mode ([`PollGroup::arm`] was called): the channels of
-    /// dropped pollers stay open until the driver next asks for
+    /// Interrupt mode ([`PollGroup::arm`] was called): push entry points
+    /// post the WRs they queued before returning, since no poll follows; the
+    /// channels of dropped pollers stay open until the driver next asks for
     /// [`PollGroup::event_fds`] (it may still be waiting on them).
     armed: bool,
     retired_channels: Vec<CompChannel>,
@@ -266,6 +267,7 @@ impl<H: Host> PollGroup<H> {
             QpairEvent::QpFatal => c.engine.handle_qp_fatal(),
             QpairEvent::LastWqeReached => c.engine.handle_last_wqe_reached(),
         });
+        self.flush_pushed(now);
     }
 
     /// Handles a device event the acceptor sent to every group:
@@ -307,6 +309,7 @@ impl<H: Host> PollGroup<H> {
             }
             DeviceEvent::Retired => {}
         }
+        self.flush_pushed(now);
     }
 
     /// Handles a listener event the acceptor sent to every group:
@@ -326,6 +329,7 @@ impl<H: Host> PollGroup<H> {
                 }
             }
         }
+        self.flush_pushed(now);
     }
 
     /// The slot of `qpair` if it is a live, unfinished qpair of this group.
@@ -353,6 +357,7 @@ impl<H: Host> PollGroup<H> {
             self.host.disconnect_requested(handle, &mut self.calls);
             self.fini_conn(slot, now, deadline);
         }
+        self.flush_pushed(now);
     }
 
     /// Tells the qpair in `slot` to drain until `deadline` (the only way
@@ -418,11 +423,7 @@ impl<H: Host> PollGroup<H> {
         if self.drain_timers {
             self.check_drain_deadlines(now);
         }
-        for slot in 0..self.conns.len() {
-            if self.conns[slot].as_ref().is_some_and(|c| c.dirty) {
-                self.flush(slot, now);
-            }
-        }
+        self.flush_dirty(now);
         for p in &mut self.pollers {
             // A dead device's SRQ refuses every post (EIO): its receives stay
             // queued instead of failing (and logging) at every poll.
@@ -603,6 +604,15 @@ impl<H: Host> PollGroup<H> {
             }
             for req in ctx.granted_now.drain(..) {
                 grant(conn, req, ctx.host, ctx.calls, ctx.held);
+            }
+        }
+    }
+
+    /// Posts the WRs every qpair has queued (one doorbell per qpair).
+    fn flush_dirty(&mut self, now: u64) {
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].as_ref().is_some_and(|c| c.dirty) {
+                self.flush(slot, now);
             }
         }
     }
