@@ -149,14 +149,24 @@ fn rdma_rs_events_and_stats_after_io() {
     let out = tgt.perf(&trid, &["-q", "8", "-o", "4096", "-w", "randread"], 2);
     eprintln!("spdk_nvme_perf:\n{out}");
 
-    // Events: count per tracepoint name.
-    let trace = tgt.trace_json();
-    let names = tpoint_names(&trace);
-    let mut counts: std::collections::HashMap<&str, u64> = Default::default();
-    for e in trace["entries"].as_array().expect("entries") {
-        let id = e["tpoint"].as_u64().expect("tpoint id");
-        *counts.entry(names[&id].as_str()).or_default() += 1;
-    }
+    // Events: count per tracepoint name. The host's admin qpair may still
+    // be tearing down on the target when perf exits: read the trace again
+    // (at most 5 s) until both qpairs' destruction is in it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let counts = loop {
+        let trace = tgt.trace_json();
+        let names = tpoint_names(&trace);
+        let mut counts: std::collections::HashMap<String, u64> = Default::default();
+        for e in trace["entries"].as_array().expect("entries") {
+            let id = e["tpoint"].as_u64().expect("tpoint id");
+            *counts.entry(names[&id].clone()).or_default() += 1;
+        }
+        let destroyed = counts.get("RS_QP_DESTROY").copied().unwrap_or(0);
+        if destroyed >= 2 || std::time::Instant::now() > deadline {
+            break counts;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
     eprintln!("trace events: {counts:?}");
     // perf connects an admin and an I/O qpair and leaves: both created and
     // destroyed.
