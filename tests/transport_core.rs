@@ -9,7 +9,9 @@
 //! `listen` on IPv6 at run time, `stop_listen` with a host connected leaves
 //! its qpairs working and refuses new connections, and destroying a poll
 //! group with live qpairs force-finishes them and returns every buffer
-//! before the drop returns.
+//! before the drop returns. In interrupt mode, a completion given outside
+//! any group call (as SPDK's bdev layer gives it) is posted before
+//! `complete` returns: no poll follows it.
 
 mod e2e_common;
 
@@ -280,5 +282,95 @@ fn core_driven_by_hand_listen_place_stop_listen_destroy() {
         "{end:?}"
     );
     assert_eq!(end.internal_errors, 0, "{end:?}");
+    assert_eq!(host.internal_errors(), 0);
+}
+
+/// Interrupt mode (`nvmf_tgt --interrupt-mode`): no poll runs unless a
+/// completion channel fires or a deadline passes, so a host completion given
+/// outside any group call must be on the wire when `PollGroup::complete`
+/// returns — its SEND must not wait in the group's queues for an event that
+/// only the host's next command would raise (a CONNECT or a QD 1 read would
+/// hang). Each completion is checked on the group's send doorbell count.
+#[test]
+fn interrupt_mode_completion_outside_a_call_is_posted_at_once() {
+    if !under_softrdma(
+        "interrupt_mode_completion_outside_a_call_is_posted_at_once",
+        Duration::from_secs(300),
+    ) {
+        return;
+    }
+    let opts = TransportOptions::default();
+    let transport = Transport::create(opts.clone(), 1).expect("transport");
+    let addr = transport
+        .listen(([127, 0, 0, 1], port()).into())
+        .expect("listen");
+    let host = Arc::new(
+        MiniHost::new(NQN, vec![16 << 20], &opts, &[addr], 1)
+            .expect("host")
+            .complete_outside(true),
+    );
+    let mut pg = transport.create_poll_group(&*host).expect("group");
+    pg.arm();
+    let start = Instant::now();
+    let sends = |pg: &PollGroup<MiniHost>| -> u64 {
+        pg.stats()
+            .devices
+            .iter()
+            .map(|d| d.send_doorbell_updates)
+            .sum()
+    };
+    let rx = connect_and_verify(addr, 1);
+    let deadline = Instant::now() + WAIT;
+    let mut answered = 0;
+    let controller = loop {
+        if let Ok(c) = rx.try_recv() {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connect and verify timed out ({answered} completions given)"
+        );
+        let now = start.elapsed().as_nanos() as u64;
+        let mut arrived = Vec::new();
+        let mut msgs = Vec::new();
+        transport.accept_poll(&mut |ev| match ev {
+            AcceptorEvent::NewQpair(q) => arrived.push(q),
+            AcceptorEvent::Qpair(m) => msgs.push(m),
+            AcceptorEvent::Device(_) | AcceptorEvent::Port(_) => {}
+        });
+        for q in arrived {
+            if let Err(e) = pg.add_qpair(q, now) {
+                e.qpair.reject();
+            }
+        }
+        for m in msgs {
+            pg.deliver(m, now);
+        }
+        // What a channel interrupt's handler does (here whether or not a
+        // channel fired: it only takes events that are there).
+        pg.handle_event(now);
+        for (_, req, completion) in host.take_completions() {
+            let before = sends(&pg);
+            pg.complete(req, completion, now);
+            assert!(
+                sends(&pg) > before,
+                "interrupt mode: the response to {req} was not posted by complete() \
+                 ({answered} completions posted before it)"
+            );
+            answered += 1;
+        }
+    };
+    let controller = controller.expect("connect and verify in interrupt mode");
+    // CONNECT, the admin commands of bring-up, the I/O queue's CONNECT and
+    // the verify's write and read: every one went through the check above.
+    assert!(answered >= 6, "only {answered} completions given outside");
+    drop(controller);
+    drop(pg);
+    let end = transport.counters();
+    assert_eq!(
+        (end.live_qpairs, end.buffers_held, end.commands_in_host),
+        (0, 0, 0),
+        "{end:?}"
+    );
     assert_eq!(host.internal_errors(), 0);
 }

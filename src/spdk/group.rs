@@ -233,14 +233,10 @@ impl RsPollGroup {
             }
             self.refresh_interrupts(pg);
             if let Some(intr) = self.intr.borrow().as_ref() {
-                // Interrupt mode: the timer stays registered while the group
-                // has qpairs (a safety net: with the merged device-return and
-                // per-channel interrupt code a completion event is sometimes
-                // missed — a CONNECT then waits up to one period instead of
-                // forever; see docs/spdk-plugin.md), or a deadline or a buffer
-                // waiter.
+                // Interrupt mode: the timer runs only while something is due
+                // that no fd announces (a deadline, a buffer waiter).
                 let waiting = !self.glue.waiters.borrow().is_empty();
-                intr.want_timer(waiting || pg.live_qpairs() > 0 || pg.next_deadline().is_some());
+                intr.want_timer(waiting || pg.next_deadline().is_some());
             }
             r
         });

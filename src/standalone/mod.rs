@@ -47,6 +47,9 @@ struct Inner {
     held: HashMap<(QpairId, u16), RequestHandle>,
     /// Answers for each group produced while another group held the lock.
     outbox: Vec<Vec<Answer>>,
+    /// [`MiniHost::complete_outside`] mode: completions the driver hands to
+    /// the group itself ([`MiniHost::take_completions`]).
+    outside: Vec<(u16, RequestHandle, Completion)>,
 }
 
 /// A host answer waiting for its group's next [`HostGroup::poll`].
@@ -78,6 +81,7 @@ pub struct MiniHost {
     pool_buffers: u32,
     start: Instant,
     reentrant: bool,
+    complete_outside: bool,
 }
 
 fn qpair_id(h: QpairHandle) -> QpairId {
@@ -117,12 +121,14 @@ impl MiniHost {
                 handles: HashMap::new(),
                 held: HashMap::new(),
                 outbox: vec![Vec::new(); usize::from(poll_groups.max(1))],
+                outside: Vec::new(),
             })),
             internal_errors: Arc::new(AtomicU64::new(0)),
             io_unit_size: opts.io_unit_size,
             pool_buffers: (opts.num_shared_buffers / groups).max(2 * 33),
             start: Instant::now(),
             reentrant: false,
+            complete_outside: false,
         })
     }
 
@@ -133,6 +139,21 @@ impl MiniHost {
     pub fn reentrant(mut self, on: bool) -> MiniHost {
         self.reentrant = on;
         self
+    }
+
+    /// Test mode: command completions are not handed back inside the
+    /// transport's calls; the driver takes them ([`MiniHost::take_completions`])
+    /// and gives them to [`crate::transport::PollGroup::complete`] itself,
+    /// outside any group call — as SPDK's bdev layer completes I/O.
+    pub fn complete_outside(mut self, on: bool) -> MiniHost {
+        self.complete_outside = on;
+        self
+    }
+
+    /// [`MiniHost::complete_outside`] mode: the completions given since the
+    /// last call, as (group index, request, completion).
+    pub fn take_completions(&self) -> Vec<(u16, RequestHandle, Completion)> {
+        std::mem::take(&mut lock(&self.inner).outside)
     }
 
     /// Read/write statistics of the target.
@@ -182,6 +203,7 @@ pub struct MiniGroup {
     pool_buffers: u32,
     start: Instant,
     reentrant: bool,
+    complete_outside: bool,
     pools: Vec<Option<Pool>>,
     waiting: VecDeque<(RequestHandle, u32, usize)>,
     /// Answers for the next poll (non-reentrant mode), with room for every
@@ -204,6 +226,7 @@ impl Host for MiniHost {
             pool_buffers: self.pool_buffers,
             start: self.start,
             reentrant: self.reentrant,
+            complete_outside: self.complete_outside,
             pools: Vec::new(),
             waiting: VecDeque::new(),
             answers: Vec::new(),
@@ -219,9 +242,12 @@ impl MiniGroup {
         self.start.elapsed().as_nanos() as u64
     }
 
-    /// Answers now (reentrant mode) or at the next poll.
+    /// Answers now (reentrant mode), at the next poll, or, completions in
+    /// [`MiniHost::complete_outside`] mode, through the driver.
     fn answer(&mut self, a: Answer, calls: &mut GroupCalls) {
-        if self.reentrant {
+        if let (true, Answer::Complete(req, cpl)) = (self.complete_outside, a) {
+            lock(&self.inner).outside.push((self.index, req, cpl));
+        } else if self.reentrant {
             a.push(calls);
         } else {
             self.answers.push(a);

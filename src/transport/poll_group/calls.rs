@@ -34,12 +34,15 @@ impl<H: Host> PollGroup<H> {
 
     /// Applies `call` as queuing it and applying the queue would (it would
     /// be first), without the round trip through the queue; then what it
-    /// queued.
+    /// queued; then, as [`PollGroup::pushed`] does, posts what it produced
+    /// in interrupt mode (no poll follows an answer given outside a group
+    /// call: the response would wait for the next completion event).
     fn apply_now(&mut self, call: Call, now: u64) {
         self.in_call = true;
         self.apply_call(call, now);
         self.in_call = false;
         self.apply_calls(now);
+        self.flush_pushed(now);
     }
 
     /// Buffers for an earlier [`BufferGrant::Later`].
