@@ -113,11 +113,14 @@ impl<H: Host> PollGroup<H> {
         }
     }
 
-    /// Interrupt mode: posts what a push entry point queued (not inside
-    /// another entry point, whose end posts it).
+    /// Interrupt mode: does what the end of a poll does (posts what a push
+    /// entry point queued, frees the qpairs that finished — a qpair whose
+    /// last event came through `deliver` or `fini` would otherwise wait for a
+    /// poll that no fd announces), not inside another entry point, whose end
+    /// does it.
     pub(super) fn flush_pushed(&mut self, now: u64) {
         if self.armed && !self.in_call {
-            self.flush_dirty(now);
+            self.settle(now);
         }
     }
 

@@ -423,6 +423,15 @@ impl<H: Host> PollGroup<H> {
         if self.drain_timers {
             self.check_drain_deadlines(now);
         }
+        self.settle(now);
+        work
+    }
+
+    /// The end of every poll, and of every push entry point in interrupt
+    /// mode (no poll follows those): posts the WRs and SRQ receives queued,
+    /// then frees the qpairs that finished.
+    #[inline]
+    fn settle(&mut self, now: u64) {
         self.flush_dirty(now);
         for p in &mut self.pollers {
             // A dead device's SRQ refuses every post (EIO): its receives stay
@@ -439,7 +448,6 @@ impl<H: Host> PollGroup<H> {
         if self.reap_due {
             self.reap(now);
         }
-        work
     }
 
     /// Turns the request-state reports of every qpair on or off (the host's
