@@ -1006,10 +1006,19 @@ impl Qpair {
                 | ReqState::Executing
                 | ReqState::TransferringControllerToHost
                 | ReqState::Completing => return Ok(()),
-                ReqState::New => self.on_new(req)?,
+                ReqState::New => {
+                    if !self.on_new(req)? {
+                        return Ok(());
+                    }
+                }
                 ReqState::HaveBuffer => {
                     if self.reqs[i].xfer != DataTransfer::HostToController {
+                        // READY_TO_EXECUTE's step at once: nothing between
+                        // the two can change what the loop would do.
                         self.set_state(req, ReqState::ReadyToExecute)?;
+                        if !self.try_execute(req)? {
+                            return Ok(());
+                        }
                         continue;
                     }
                     // Nobody queued ahead and room for (part of) the chain:
@@ -1054,8 +1063,11 @@ impl Qpair {
                             ReqState::DataTransferToHostPending
                         };
                         self.set_state(req, next)?;
-                    } else {
-                        self.queue_response(req)?;
+                        if next == ReqState::ReadyToComplete {
+                            return self.transfer_out(req);
+                        }
+                    } else if self.queue_response(req)? {
+                        return self.transfer_out(req);
                     }
                 }
                 ReqState::DataTransferToHostPending => {
@@ -1067,6 +1079,7 @@ impl Qpair {
                         return Ok(());
                     }
                     self.set_state(req, ReqState::ReadyToComplete)?;
+                    return self.transfer_out(req);
                 }
                 ReqState::ReadyToCompletePending => {
                     if self.queues.head(QueueKind::PendingSend) != Some(req) {
@@ -1077,18 +1090,23 @@ impl Qpair {
                         return Ok(());
                     }
                     self.set_state(req, ReqState::ReadyToComplete)?;
+                    return self.transfer_out(req);
                 }
-                ReqState::ReadyToComplete => self.transfer_out(req)?,
+                ReqState::ReadyToComplete => return self.transfer_out(req),
                 ReqState::Completed => return self.complete(req),
             }
         }
     }
 
-    fn on_new(&mut self, req: ReqId) -> Result<(), EngineError> {
+    /// NEW's step; returns whether [`Qpair::drive`] must go on with `req`
+    /// (false: it waits, for its buffers or in EXECUTING). A command without
+    /// keyed data takes READY_TO_EXECUTE's step at once.
+    fn on_new(&mut self, req: ReqId) -> Result<bool, EngineError> {
         self.check_fused(req)?;
         match self.reqs[req.index()].shape {
             DataShape::None | DataShape::InCapsule { .. } => {
-                self.set_state(req, ReqState::ReadyToExecute)
+                self.set_state(req, ReqState::ReadyToExecute)?;
+                self.try_execute(req)
             }
             DataShape::Keyed { .. } => {
                 let i = req.index();
@@ -1108,7 +1126,8 @@ impl Qpair {
                     self.set_state(req, ReqState::NeedBuffer)?;
                     self.ask_buffers();
                 }
-                Ok(())
+                // NEED_BUFFER waits for the grant (another event).
+                Ok(false)
             }
         }
     }
@@ -1153,7 +1172,23 @@ impl Qpair {
         Ok(())
     }
 
+    /// READY_TO_EXECUTE's step; returns whether [`Qpair::drive`] must go on
+    /// with `req` (only when it was answered with an error: an executed
+    /// request waits in EXECUTING, a fused one for its partner).
+    #[inline]
     fn try_execute(&mut self, req: ReqId) -> Result<bool, EngineError> {
+        let fused = self.reqs[req.index()].fused;
+        if !fused.failed && fused.pair.is_none() && self.fused_first.is_none() {
+            // Not fused (nearly every command): hand it to the host.
+            self.execute(req)?;
+            return Ok(false);
+        }
+        self.try_execute_fused(req)
+    }
+
+    /// [`Qpair::try_execute`] for a fused command (or with a FIRST waiting).
+    #[inline(never)]
+    fn try_execute_fused(&mut self, req: ReqId) -> Result<bool, EngineError> {
         let i = req.index();
         if self.reqs[i].fused.failed {
             self.fail_request(req, Status::ABORTED_MISSING_FUSED)?;
@@ -1175,10 +1210,10 @@ impl Qpair {
             self.reqs[second.index()].fused.pair = None;
             self.execute(first)?;
             self.execute(second)?;
-            return Ok(true);
+            return Ok(false);
         }
         self.execute(req)?;
-        Ok(true)
+        Ok(false)
     }
 
     #[inline(always)]
@@ -1199,22 +1234,25 @@ impl Qpair {
             cid,
             status,
         });
-        self.queue_response(req)
+        self.queue_response(req)?;
+        Ok(())
     }
 
     /// A response without data to send: READY_TO_COMPLETE_PENDING, or
     /// straight to READY_TO_COMPLETE when nobody is queued ahead and the send
     /// queue has room (the request would pass the pending-send head at once).
-    /// The caller drives the request on.
-    fn queue_response(&mut self, req: ReqId) -> Result<(), EngineError> {
-        let next = if self.queues.is_empty(QueueKind::PendingSend)
-            && self.send_depth < self.cfg.max_send_depth
-        {
+    /// The caller drives the request on. Returns whether it went straight to
+    /// READY_TO_COMPLETE.
+    fn queue_response(&mut self, req: ReqId) -> Result<bool, EngineError> {
+        let now = self.queues.is_empty(QueueKind::PendingSend)
+            && self.send_depth < self.cfg.max_send_depth;
+        let next = if now {
             ReqState::ReadyToComplete
         } else {
             ReqState::ReadyToCompletePending
         };
-        self.set_state(req, next)
+        self.set_state(req, next)?;
+        Ok(now)
     }
 
     /// Whether the send queue has room for the WRITE chain of `req` and its
@@ -1264,6 +1302,7 @@ impl Qpair {
     /// Upstream `request_transfer_out`: re-post the RECV, then post the
     /// WRITE chain (on success of a C2H command) and the SEND (one
     /// [`Action::PostResponse`] says all three).
+    #[inline]
     fn transfer_out(&mut self, req: ReqId) -> Result<(), EngineError> {
         let i = req.index();
         self.sq_head += 1;
