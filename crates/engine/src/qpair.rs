@@ -812,7 +812,9 @@ impl Qpair {
             });
         }
         let read = r.xfer == DataTransfer::HostToController;
-        self.reqs[req.index()].inflight &= !bit;
+        let r = &mut self.reqs[req.index()];
+        r.inflight &= !bit;
+        r.ninflight -= 1;
         self.send_depth -= 1;
         if read {
             self.read_depth -= 1;
@@ -889,6 +891,7 @@ impl Qpair {
         let n = self.reqs[i].outstanding();
         self.send_depth -= n + 1;
         self.reqs[i].inflight = 0;
+        self.reqs[i].ninflight = 0;
         self.reqs[i].send_inflight = false;
         if !status.is_success() {
             self.enter_error(DisconnectReason::WcError { wr, status });
@@ -1328,6 +1331,7 @@ impl Qpair {
         for k in first..first + count8 {
             self.reqs[i].inflight |= 1 << k;
         }
+        self.reqs[i].ninflight += count8;
         self.reqs[i].posted += count8;
         self.read_depth += count as u16;
         self.send_depth += count;
@@ -1372,6 +1376,7 @@ impl Qpair {
         } else {
             (((1u32 << writes) - 1) & 0xffff) as u16
         };
+        r.ninflight = writes;
         r.send_inflight = true;
         self.send_depth += u32::from(writes) + 1;
         self.actions
@@ -1787,6 +1792,7 @@ impl Qpair {
         self.actions.push_back(Action::DestroyQp { forced: true });
         for r in self.reqs.iter_mut() {
             r.inflight = 0;
+            r.ninflight = 0;
             r.send_inflight = false;
         }
         self.send_depth = 0;
