@@ -420,8 +420,9 @@ impl Qpair {
         payload: &[u8],
     ) -> Result<(), EngineError> {
         self.check_open()?;
+        // A decoded id names a data WR below MAX_DATA_WRS (4 bits).
         let (_, kind) = WrId::decode(wr_id)?;
-        self.handle_wr_completion(kind, status, payload)
+        self.wr_completion(kind, status, payload)
     }
 
     /// [`Qpair::handle_completion`] for a `wr_id` the transport already
@@ -439,6 +440,18 @@ impl Qpair {
                 return Err(BadWrId(WrId::new(kind).to_raw()).into());
             }
         }
+        self.wr_completion(kind, status, payload)
+    }
+
+    /// [`Qpair::handle_wr_completion`] once the qpair is known open and a
+    /// data WR's index below [`MAX_DATA_WRS`].
+    #[inline(always)]
+    fn wr_completion(
+        &mut self,
+        kind: WrKind,
+        status: WcStatus,
+        payload: &[u8],
+    ) -> Result<(), EngineError> {
         if !status.is_success() {
             self.count_wc_error(WrId::new(kind), status);
         }
@@ -503,7 +516,7 @@ impl Qpair {
     /// NEED_BUFFER → HAVE_BUFFER: the relink of [`Qpair::set_state`]
     /// written out for it (off the pending-buffer queue, which needs a new
     /// walk only if others still wait), inline instead of the general relink.
-    #[inline]
+    #[inline(always)]
     fn leave_buffer_queue(&mut self, req: ReqId) -> Result<(), Bug> {
         let i = req.index();
         // NEED_BUFFER is on the pending-buffer queue; the simulation build
@@ -1716,7 +1729,7 @@ impl Qpair {
     /// FREE → NEW, the transition every command makes: the relink of
     /// [`Qpair::set_state`] written out for it (off the free queue), inline
     /// instead of the general relink.
-    #[inline]
+    #[inline(always)]
     fn leave_free(&mut self, req: ReqId) -> Result<(), Bug> {
         let i = req.index();
         // A FREE request is on the free queue (only set_state and its
