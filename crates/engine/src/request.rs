@@ -85,7 +85,9 @@ impl DataPlan {
         nsges: 0,
     };
 
-    /// Maps `bufs` (in order) onto `segments` (in order).
+    /// Maps `bufs` (in order) onto `segments` (in order). Inlined: the
+    /// common case is a few stores; the general walk is a call.
+    #[inline]
     pub fn build(&mut self, segments: &[KeyedSegment], bufs: &[LocalSge]) -> Result<(), PlanError> {
         // The common case (one remote segment, one buffer that holds it): one
         // WR with one SGE, without the general walk.
@@ -110,6 +112,7 @@ impl DataPlan {
         self.build_general(segments, bufs)
     }
 
+    #[inline(never)]
     fn build_general(
         &mut self,
         segments: &[KeyedSegment],
