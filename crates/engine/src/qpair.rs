@@ -1871,6 +1871,7 @@ impl Qpair {
 /// SGL, writing keyed segments into `segments`. A capsule shorter than a
 /// command is answered with INVALID_FIELD (its CID is whatever arrived, 0 if
 /// none).
+#[inline]
 fn read_capsule(
     payload: &[u8],
     limits: &SglLimits,
