@@ -1233,7 +1233,7 @@ impl Qpair {
     /// READY_TO_EXECUTE's step; returns whether [`Qpair::drive`] must go on
     /// with `req` (only when it was answered with an error: an executed
     /// request waits in EXECUTING, a fused one for its partner).
-    #[inline]
+    #[inline(always)]
     fn try_execute(&mut self, req: ReqId) -> Result<bool, Bug> {
         let fused = self.reqs[req.index()].fused;
         if !fused.failed && fused.pair.is_none() && self.fused_first.is_none() {
@@ -1538,7 +1538,7 @@ impl Qpair {
     }
 
     /// Asks the host for `req`'s buffers unless that was done already.
-    #[inline]
+    #[inline(always)]
     fn ask_for(&mut self, req: ReqId) {
         let r = &mut self.reqs[req.index()];
         if !r.buffers_asked {
