@@ -461,10 +461,8 @@ impl Qpair {
                 req,
                 index,
                 generation,
-            } => self.on_data(WrId::new(kind), req, index, generation, status),
-            WrKind::Send { req, generation } => {
-                self.on_send(WrId::new(kind), req, generation, status)
-            }
+            } => self.on_data(req, index, generation, status),
+            WrKind::Send { req, generation } => self.on_send(req, generation, status),
         };
         self.after_event();
         r
@@ -618,7 +616,7 @@ impl Qpair {
                 index,
                 generation,
             } => {
-                self.retire_data_wr(wr, req, index, generation)?;
+                self.retire_data_wr(req, index, generation)?;
             }
             WrKind::Send { req, generation } => {
                 let r = self.req(req)?;
@@ -811,7 +809,6 @@ impl Qpair {
     #[inline]
     fn retire_data_wr(
         &mut self,
-        wr: WrId,
         req: ReqId,
         index: u8,
         generation: u32,
@@ -821,7 +818,7 @@ impl Qpair {
         if r.generation != generation || r.inflight & bit == 0 {
             return Err(EngineError::StaleWr {
                 qpair: self.cfg.label,
-                wr,
+                wr: data_wr_id(req, index, generation),
             });
         }
         let read = r.xfer == DataTransfer::HostToController;
@@ -835,26 +832,27 @@ impl Qpair {
         Ok(read)
     }
 
+    /// Data WR `index` of `req` (generation `generation`) completed. The WR
+    /// id is rebuilt only for an error (the callers pass its parts).
     fn on_data(
         &mut self,
-        wr: WrId,
         req: ReqId,
         index: u8,
         generation: u32,
         status: WcStatus,
     ) -> Result<(), EngineError> {
-        let read = self.retire_data_wr(wr, req, index, generation)?;
-        self.data_done(wr, req, read, status)
-            .map_err(|b| self.lift(b))
+        let read = self.retire_data_wr(req, index, generation)?;
+        if !status.is_success() {
+            let wr = data_wr_id(req, index, generation);
+            self.enter_error(DisconnectReason::WcError { wr, status });
+        }
+        self.data_done(req, read).map_err(|b| self.lift(b))
     }
 
     /// [`Qpair::on_data`] once the WR is retired.
     #[inline]
-    fn data_done(&mut self, wr: WrId, req: ReqId, read: bool, status: WcStatus) -> Result<(), Bug> {
+    fn data_done(&mut self, req: ReqId, read: bool) -> Result<(), Bug> {
         let i = req.index();
-        if !status.is_success() {
-            self.enter_error(DisconnectReason::WcError { wr, status });
-        }
         if !read || self.reqs[i].inflight != 0 {
             // WRITE: the chained SEND's completion finishes the request.
             return Ok(());
@@ -879,9 +877,9 @@ impl Qpair {
         self.drive(req)
     }
 
+    /// The response SEND of `req` (generation `generation`) completed.
     fn on_send(
         &mut self,
-        wr: WrId,
         req: ReqId,
         generation: u32,
         status: WcStatus,
@@ -890,15 +888,16 @@ impl Qpair {
         if r.generation != generation || !r.send_inflight {
             return Err(EngineError::StaleWr {
                 qpair: self.cfg.label,
-                wr,
+                wr: WrId::new(WrKind::Send { req, generation }),
             });
         }
-        self.send_done(wr, req, status).map_err(|b| self.lift(b))
+        self.send_done(req, generation, status)
+            .map_err(|b| self.lift(b))
     }
 
     /// [`Qpair::on_send`] once the SEND is known to be in flight.
     #[inline]
-    fn send_done(&mut self, wr: WrId, req: ReqId, status: WcStatus) -> Result<(), Bug> {
+    fn send_done(&mut self, req: ReqId, generation: u32, status: WcStatus) -> Result<(), Bug> {
         let i = req.index();
         // RC ordering: the SEND completing means every WRITE before it is done.
         let n = self.reqs[i].outstanding();
@@ -907,6 +906,7 @@ impl Qpair {
         self.reqs[i].ninflight = 0;
         self.reqs[i].send_inflight = false;
         if !status.is_success() {
+            let wr = WrId::new(WrKind::Send { req, generation });
             self.enter_error(DisconnectReason::WcError { wr, status });
         }
         self.step(req, ReqState::Completed)?;
@@ -1865,6 +1865,16 @@ impl Qpair {
     fn notice(&mut self, n: Notice) {
         self.actions.push_back(Action::Notice(n));
     }
+}
+
+/// The id of data WR `index` of `req` at `generation` (for errors).
+#[cold]
+fn data_wr_id(req: ReqId, index: u8, generation: u32) -> WrId {
+    WrId::new(WrKind::Data {
+        req,
+        index,
+        generation,
+    })
 }
 
 /// Copies the command out of a received capsule into `cmd` and validates its
