@@ -504,7 +504,9 @@ impl Qpair {
         let built = r.plan.build(&r.segments[..n], bufs);
         match built {
             Ok(()) => self.leave_buffer_queue(req).map_err(|b| self.lift(b))?,
-            Err(_) => self.fail_request(req, Status::DATA_SGL_LENGTH_INVALID).map_err(|b| self.lift(b))?,
+            Err(_) => self
+                .fail_request(req, Status::DATA_SGL_LENGTH_INVALID)
+                .map_err(|b| self.lift(b))?,
         }
         self.drive(req).map_err(|b| self.lift(b))?;
         self.after_event();
@@ -549,7 +551,8 @@ impl Qpair {
         let i = req.index();
         let cid = self.reqs[i].cmd.cid();
         self.reqs[i].cpl = Completion { cid, ..cpl };
-        self.step(req, ReqState::Executed).map_err(|b| self.lift(b))?;
+        self.step(req, ReqState::Executed)
+            .map_err(|b| self.lift(b))?;
         self.drive(req).map_err(|b| self.lift(b))?;
         self.after_event();
         Ok(())
@@ -563,7 +566,8 @@ impl Qpair {
         if self.req(req)?.state != ReqState::Executing {
             return Err(self.wrong_state(req, "command freed"));
         }
-        self.set_state(req, ReqState::Completed).map_err(|b| self.lift(b))?;
+        self.set_state(req, ReqState::Completed)
+            .map_err(|b| self.lift(b))?;
         self.complete(req).map_err(|b| self.lift(b))?;
         self.after_event();
         Ok(())
@@ -710,8 +714,10 @@ impl Qpair {
                 cpl.sqid = 0;
                 self.reqs[i].cpl = cpl;
                 // Re-queue at the tail of the send queue.
-                self.set_state(req, ReqState::ReadyToComplete).map_err(|b| self.lift(b))?;
-                self.set_state(req, ReqState::ReadyToCompletePending).map_err(|b| self.lift(b))?;
+                self.set_state(req, ReqState::ReadyToComplete)
+                    .map_err(|b| self.lift(b))?;
+                self.set_state(req, ReqState::ReadyToCompletePending)
+                    .map_err(|b| self.lift(b))?;
                 self.drive(req).map_err(|b| self.lift(b))?;
                 AbortOutcome::Aborted(req)
             }
@@ -949,13 +955,19 @@ impl Qpair {
     /// [`Qpair::set_state`] for a move between two states without a queue
     /// (the callers' states are fixed by where they are: EXECUTING →
     /// EXECUTED, READY_TO_COMPLETE → COMPLETING, ...): nothing to relink, so
-    /// the release build only stores the state. The simulation build takes
-    /// the general path, and its invariant check after every event finds a
-    /// request whose queue disagrees with its state.
+    /// the release build only stores the state. The simulation build checks
+    /// that neither state has a queue (a panic: every simulated event would
+    /// find a caller that breaks it) and takes the general path.
     #[inline(always)]
     fn step(&mut self, req: ReqId, new: ReqState) -> Result<(), Bug> {
         #[cfg(feature = "sim")]
         {
+            let old = self.reqs[req.index()].state;
+            assert!(
+                old.queue().is_none() && new.queue().is_none(),
+                "qpair {}: step of {req:?} from {old:?} to {new:?} crosses a queue",
+                self.cfg.label
+            );
             self.set_state(req, new)
         }
         #[cfg(not(feature = "sim"))]
