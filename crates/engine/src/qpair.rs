@@ -928,7 +928,8 @@ impl Qpair {
     /// when state tracing is on. The only other code that changes a state is
     /// the written-out copies of this for the transitions every request
     /// makes (`leave_free`, `enter_free`, `on_new`, `leave_buffer_queue`),
-    /// which change state and links together too, and report it (but FREE).
+    /// which change state and links together too, and report it (but FREE),
+    /// and [`Qpair::step`] for moves between two states without a queue.
     // Always inlined: with its trace test it grew past the inliner's
     // threshold, and an out-of-line call per transition cost ~20 % per I/O.
     #[inline(always)]
