@@ -1702,6 +1702,7 @@ impl Qpair {
 
     /// A free request takes the capsule in `recv`, whose command (and keyed
     /// segments) are already in the request object, and runs.
+    #[inline(always)]
     fn start(
         &mut self,
         req: ReqId,
@@ -1894,7 +1895,7 @@ fn data_wr_id(req: ReqId, index: u8, generation: u32) -> WrId {
 /// SGL, writing keyed segments into `segments`. A capsule shorter than a
 /// command is answered with INVALID_FIELD (its CID is whatever arrived, 0 if
 /// none).
-#[inline]
+#[inline(always)]
 fn read_capsule(
     payload: &[u8],
     limits: &SglLimits,
