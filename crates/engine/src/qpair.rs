@@ -733,6 +733,7 @@ impl Qpair {
     // Completion handlers
     // ------------------------------------------------------------------
 
+    #[inline(always)]
     fn on_recv(
         &mut self,
         recv: RecvId,
@@ -884,6 +885,7 @@ impl Qpair {
     }
 
     /// The response SEND of `req` (generation `generation`) completed.
+    #[inline(always)]
     fn on_send(
         &mut self,
         req: ReqId,
