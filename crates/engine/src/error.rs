@@ -73,3 +73,36 @@ pub enum EngineError {
     #[error(transparent)]
     Queue(#[from] QueueError),
 }
+
+/// An internal step the engine refused: only an engine bug gets here. Kept
+/// to a few bytes (no qpair label, added by [`Bug::with_qpair`] where it
+/// leaves the engine) so that the state machine's `Result`s are returned in
+/// a register and each `?` is one test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bug {
+    /// An attempt to finish a request the NIC or host still owns.
+    InFlight {
+        /// The request.
+        req: ReqId,
+        /// Its state.
+        state: ReqState,
+    },
+    /// A queue-membership violation.
+    Queue(QueueError),
+}
+
+impl From<QueueError> for Bug {
+    fn from(e: QueueError) -> Bug {
+        Bug::Queue(e)
+    }
+}
+
+impl Bug {
+    /// The public error, naming qpair `qpair`.
+    pub(crate) fn with_qpair(self, qpair: u32) -> EngineError {
+        match self {
+            Bug::InFlight { req, state } => EngineError::InFlight { qpair, req, state },
+            Bug::Queue(e) => EngineError::Queue(e),
+        }
+    }
+}

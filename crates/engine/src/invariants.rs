@@ -93,6 +93,13 @@ impl Qpair {
         for (i, r) in self.reqs.iter().enumerate() {
             let req = Some(ReqId(i as u16));
             let st = r.state;
+            if r.outstanding() != r.inflight.count_ones() {
+                return fail(
+                    "data WR count differs from the in-flight bits",
+                    req,
+                    u64::from(r.ninflight),
+                );
+            }
             send += r.outstanding() + u32::from(r.send_inflight);
             if r.xfer == DataTransfer::HostToController {
                 read += r.outstanding();

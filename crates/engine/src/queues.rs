@@ -143,7 +143,7 @@ impl Queues {
     }
 
     /// Unlinks `req` from whatever queue it is on (no-op when unlinked).
-    #[inline]
+    #[inline(always)]
     pub fn remove(&mut self, req: ReqId) {
         let Link { prev, next, on } = self.links[req.index()];
         let Some(q) = on else { return };

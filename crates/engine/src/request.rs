@@ -85,7 +85,9 @@ impl DataPlan {
         nsges: 0,
     };
 
-    /// Maps `bufs` (in order) onto `segments` (in order).
+    /// Maps `bufs` (in order) onto `segments` (in order). Inlined: the
+    /// common case is a few stores; the general walk is a call.
+    #[inline]
     pub fn build(&mut self, segments: &[KeyedSegment], bufs: &[LocalSge]) -> Result<(), PlanError> {
         // The common case (one remote segment, one buffer that holds it): one
         // WR with one SGE, without the general walk.
@@ -110,6 +112,7 @@ impl DataPlan {
         self.build_general(segments, bufs)
     }
 
+    #[inline(never)]
     fn build_general(
         &mut self,
         segments: &[KeyedSegment],
@@ -164,11 +167,13 @@ impl DataPlan {
         Ok(())
     }
 
+    #[inline]
     pub fn sges_of(&self, wr: usize) -> &[LocalSge] {
         let p = &self.wrs[wr];
         &self.sges[usize::from(p.sge_start)..usize::from(p.sge_start) + usize::from(p.sge_count)]
     }
 
+    #[inline]
     pub fn all_sges(&self) -> &[LocalSge] {
         &self.sges[..usize::from(self.nsges)]
     }
@@ -223,6 +228,9 @@ pub(crate) struct Request {
     pub posted: u8,
     /// Bit i set: data WR i is owned by the NIC.
     pub inflight: u16,
+    /// Bits set in `inflight` (kept alongside: x86-64's baseline has no
+    /// popcount instruction, and every SEND completion needs the number).
+    pub ninflight: u8,
     /// Bumped on every reuse; part of every WR id, so a stale completion
     /// cannot be attributed to a later command.
     pub generation: u32,
@@ -248,6 +256,7 @@ impl Request {
             send_inflight: false,
             posted: 0,
             inflight: 0,
+            ninflight: 0,
             generation: 0,
             recv: None,
             shape: DataShape::None,
@@ -267,8 +276,10 @@ impl Request {
         }
     }
 
+    /// Data WRs owned by the NIC.
+    #[inline]
     pub fn outstanding(&self) -> u32 {
-        self.inflight.count_ones()
+        u32::from(self.ninflight)
     }
 
     pub fn remaining(&self) -> u8 {

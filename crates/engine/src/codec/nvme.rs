@@ -843,6 +843,7 @@ impl Completion {
     }
 
     /// The 16 wire bytes (phase tag 0).
+    #[inline]
     pub fn to_bytes(&self) -> [u8; 16] {
         let mut b = [0u8; COMPLETION_SIZE];
         b[0..4].copy_from_slice(&self.cdw0.to_le_bytes());

@@ -427,7 +427,9 @@ pub fn parse_data_layout(
 
 /// [`parse_data_layout`] writing the keyed segments into `segments` (the
 /// first `count` entries of [`DataShape::Keyed`]; the others are left as
-/// they were) and returning only the 16-byte [`DataShape`].
+/// they were) and returning only the 16-byte [`DataShape`]. Inlined (the
+/// engine parses every capsule with it); the uncommon layouts are calls.
+#[inline]
 pub fn parse_data_shape(
     cmd: &Command,
     in_capsule: &[u8],
@@ -465,6 +467,7 @@ pub fn parse_data_shape(
     }
 }
 
+#[inline(never)]
 fn parse_in_capsule(
     sgl: &SglDescriptor,
     xfer: DataTransfer,
@@ -502,6 +505,7 @@ fn parse_in_capsule(
     })
 }
 
+#[inline]
 fn parse_keyed(
     sgl: &SglDescriptor,
     limits: &SglLimits,
@@ -528,6 +532,7 @@ fn parse_keyed(
     })
 }
 
+#[inline(never)]
 fn parse_list(
     sgl: &SglDescriptor,
     in_capsule: &[u8],
