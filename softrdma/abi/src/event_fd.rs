@@ -214,6 +214,10 @@ mod tests {
         let mut b = [0u8; 8];
         assert_eq!(q.recv(&mut b), Ok(8), "queued before the shut: still read");
         assert_eq!(q.recv(&mut b), Ok(0), "then EOF");
-        assert_eq!(revents(q.app_fd()), libc::POLLIN, "EOF: readable, not writable");
+        assert_eq!(
+            revents(q.app_fd()),
+            libc::POLLIN,
+            "EOF: readable, not writable"
+        );
     }
 }

@@ -1629,7 +1629,10 @@ fn fd_ready(fd: i32) -> (bool, bool) {
         revents: 0,
     };
     assert!(unsafe { libc::poll(&mut p, 1, 0) } >= 0, "poll fd {fd}");
-    (p.revents & libc::POLLIN != 0, p.revents & libc::POLLOUT != 0)
+    (
+        p.revents & libc::POLLIN != 0,
+        p.revents & libc::POLLOUT != 0,
+    )
 }
 
 /// Wait up to `ms` for `fd` to become readable.
@@ -1673,7 +1676,10 @@ fn sc_event_fds() {
             post_recv(q1, 10 + round, &rx, 0, 64);
             assert_eq!(ibv_req_notify_cq(cq2, 0), 0);
             assert_eq!(fd_ready(fd), (false, false), "armed, no completion yet");
-            assert_eq!(post_send(q2, 20 + round, op::IBV_WR_SEND, &tx, 0, 8, None), 0);
+            assert_eq!(
+                post_send(q2, 20 + round, op::IBV_WR_SEND, &tx, 0, 8, None),
+                0
+            );
             assert!(wait_readable(fd, 5000), "an event after the completion");
             assert_eq!(fd_ready(fd), (true, false), "event queued: readable only");
             let (mut ecq, mut ectx) = (null_mut(), null_mut());
@@ -1688,11 +1694,26 @@ fn sc_event_fds() {
         // async_fd: a WRITE to a region without REMOTE_WRITE raises QP_ACCESS_ERR on q1.
         let before = my_counter(Counter::AsyncEvents);
         assert_eq!(
-            post_send(q2, 30, op::IBV_WR_RDMA_WRITE, &tx, 0, 8, Some((rx.addr(), rx.rkey()))),
+            post_send(
+                q2,
+                30,
+                op::IBV_WR_RDMA_WRITE,
+                &tx,
+                0,
+                8,
+                Some((rx.addr(), rx.rkey()))
+            ),
             0
         );
-        assert!(wait_readable(afd, 5000), "an async event after the access error");
-        assert_eq!(fd_ready(afd), (true, false), "async event queued: readable only");
+        assert!(
+            wait_readable(afd, 5000),
+            "an async event after the access error"
+        );
+        assert_eq!(
+            fd_ready(afd),
+            (true, false),
+            "async event queued: readable only"
+        );
         assert_eq!(my_counter(Counter::AsyncEvents), before + 1);
         let mut ev: ibv_async_event = std::mem::zeroed();
         assert_eq!(ibv_get_async_event(d.ctx, &mut ev), 0);
