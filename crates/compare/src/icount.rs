@@ -27,6 +27,8 @@ pub struct Icount {
     pub verbs_per_io: f64,
     /// Whole `nvmf_tgt` instructions per I/O (context).
     pub total_per_io: f64,
+    /// Calls of `epoll_wait` (reactor wake-ups) per I/O, whole `nvmf_tgt`.
+    pub wakeups_per_io: f64,
     /// Top functions by self cost (name, Ir per I/O).
     pub top: Vec<(String, f64)>,
     /// Why it was not measured.
@@ -116,6 +118,43 @@ pub fn transport_cost(rows: &[Row], ours: bool) -> (u64, u64) {
     (sum(&|r| is_own(r, ours)), sum(&|r| is_verbs(r)))
 }
 
+/// Calls of function `name` in one callgrind dump (its `calls=` lines
+/// under a `cfn=` of that name; names are compressed as `(id) name` once,
+/// then `(id)`).
+pub fn calls_to(dump: &str, name: &str) -> u64 {
+    let mut names: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut callee: Option<&str> = None;
+    let mut calls = 0;
+    for l in dump.lines() {
+        let (is_call, rest) = match (l.strip_prefix("cfn="), l.strip_prefix("fn=")) {
+            (Some(r), _) => (true, r),
+            (None, Some(r)) => (false, r),
+            (None, None) => {
+                if let (Some(c), Some(r)) = (callee.take(), l.strip_prefix("calls=")) {
+                    if c == name {
+                        calls += r
+                            .split_whitespace()
+                            .next()
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .unwrap_or(0);
+                    }
+                }
+                continue;
+            }
+        };
+        let f = match rest.strip_prefix('(').and_then(|r| r.split_once(')')) {
+            Some((id, n)) if !n.trim().is_empty() => {
+                names.insert(id, n.trim());
+                n.trim()
+            }
+            Some((id, _)) => names.get(id).copied().unwrap_or(""),
+            None => rest.trim(),
+        };
+        callee = is_call.then_some(f);
+    }
+    calls
+}
+
 /// Runs `callgrind_annotate --inclusive=no --auto=no` on `out_file` (no
 /// source annotation: its call lines carry inclusive costs).
 pub fn annotate(out_file: &Path) -> Result<String, String> {
@@ -166,5 +205,28 @@ Ir                    file:function
         );
         assert_eq!(transport_cost(&rows, true), (100_000, 2_859_397));
         assert!(in_transport(&rows[1], true) && !in_transport(&rows[0], false));
+    }
+
+    #[test]
+    fn calls_follow_compressed_names() {
+        let dump = "\
+fn=(1) spdk_fd_group_wait
+cfn=(2) epoll_wait
+calls=3 0x1234
+5 10
+cfn=(3) read
+calls=7 0
+1 2
+fn=(4) reactor_run
+cfn=(2)
+calls=2 0
+3 4
+cfn=(1)
+calls=9 0
+";
+        assert_eq!(calls_to(dump, "epoll_wait"), 5);
+        assert_eq!(calls_to(dump, "read"), 7);
+        assert_eq!(calls_to(dump, "spdk_fd_group_wait"), 9);
+        assert_eq!(calls_to(dump, "missing"), 0);
     }
 }

@@ -4,7 +4,11 @@
 //! each; the transport's self cost (its code and the verbs libraries) of
 //! the long dump minus the short one, divided by the I/O difference, is its
 //! cost per I/O (connection set-up and teardown cancel out; interrupt mode
-//! keeps idle polling out, so the figure does not depend on wall time).
+//! keeps idle polling out, so the figure does not depend on wall time). The
+//! target serves only an aio bdev on a file in /dev/shm: SPDK's aio bdev
+//! sleeps in interrupt mode, while malloc and null bdevs have period-0
+//! pollers that keep the reactor spinning, so whole-`nvmf_tgt` figures
+//! would follow wall time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,9 +16,11 @@ use std::time::Duration;
 
 use crate::child::Proc;
 use crate::env::{Env, TargetSpec};
-use crate::icount::{annotate, in_transport, parse_annotate, transport_cost, Icount};
-use crate::target::{StartError, Target, TargetConfig, NQN_NULL};
+use crate::icount::{annotate, calls_to, in_transport, parse_annotate, transport_cost, Icount};
+use crate::target::{StartError, Target, TargetConfig, NQN_AIO};
 
+/// Size of the aio bdev's file in /dev/shm (sparse).
+const AIO_FILE_BYTES: u64 = 64 << 20;
 /// I/Os of the short and the long run.
 const SHORT_IOS: u64 = 500;
 const LONG_IOS: u64 = 4500;
@@ -60,6 +66,7 @@ fn skipped(t: &TargetSpec, wl: &str, why: String) -> Icount {
         own_per_io: 0.0,
         verbs_per_io: 0.0,
         total_per_io: 0.0,
+        wakeups_per_io: 0.0,
         top: vec![],
         skipped: Some(why),
     }
@@ -70,6 +77,9 @@ fn measure(env: &Env, spec: &TargetSpec, wl: &str) -> Result<Icount, String> {
         .scratch(&format!("callgrind-{}-{wl}", spec.label))
         .map_err(|e| e.to_string())?;
     let out_file = cg_dir.join("callgrind.out");
+    // The aio bdev sleeps in interrupt mode (malloc and null bdevs have period-0 pollers that
+    // would keep the reactor spinning): its file lives in memory, in /dev/shm.
+    let img = AioFile::create(&format!("{}-{wl}", spec.label))?;
     let cfg = TargetConfig {
         mask: "0x1".into(),
         wrapper: vec![
@@ -80,6 +90,7 @@ fn measure(env: &Env, spec: &TargetSpec, wl: &str) -> Result<Icount, String> {
         ],
         extra_args: vec!["--interrupt-mode".into()],
         start_timeout: Some(Duration::from_secs(240)),
+        aio_file: Some(img.0.clone()),
         ..TargetConfig::default()
     };
     let mut t = Target::start(env, spec, &cfg).map_err(|e| match e {
@@ -106,6 +117,12 @@ fn measure(env: &Env, spec: &TargetSpec, wl: &str) -> Result<Icount, String> {
             dumps.len()
         ));
     }
+    let wakeups = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|d| calls_to(&d, "epoll_wait"))
+            .map_err(|e| format!("read {}: {e}", p.display()))
+    };
+    let (wake_s, wake_l) = (wakeups(&dumps[0])?, wakeups(&dumps[1])?);
     let (short, short_total) = parse_annotate(&annotate(&dumps[0])?);
     let (long, long_total) = parse_annotate(&annotate(&dumps[1])?);
     let ours = spec.is_ours();
@@ -137,9 +154,32 @@ fn measure(env: &Env, spec: &TargetSpec, wl: &str) -> Result<Icount, String> {
         own_per_io: own as f64 / ios as f64,
         verbs_per_io: verbs as f64 / ios as f64,
         total_per_io: long_total.saturating_sub(short_total) as f64 / ios as f64,
+        wakeups_per_io: wake_l.saturating_sub(wake_s) as f64 / ios as f64,
         top,
         skipped: None,
     })
+}
+
+/// The aio bdev's file in /dev/shm, removed on drop.
+struct AioFile(PathBuf);
+
+impl AioFile {
+    fn create(tag: &str) -> Result<AioFile, String> {
+        let p = PathBuf::from(format!(
+            "/dev/shm/nvmf-rdma-compare-{}-{tag}.img",
+            std::process::id()
+        ));
+        std::fs::File::create(&p)
+            .and_then(|f| f.set_len(AIO_FILE_BYTES))
+            .map_err(|e| format!("aio bdev file {}: {e}", p.display()))?;
+        Ok(AioFile(p))
+    }
+}
+
+impl Drop for AioFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// `callgrind.out.<n>` dump files, in dump order.
@@ -190,7 +230,7 @@ fn io_run(env: &Env, t: &Target, wl: &str, n: u64, log: &Path) -> Result<(), Str
         "--addr",
         &format!("127.0.0.1:{}", t.port),
         "--nqn",
-        NQN_NULL,
+        NQN_AIO,
     ])
     .args([
         "--workload",

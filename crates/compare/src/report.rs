@@ -443,17 +443,19 @@ fn icount_section(r: &Report, md: &mut String) {
     md.push_str("## Instructions per I/O inside the transport (callgrind)\n\n");
     md.push_str(
         "`nvmf_tgt --interrupt-mode` under `valgrind --tool=callgrind`, 4 KiB I/Os at QD 8 from \
-         `nvmf-rdma-rs perf --ios` against the null bdev: a run of 500 then one of 4500 I/Os with a \
-         dump after each; per I/O = (long − short) / 4000. Transport = self cost of the transport's \
-         own code (upstream `lib/nvmf/rdma.c` and the RDMA provider; ours `libnvmf_rdma_rs.so`) plus \
-         `libibverbs`/`librdmacm` (softrdma).\n\n",
+         `nvmf-rdma-rs perf --ios` against an aio bdev on a file in /dev/shm (it sleeps in interrupt \
+         mode; malloc and null bdevs have period-0 pollers that keep the reactor spinning): a run of \
+         500 then one of 4500 I/Os with a dump after each; per I/O = (long − short) / 4000. \
+         Transport = self cost of the transport's own code (upstream `lib/nvmf/rdma.c` and the RDMA \
+         provider; ours `libnvmf_rdma_rs.so`) plus `libibverbs`/`librdmacm` (softrdma); wake-ups = \
+         calls of `epoll_wait` in the whole `nvmf_tgt`.\n\n",
     );
-    md.push_str("| target | workload | I/Os | transport Ir per I/O | own code | verbs (softrdma) | whole nvmf_tgt | top functions (self Ir per I/O) |\n|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| target | workload | I/Os | transport Ir per I/O | own code | verbs (softrdma) | whole nvmf_tgt | wake-ups per I/O | top functions (self Ir per I/O) |\n|---|---|---|---|---|---|---|---|---|\n");
     for i in &r.icount {
         if let Some(s) = &i.skipped {
             let _ = writeln!(
                 md,
-                "| {} | {} | — | — | — | skipped: {} |",
+                "| {} | {} | — | — | — | — | — | — | skipped: {} |",
                 i.target,
                 i.workload,
                 short(s)
@@ -468,7 +470,7 @@ fn icount_section(r: &Report, md: &mut String) {
             .collect();
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} |",
             i.target,
             i.workload,
             i.ios,
@@ -476,6 +478,7 @@ fn icount_section(r: &Report, md: &mut String) {
             i.own_per_io,
             i.verbs_per_io,
             i.total_per_io,
+            i.wakeups_per_io,
             top.join(", ")
         );
     }

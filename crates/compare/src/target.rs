@@ -28,6 +28,9 @@ pub const NQN_PROBES: [&str; 4] = [
 const PROBE_BLOCKS: u64 = 16_384;
 /// Subsystem with the null bdev.
 pub const NQN_NULL: &str = "nqn.2016-06.io.spdk:compare-null";
+/// Subsystem with the aio bdev of an interrupt-mode measurement
+/// ([`TargetConfig::aio_file`]).
+pub const NQN_AIO: &str = "nqn.2016-06.io.spdk:compare-aio";
 /// Subsystem with a delay bdev over a second malloc bdev (slow backend).
 pub const NQN_DELAY: &str = "nqn.2016-06.io.spdk:compare-delay";
 /// Malloc bdev size: 64 MiB of 512-byte blocks.
@@ -54,6 +57,12 @@ pub struct TargetConfig {
     pub extra_args: Vec<String>,
     /// Start-up bound instead of the default 30 s.
     pub start_timeout: Option<Duration>,
+    /// Serve only an aio bdev on this file (subsystem [`NQN_AIO`]) instead
+    /// of the malloc, null and probe bdevs: SPDK's aio bdev sleeps in
+    /// interrupt mode, while malloc and null bdevs have period-0 pollers
+    /// that keep the reactor spinning (so whole-process counts would follow
+    /// wall time).
+    pub aio_file: Option<PathBuf>,
 }
 
 /// Why a target could not be brought up.
@@ -199,6 +208,43 @@ impl Target {
             }
         }
         self.setup_call("nvmf_create_transport", transport)?;
+        let subsystems = match &cfg.aio_file {
+            Some(file) => {
+                self.setup_call(
+                    "bdev_aio_create",
+                    json!({ "name": "Aio0", "filename": file, "block_size": 512 }),
+                )?;
+                vec![(NQN_AIO, "Aio0".to_string())]
+            }
+            None => self.standard_bdevs(cfg)?,
+        };
+        for (i, (nqn, bdev)) in subsystems.iter().enumerate() {
+            self.setup_call(
+                "nvmf_create_subsystem",
+                json!({ "nqn": nqn, "allow_any_host": true,
+                        "serial_number": format!("COMPARE{:013}", i + 1) }),
+            )?;
+            self.setup_call(
+                "nvmf_subsystem_add_ns",
+                json!({ "nqn": nqn, "namespace": { "bdev_name": bdev } }),
+            )?;
+            let listen = json!({ "nqn": nqn, "listen_address": {
+                "trtype": spec.trtype(), "adrfam": "IPv4", "traddr": "127.0.0.1",
+                "trsvcid": self.port.to_string() } });
+            if let Err(e) = self.rpc.call("nvmf_subsystem_add_listener", listen) {
+                return Err(StartError::ListenRefused(self.refusal_reason(e)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The fault campaign's and the matrix's bdevs: the malloc bdev, the
+    /// null bdev, the probes' and (`cfg.delay_us`) the delay bdev; their
+    /// subsystems' (NQN, bdev) pairs.
+    fn standard_bdevs(
+        &mut self,
+        cfg: &TargetConfig,
+    ) -> Result<Vec<(&'static str, String)>, StartError> {
         self.setup_call(
             "bdev_malloc_create",
             json!({ "name": "Malloc0", "num_blocks": MALLOC_BLOCKS, "block_size": 512 }),
@@ -232,24 +278,7 @@ impl Target {
             )?;
             subsystems.push((NQN_DELAY, "Delay0".to_string()));
         }
-        for (i, (nqn, bdev)) in subsystems.iter().enumerate() {
-            self.setup_call(
-                "nvmf_create_subsystem",
-                json!({ "nqn": nqn, "allow_any_host": true,
-                        "serial_number": format!("COMPARE{:013}", i + 1) }),
-            )?;
-            self.setup_call(
-                "nvmf_subsystem_add_ns",
-                json!({ "nqn": nqn, "namespace": { "bdev_name": bdev } }),
-            )?;
-            let listen = json!({ "nqn": nqn, "listen_address": {
-                "trtype": spec.trtype(), "adrfam": "IPv4", "traddr": "127.0.0.1",
-                "trsvcid": self.port.to_string() } });
-            if let Err(e) = self.rpc.call("nvmf_subsystem_add_listener", listen) {
-                return Err(StartError::ListenRefused(self.refusal_reason(e)));
-            }
-        }
-        Ok(())
+        Ok(subsystems)
     }
 
     fn setup_call(&mut self, method: &str, params: Value) -> Result<Value, StartError> {

@@ -4,6 +4,8 @@
 //!   bindgen and committed; [`layout`] pins the offsets consumers depend on at compile time.
 //! * [`fabric`]: the layout of the machine-wide shared fabric segment (node registry, QP/CQ/SRQ/MR
 //!   records, counters) that every softrdma process maps.
+//! * [`event_fd`]: the fd handed to applications for an event queue (readable while an event is
+//!   queued, never writable).
 //! * [`private`]: the private vtable `softrdma_private_v1@@SOFTRDMA_PRIVATE_1` exported by
 //!   softrdma's libibverbs for softrdma's librdmacm.
 
@@ -20,6 +22,7 @@
 pub mod verbs;
 
 pub mod cma;
+pub mod event_fd;
 pub mod fabric;
 pub mod layout;
 pub mod private;

@@ -8,7 +8,8 @@
 
 use crate::copy::{self, Ranges};
 use crate::runtime::{self, Runtime};
-use crate::util::{self, errno, set_errno, SharedLock};
+use crate::util::{self, set_errno, SharedLock};
+use softrdma_abi::event_fd::{self, EventFd};
 use softrdma_abi::fabric::{Counter, CqRec, MAX_CQS};
 use softrdma_abi::verbs::*;
 use std::collections::VecDeque;
@@ -20,7 +21,9 @@ use std::sync::Mutex;
 #[repr(C)]
 pub(crate) struct ChannelWrap {
     pub ch: ibv_comp_channel,
-    pub wr_fd: c_int,
+    /// The event queue: `ch.fd` is its [`EventFd::app_fd`]; each 8-byte datagram is one
+    /// `ibv_cq*` record.
+    pub q: EventFd,
     /// A CQ of this channel (`*mut CqWrap`, 0 = none) owed an event for entries it held
     /// when it was armed; see [`owe_event`].
     pub owed: AtomicU64,
@@ -44,37 +47,10 @@ pub(crate) struct Held {
     pub q: VecDeque<(u64, ibv_wc)>,
 }
 
-/// A completion channel's event socket pair (datagram, so a peer that duplicated the write end
-/// never gets SIGPIPE: sends use MSG_NOSIGNAL). Each 8-byte datagram is one `ibv_cq*` record.
-pub(crate) fn make_event_socket() -> Result<(c_int, c_int), i32> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: fds is a valid 2-element array.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        return Err(errno());
-    }
-    Ok((fds[0], fds[1]))
-}
-
-/// Queue one event record on a channel's write end (never blocks, never raises SIGPIPE).
+/// Queue one event record (`cq_ptr`) on a channel's write end, ours or a peer's duplicate
+/// (never blocks, never raises SIGPIPE).
 pub(crate) fn send_event(fd: c_int, cq_ptr: u64) -> bool {
-    // SAFETY: sending 8 bytes from a local on an fd we own (or duplicated).
-    let r = unsafe {
-        libc::send(
-            fd,
-            &cq_ptr as *const u64 as *const c_void,
-            8,
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
-    r == 8
+    event_fd::send_on(fd, &cq_ptr.to_ne_bytes())
 }
 
 pub(crate) unsafe extern "C" fn create_comp_channel(
@@ -89,8 +65,8 @@ pub(crate) unsafe extern "C" fn create_comp_channel(
         set_errno(libc::EIO);
         return std::ptr::null_mut();
     }
-    let (rd, wr) = match make_event_socket() {
-        Ok(p) => p,
+    let q = match EventFd::new(libc::SOCK_DGRAM) {
+        Ok(q) => q,
         Err(e) => {
             set_errno(e);
             return std::ptr::null_mut();
@@ -100,10 +76,10 @@ pub(crate) unsafe extern "C" fn create_comp_channel(
     let w = Box::new(ChannelWrap {
         ch: ibv_comp_channel {
             context: ctx,
-            fd: rd,
+            fd: q.app_fd(),
             refcnt: 0,
         },
-        wr_fd: wr,
+        q,
         owed: AtomicU64::new(0),
     });
     Box::into_raw(w) as *mut ibv_comp_channel
@@ -118,9 +94,7 @@ pub(crate) unsafe extern "C" fn destroy_comp_channel(ch: *mut ibv_comp_channel) 
         if (*ch).refcnt != 0 {
             return libc::EBUSY;
         }
-        let w = Box::from_raw(ch as *mut ChannelWrap);
-        libc::close(w.ch.fd);
-        libc::close(w.wr_fd);
+        drop(Box::from_raw(ch as *mut ChannelWrap));
     }
     if let Some(rt) = runtime::get() {
         rt.count(Counter::CompChannels, -1);
@@ -219,7 +193,7 @@ pub(crate) unsafe extern "C" fn create_cq(
     }
     if !channel.is_null() {
         // SAFETY: channel is a live ChannelWrap of ours.
-        let wfd = unsafe { (*(channel as *const ChannelWrap)).wr_fd };
+        let wfd = unsafe { (*(channel as *const ChannelWrap)).q.write_end() };
         rec.cq_ptr.store(w as u64, Ordering::Relaxed);
         rec.chan_fd.store(wfd as u32 + 1, Ordering::Release);
     }
@@ -422,7 +396,7 @@ unsafe fn notify(w: *mut CqWrap) {
         }
         let cw = ch as *mut ChannelWrap;
         let p = w as *mut ibv_cq as u64;
-        if !send_event((*cw).wr_fd, p) {
+        if !(*cw).q.send(&p.to_ne_bytes()) {
             crate::log::warn("completion event dropped: channel pipe full");
         }
     }
@@ -709,7 +683,7 @@ pub(crate) fn close_channels(rt: &Runtime) {
             }
             w.rec.armed.store(0, Ordering::SeqCst);
             if !w.cq.channel.is_null() {
-                libc::shutdown((*w.cq.channel).fd, libc::SHUT_RD);
+                (*(w.cq.channel as *const ChannelWrap)).q.shut_read();
             }
         }
     }
@@ -746,18 +720,23 @@ pub(crate) unsafe extern "C" fn get_cq_event(
         set_errno(libc::EINVAL);
         return -1;
     }
-    let mut p: u64 = 0;
+    let p: u64;
     // SAFETY: ch is a live channel of ours.
     if let Some(c) = unsafe { take_owed(ch) } {
         p = c as u64;
     } else {
-        // SAFETY: ch is a live channel; reading 8 bytes into a local.
-        let r = unsafe { libc::read((*ch).fd, &mut p as *mut u64 as *mut c_void, 8) };
-        if r != 8 {
-            if r >= 0 {
+        let mut b = [0u8; 8];
+        // SAFETY: ch is a live channel of ours.
+        match unsafe { &*(ch as *const ChannelWrap) }.q.recv(&mut b) {
+            Ok(8) => p = u64::from_ne_bytes(b),
+            Ok(_) => {
                 set_errno(libc::EIO);
+                return -1;
             }
-            return -1;
+            Err(e) => {
+                set_errno(e);
+                return -1;
+            }
         }
     }
     let c = p as *mut ibv_cq;

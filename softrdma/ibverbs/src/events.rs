@@ -1,22 +1,21 @@
-//! Async events (one datagram socket pair per context; each record is one
+//! Async events (one [`EventFd`] of datagrams per context; each record is one
 //! `struct ibv_async_event`).
 
 use crate::device::ctx_wrap;
 use crate::runtime;
-use crate::util::{errno, set_errno};
+use crate::util::set_errno;
+use softrdma_abi::event_fd::EventFd;
 use softrdma_abi::fabric::Counter;
 use softrdma_abi::verbs::*;
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-/// A datagram socket pair carrying async event records (one `ibv_async_event` per datagram).
-/// Reads consume one event; the read end honours O_NONBLOCK set by the application, while
-/// softrdma itself can always take records without blocking (`MSG_DONTWAIT`), which
-/// [`AsyncQueue::purge_qp`] needs.
+/// An event queue of async event records (one `ibv_async_event` per datagram). Reads consume
+/// one event and honour O_NONBLOCK set by the application on `async_fd`, while softrdma itself
+/// can always take records without blocking, which [`AsyncQueue::purge_qp`] needs.
 pub(crate) struct AsyncQueue {
-    rd: c_int,
-    wr: c_int,
+    q: EventFd,
     /// Serialises producers with a purge, so a purge never reorders events.
     producers: Mutex<()>,
 }
@@ -39,31 +38,30 @@ fn is_qp_event(ty: ibv_event_type) -> bool {
 impl AsyncQueue {
     /// A new queue (errno on failure).
     pub(crate) fn new() -> Result<AsyncQueue, i32> {
-        let (rd, wr) = crate::cq::make_event_socket()?;
         Ok(AsyncQueue {
-            rd,
-            wr,
+            q: EventFd::new(libc::SOCK_DGRAM)?,
             producers: Mutex::new(()),
         })
     }
 
     /// The fd applications poll (`ctx->async_fd`).
     pub(crate) fn read_fd(&self) -> c_int {
-        self.rd
+        self.q.app_fd()
     }
 
     fn send(&self, ev: &ibv_async_event) -> bool {
+        self.q.send(as_bytes(ev))
+    }
+
+    /// Take the next event as a `read` of `async_fd` would (blocking unless the application
+    /// set O_NONBLOCK): Ok(false) at EOF or on a short record.
+    fn recv(&self, ev: &mut ibv_async_event) -> Result<bool, c_int> {
         let n = std::mem::size_of::<ibv_async_event>();
-        // SAFETY: sending n bytes from a live struct on our own socket (never blocks).
-        let r = unsafe {
-            libc::send(
-                self.wr,
-                ev as *const _ as *const libc::c_void,
-                n,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        r == n as isize
+        // SAFETY: ev is a live, exclusively borrowed plain C struct of n bytes, and every
+        // byte pattern is a valid ibv_async_event (a union of pointers / integers and an
+        // integer event type that the reader treats as data).
+        let buf = unsafe { std::slice::from_raw_parts_mut(ev as *mut _ as *mut u8, n) };
+        self.q.recv(buf).map(|r| r == n)
     }
 
     /// Queue one event (dropped with a warning when the queue is full).
@@ -89,16 +87,9 @@ impl AsyncQueue {
         let mut dropped = 0;
         loop {
             let mut ev: ibv_async_event = Default::default();
-            // SAFETY: receiving at most n bytes into a local struct; never blocks.
-            let r = unsafe {
-                libc::recv(
-                    self.rd,
-                    &mut ev as *mut _ as *mut libc::c_void,
-                    n,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if r != n as isize {
+            // SAFETY: as in `recv`: a local plain C struct of n bytes, any bytes valid.
+            let buf = unsafe { std::slice::from_raw_parts_mut(&mut ev as *mut _ as *mut u8, n) };
+            if self.q.try_recv(buf) != Some(n) {
                 break;
             }
             // SAFETY: element is a plain union of pointers/ints; reading the qp member of a
@@ -121,13 +112,14 @@ impl AsyncQueue {
     }
 }
 
-impl Drop for AsyncQueue {
-    fn drop(&mut self) {
-        // SAFETY: closing our own fds once.
-        unsafe {
-            libc::close(self.rd);
-            libc::close(self.wr);
-        }
+/// The bytes of an event record.
+fn as_bytes(ev: &ibv_async_event) -> &[u8] {
+    // SAFETY: a live plain C struct viewed as its size_of bytes for the lifetime of the borrow.
+    unsafe {
+        std::slice::from_raw_parts(
+            ev as *const _ as *const u8,
+            std::mem::size_of::<ibv_async_event>(),
+        )
     }
 }
 
@@ -170,18 +162,18 @@ pub(crate) unsafe extern "C" fn get_async_event(
         set_errno(libc::EINVAL);
         return -1;
     }
-    let n = std::mem::size_of::<ibv_async_event>();
-    // SAFETY: ctx is a live context; reading into the caller's struct of n bytes.
-    let r = unsafe { libc::read((*ctx).async_fd, ev as *mut libc::c_void, n) };
-    if r != n as isize {
-        if r >= 0 {
+    // SAFETY: ctx is a live context of ours; ev is the caller's struct.
+    match unsafe { ctx_wrap(ctx).async_q.recv(&mut *ev) } {
+        Ok(true) => 0,
+        Ok(false) => {
             set_errno(libc::EIO);
-        } else {
-            set_errno(errno());
+            -1
         }
-        return -1;
+        Err(e) => {
+            set_errno(e);
+            -1
+        }
     }
-    0
 }
 
 fn bump(p: *mut u32) {

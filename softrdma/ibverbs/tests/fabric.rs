@@ -1621,6 +1621,149 @@ fn sc_destroy_events() {
     cleanup(d, &[b1, a2, b2], &[ro, tx], None);
 }
 
+/// `poll(2)` of `fd` for IN and OUT with a 0 timeout: (readable, writable).
+fn fd_ready(fd: i32) -> (bool, bool) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLOUT,
+        revents: 0,
+    };
+    assert!(unsafe { libc::poll(&mut p, 1, 0) } >= 0, "poll fd {fd}");
+    (
+        p.revents & libc::POLLIN != 0,
+        p.revents & libc::POLLOUT != 0,
+    )
+}
+
+/// Wait up to `ms` for `fd` to become readable.
+fn wait_readable(fd: i32, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    unsafe { libc::poll(&mut p, 1, ms) == 1 }
+}
+
+// The event fds (a completion channel's, the context's async_fd) behave like the kernel's
+// uverbs event files: readable exactly while an event is queued and never writable (an fd
+// that is always writable keeps an application that registers it for EPOLLOUT, as upstream
+// SPDK's rdma transport does, awake without end).
+fn sc_event_fds() {
+    let d = open_dev();
+    let rx = reg(&d, 4096, LW);
+    let tx = reg(&d, 4096, LW);
+    unsafe {
+        let ch = ibv_create_comp_channel(d.ctx);
+        assert!(!ch.is_null());
+        let cq2 = ibv_create_cq(d.ctx, 16, null_mut(), ch, 0);
+        assert!(!cq2.is_null());
+        let (fd, afd) = ((*ch).fd, (*d.ctx).async_fd);
+        assert_eq!(fd_ready(fd), (false, false), "new completion channel");
+        assert_eq!(fd_ready(afd), (false, false), "new context's async_fd");
+        let q1 = create_qp(
+            &Dev {
+                ctx: d.ctx,
+                pd: d.pd,
+                cq: cq2,
+            },
+            null_mut(),
+        );
+        let q2 = create_qp(&d, null_mut());
+        connect(q1, qpn(q2), LW);
+        connect(q2, qpn(q1), LW);
+        for round in 0..2u64 {
+            post_recv(q1, 10 + round, &rx, 0, 64);
+            assert_eq!(ibv_req_notify_cq(cq2, 0), 0);
+            assert_eq!(fd_ready(fd), (false, false), "armed, no completion yet");
+            assert_eq!(
+                post_send(q2, 20 + round, op::IBV_WR_SEND, &tx, 0, 8, None),
+                0
+            );
+            assert!(wait_readable(fd, 5000), "an event after the completion");
+            assert_eq!(fd_ready(fd), (true, false), "event queued: readable only");
+            let (mut ecq, mut ectx) = (null_mut(), null_mut());
+            assert_eq!(ibv_get_cq_event(ch, &mut ecq, &mut ectx), 0);
+            assert_eq!(ecq, cq2);
+            assert_eq!(fd_ready(fd), (false, false), "event read: neither");
+            ibv_ack_cq_events(cq2, 1);
+            assert_eq!(statuses(&poll(cq2, 1, 1000)), vec![(10 + round, 0)]);
+            assert_eq!(statuses(&poll(d.cq, 1, 1000)), vec![(20 + round, 0)]);
+            assert_eq!(fd_ready(fd), (false, false), "polled: neither");
+        }
+        // A completion that arrives after arming a CQ that still held an entry (the event is
+        // owed, see docs/softrdma.md) wakes the fd only when the event thread raises the debt
+        // (its 100 ms tick); a kernel provider would raise an event for it at once.
+        for i in 0..2u64 {
+            post_recv(q1, 40 + i, &rx, 0, 64);
+            assert_eq!(post_send(q2, 50 + i, op::IBV_WR_SEND, &tx, 0, 8, None), 0);
+        }
+        assert_eq!(poll(d.cq, 2, 2000).len(), 2);
+        assert_eq!(ibv_req_notify_cq(cq2, 0), 0);
+        assert_eq!(
+            statuses(&poll(cq2, 1, 1000)),
+            vec![(40, 0)],
+            "a partial poll"
+        );
+        assert_eq!(
+            fd_ready(fd),
+            (false, false),
+            "the debt is not on the fd yet"
+        );
+        post_recv(q1, 42, &rx, 0, 64);
+        assert_eq!(post_send(q2, 52, op::IBV_WR_SEND, &tx, 0, 8, None), 0);
+        assert_eq!(statuses(&poll(d.cq, 1, 2000)), vec![(52, 0)]);
+        let t0 = Instant::now();
+        assert!(wait_readable(fd, 2000), "the owed event reaches the fd");
+        println!("OWED_WAKE_MS {}", t0.elapsed().as_millis());
+        assert_eq!(
+            fd_ready(fd),
+            (true, false),
+            "owed event raised: readable only"
+        );
+        let (mut ecq, mut ectx) = (null_mut(), null_mut());
+        assert_eq!(ibv_get_cq_event(ch, &mut ecq, &mut ectx), 0);
+        ibv_ack_cq_events(cq2, 1);
+        assert_eq!(statuses(&poll(cq2, 2, 1000)), vec![(41, 0), (42, 0)]);
+        assert_eq!(fd_ready(fd), (false, false), "all read and polled: neither");
+        // async_fd: a WRITE to a region without REMOTE_WRITE raises QP_ACCESS_ERR on q1.
+        assert_eq!(
+            post_send(
+                q2,
+                30,
+                op::IBV_WR_RDMA_WRITE,
+                &tx,
+                0,
+                8,
+                Some((rx.addr(), rx.rkey()))
+            ),
+            0
+        );
+        assert!(
+            wait_readable(afd, 5000),
+            "an async event after the access error"
+        );
+        assert_eq!(
+            fd_ready(afd),
+            (true, false),
+            "async event queued: readable only"
+        );
+        let mut ev: ibv_async_event = std::mem::zeroed();
+        assert_eq!(ibv_get_async_event(d.ctx, &mut ev), 0);
+        assert_eq!(
+            (ev.event_type as u32, ev.element.qp),
+            (ibv_event_type::IBV_EVENT_QP_ACCESS_ERR as u32, q1)
+        );
+        ibv_ack_async_event(&mut ev);
+        assert_eq!(fd_ready(afd), (false, false), "async event read: neither");
+        let _ = poll(d.cq, 16, 300);
+        assert_eq!(ibv_destroy_qp(q1), 0);
+        assert_eq!(ibv_destroy_cq(cq2), 0);
+        assert_eq!(ibv_destroy_comp_channel(ch), 0);
+        cleanup(d, &[q2], &[rx, tx], None);
+    }
+}
+
 // createfail rules (SOFTRDMA_FAULTS="createfail:obj=cq,nth=2;createfail:obj=qp,errno=eagain"):
 // the second ibv_create_cq and the first ibv_create_qp fail with the rule's errno, once.
 fn sc_fault_create() {
@@ -2067,6 +2210,13 @@ fn parent() {
     run_simple("shm_dereg", &shm, None);
     run_simple("send_inv", &shm, None);
     run_simple("destroy_events", &shm, None);
+    let owed = run_simple("event_fds", &shm, None);
+    if let Some(l) = owed.iter().find(|l| l.starts_with("OWED_WAKE_MS")) {
+        println!(
+            "event_fds: a completion after arming with an entry owed woke the fd after {} ms",
+            &l[13..]
+        );
+    }
     run_simple("port_err", &shm, None);
     run_simple("write_chain", &shm, None);
     run_simple(
@@ -2158,6 +2308,7 @@ fn main() {
             "shm_dereg" => sc_shm_dereg(),
             "send_inv" => sc_send_inv(),
             "destroy_events" => sc_destroy_events(),
+            "event_fds" => sc_event_fds(),
             "port_err" => sc_port_err(),
             "write_chain" => sc_write_chain(),
             "fault_create" => sc_fault_create(),

@@ -1,8 +1,9 @@
 //! Event channels, cm ids, events, and the per-process CM event thread.
 //!
-//! * A [`Channel`] embeds `struct rdma_event_channel`; its `fd` is one end of a
-//!   `SOCK_STREAM` socketpair carrying one byte per queued event, so it is pollable and
-//!   honours O_NONBLOCK; the events themselves sit in an in-process queue.
+//! * A [`Channel`] embeds `struct rdma_event_channel`; its `fd` is the poll fd of an
+//!   [`EventFd`] over a `SOCK_STREAM` socketpair carrying one byte per queued event, so it is
+//!   readable exactly while an event is queued, never writable, and honours O_NONBLOCK; the
+//!   events themselves sit in an in-process queue.
 //! * An [`IdBox`] embeds `struct rdma_cm_id` (first field, so the C pointer is the box).
 //!   Both live in `Arc`s: the application holds one reference, queued events and the
 //!   event thread hold others, so nothing an unacked event points to is freed early.
@@ -14,6 +15,7 @@ use crate::conn::{Conn, Event, Output};
 use crate::ffi::{self, debug, log};
 use crate::proto::{self, Msg, Rep};
 use softrdma_abi::cma::*;
+use softrdma_abi::event_fd::EventFd;
 use softrdma_abi::fabric::Counter;
 use softrdma_abi::verbs::*;
 use std::cell::UnsafeCell;
@@ -302,8 +304,8 @@ impl EventBox {
 #[repr(C)]
 pub struct Channel {
     c: UnsafeCell<rdma_event_channel>,
-    reader: OwnedFd,
-    writer: OwnedFd,
+    /// One byte per queued event; `c.fd` is its poll fd.
+    tokens: EventFd,
     queue: Mutex<VecDeque<Box<EventBox>>>,
 }
 
@@ -314,30 +316,15 @@ unsafe impl Send for Channel {}
 unsafe impl Sync for Channel {}
 
 impl Channel {
-    /// A new channel with a fresh socketpair.
+    /// A new channel with a fresh event queue.
     pub fn new() -> Result<Arc<Channel>, c_int> {
-        let mut fds = [0 as c_int; 2];
-        // SAFETY: valid out array of two fds.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        if r != 0 {
-            return Err(ffi::errno());
-        }
-        // SAFETY: both fds were just created and are owned by nobody else.
-        let (reader, writer) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        set_nonblock(writer.as_raw_fd());
+        let tokens = EventFd::new(libc::SOCK_STREAM)?;
         count(Counter::CmChannels, 1);
         Ok(Arc::new(Channel {
-            c: UnsafeCell::new(rdma_event_channel { fd: fds[0] }),
-            reader,
-            writer,
+            c: UnsafeCell::new(rdma_event_channel {
+                fd: tokens.app_fd(),
+            }),
+            tokens,
             queue: Mutex::new(VecDeque::new()),
         }))
     }
@@ -357,20 +344,10 @@ impl Channel {
         );
         let mut q = lock(&self.queue);
         q.push_back(ev);
-        let b = [1u8];
-        // SAFETY: writing one byte from a valid buffer to our own socket.
-        let n = unsafe {
-            libc::send(
-                self.writer.as_raw_fd(),
-                b.as_ptr().cast(),
-                1,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n != 1 {
+        if !self.tokens.send(&[1u8]) {
             log(&format!(
                 "event channel fd {}: cannot signal event (errno {}); {} events queued",
-                self.reader.as_raw_fd(),
+                self.tokens.app_fd(),
                 ffi::errno(),
                 q.len()
             ));
@@ -381,16 +358,12 @@ impl Channel {
     pub fn pop(&self) -> Result<Box<EventBox>, c_int> {
         loop {
             let mut b = [0u8; 1];
-            // SAFETY: reading one byte into a valid buffer from our own fd; honours the
-            // fd's O_NONBLOCK flag as set by the application.
-            let n = unsafe { libc::read(self.reader.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
-            if n < 0 {
-                let e = ffi::errno();
-                if e == libc::EINTR {
-                    continue;
-                }
-                return Err(e);
-            }
+            // Honours the O_NONBLOCK flag the application set on the channel's fd.
+            let n = match self.tokens.recv(&mut b) {
+                Ok(n) => n,
+                Err(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 return Err(libc::EIO);
             }
@@ -417,16 +390,7 @@ impl Channel {
         *q = keep;
         for _ in 0..taken.len() {
             let mut b = [0u8; 1];
-            // SAFETY: non-blocking read of one byte into a valid buffer from our fd.
-            let n = unsafe {
-                libc::recv(
-                    self.reader.as_raw_fd(),
-                    b.as_mut_ptr().cast(),
-                    1,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n != 1 {
+            if self.tokens.try_recv(&mut b) != Some(1) {
                 break; // a reader consumed it concurrently; pop() skips empty tokens.
             }
         }

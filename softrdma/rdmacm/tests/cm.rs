@@ -1308,6 +1308,23 @@ fn active(ch: *mut rdma_event_channel, port: u16) -> Result<*mut rdma_cm_id, Str
     }
 }
 
+/// `poll(2)` of a channel's fd for IN and OUT with a 0 timeout: (readable, writable).
+fn fd_ready(ch: *mut rdma_event_channel) -> (bool, bool) {
+    // SAFETY: live channel; valid pollfd.
+    unsafe {
+        let mut pfd = libc::pollfd {
+            fd: (*ch).fd,
+            events: libc::POLLIN | libc::POLLOUT,
+            revents: 0,
+        };
+        libc::poll(&mut pfd, 1, 0);
+        (
+            pfd.revents & libc::POLLIN != 0,
+            pfd.revents & libc::POLLOUT != 0,
+        )
+    }
+}
+
 fn readable(ch: *mut rdma_event_channel) -> bool {
     // SAFETY: live channel; valid pollfd.
     unsafe {
@@ -1399,6 +1416,11 @@ fn misc() -> Result<(), String> {
                 "non-blocking rdma_get_cm_event on an empty channel must fail with EAGAIN".into(),
             );
         }
+        // Like the kernel's rdma_cm event file, the fd is readable exactly while an event is
+        // queued and never writable.
+        if fd_ready(chl) != (false, false) {
+            return Err(format!("empty channel fd: (IN, OUT) = {:?}", fd_ready(chl)));
+        }
         let mut listen: *mut rdma_cm_id = std::ptr::null_mut();
         rdma_create_id(
             chl,
@@ -1433,6 +1455,12 @@ fn misc() -> Result<(), String> {
         if !readable(chl) {
             return Err("no CONNECT_REQUEST for the first connection".into());
         }
+        if fd_ready(chl) != (true, false) {
+            return Err(format!(
+                "channel fd with an event queued: (IN, OUT) = {:?}",
+                fd_ready(chl)
+            ));
+        }
         // Backlog 1 is used up by the unretrieved request: the next REQ is rejected.
         let id2 = active(cha, port)?;
         let e2 = wait_event(cha, RDMA_CM_EVENT_REJECTED)?;
@@ -1443,6 +1471,12 @@ fn misc() -> Result<(), String> {
             ));
         }
         let req = wait_event(chl, RDMA_CM_EVENT_CONNECT_REQUEST)?;
+        if fd_ready(chl) != (false, false) {
+            return Err(format!(
+                "channel fd after its event was read: (IN, OUT) = {:?}",
+                fd_ready(chl)
+            ));
+        }
         if rdma_reject(req.id, std::ptr::null(), 0) != 0 {
             return Err("rdma_reject".into());
         }
