@@ -87,13 +87,17 @@ impl<H: Host> PollGroup<H> {
     /// A deadline passed ([`PollGroup::next_deadline`]) or the driver's tick:
     /// polls until nothing is left — completions reaped, host answers
     /// applied, deadlines fired, WRs flushed (at most a fixed number of
-    /// rounds). Returns the work done.
+    /// rounds; if work is left then, `next_deadline` is due at once, since
+    /// the completions left in a re-armed CQ raise no event). Returns the
+    /// work done.
     pub fn handle_deadline(&mut self, now: u64) -> usize {
         let mut work = 0;
+        self.backlog = true;
         for _ in 0..MAX_EVENT_ROUNDS {
             let n = self.poll(now);
             work += n;
             if n == 0 {
+                self.backlog = false;
                 break;
             }
         }
@@ -128,6 +132,10 @@ impl<H: Host> PollGroup<H> {
     /// fires (a drain deadline, an abort's timeout), on the `now` clock.
     /// Aborts of busy victims are also retried at every event.
     pub fn next_deadline(&self) -> Option<u64> {
+        if self.backlog {
+            // Entries already in a CQ when it was re-armed raise no event.
+            return Some(0);
+        }
         // Only a qpair told to fini has a drain deadline (`drain_timers`):
         // without one, no walk over every qpair per event.
         let draining: &[Option<Conn>] = if self.drain_timers { &self.conns } else { &[] };

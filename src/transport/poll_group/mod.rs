@@ -177,6 +177,10 @@ pub struct PollGroup<H: Host> {
     /// since the last pass found none): only then does a poll walk the
     /// qpairs for due deadlines.
     drain_timers: bool,
+    /// Interrupt mode: the last [`PollGroup::handle_deadline`] stopped at
+    /// its round limit with work left (completions an armed CQ raises no
+    /// event for): [`PollGroup::next_deadline`] is due at once.
+    backlog: bool,
     /// The host wants request states reported ([`HostGroup::trace_requests`]
     /// at the last poll): every engine of the group traces its states.
     trace_requests: bool,
@@ -214,6 +218,7 @@ impl<H: Host> PollGroup<H> {
             reap_due: false,
             dma,
             drain_timers: false,
+            backlog: false,
             trace_requests: false,
         };
         for (device, _) in pg.devices.live() {
