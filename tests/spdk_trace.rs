@@ -133,20 +133,29 @@ fn rdma_rs_events_and_stats_after_io() {
     let lib = std::env::current_exe()
         .expect("current_exe")
         .with_file_name("libnvmf_rdma_rs.so");
-    let mut tgt = Tgt::start(&spdk, "spdk-trace-io", Some(&lib), &["-e", "nvmf_rdma_rs"]);
+    // A ring of 4 Mi entries (32 bytes each, 128 MiB of shared memory;
+    // SPDK's default is 32 Ki, and an event with arguments takes two) and
+    // 1 s of QD 1 I/O below: the whole run stays in it up to ~1M I/Os
+    // (softrdma here: ~250K in that second).
+    let mut tgt = Tgt::start(
+        &spdk,
+        "spdk-trace-io",
+        Some(&lib),
+        &["-e", "nvmf_rdma_rs", "--num-trace-entries", "4194304"],
+    );
     let port = port(0).to_string();
     for trtype in ["RDMA_RS", "RDMA"] {
         tgt.rpc_py(&["nvmf_create_transport", "-t", trtype])
             .unwrap_or_else(|e| panic!("nvmf_create_transport -t {trtype}: {e}"));
     }
-    // Request states other than executing/executed off (the ring of 32 Ki
-    // entries keeps the qpair events of the whole run): the transport still
-    // reports every state, the disabled ones are not recorded.
+    // Request states other than executing/executed off (fewer entries per
+    // I/O): the transport still reports every state, the disabled ones are
+    // not recorded.
     let others = format!("{:#x}", REQUEST_TPOINTS & !EXECUTING_TPOINTS);
     tgt.rpc_py(&["trace_clear_tpoint_mask", "nvmf_rdma_rs", &others])
         .unwrap_or_else(|e| panic!("trace_clear_tpoint_mask: {e}"));
     let trid = tgt.export_malloc(NQN, "RDMA_RS", &port);
-    let out = tgt.perf(&trid, &["-q", "8", "-o", "4096", "-w", "randread"], 2);
+    let out = tgt.perf(&trid, &["-q", "1", "-o", "4096", "-w", "randread"], 1);
     eprintln!("spdk_nvme_perf:\n{out}");
 
     // Events: count per tracepoint name. The host's admin qpair may still
