@@ -23,6 +23,7 @@ const REQ_BITS: u32 = u16::BITS;
 /// Every id the engine issues decodes; an id that does not (impossible by the
 /// engine's construction) maps to a RECV id with a non-zero owner, which
 /// [`from_completion`] rejects, so its completion is reported as unknown.
+#[inline]
 pub fn to_verbs(id: engine::WrId) -> verbs::WrId {
     match id.kind() {
         Ok(engine::WrKind::Recv { recv }) => verbs::WrId::recv(0, recv.0),
