@@ -239,6 +239,13 @@ impl<H: Host> PollGroup<H> {
         self.conns.iter().filter(|c| c.is_some()).count()
     }
 
+    /// Whether the group has a qpair (stops at the first: what an event
+    /// handler asks after every event, where [`PollGroup::live_qpairs`]
+    /// would count them all).
+    pub fn has_qpairs(&self) -> bool {
+        self.conns.iter().any(Option::is_some)
+    }
+
     /// Statistics (upstream `poll_group_dump_stat`).
     pub fn stats(&self) -> PollGroupStats {
         let mut devices: Vec<PollerStats> = self.pollers.iter().map(|p| p.stats.clone()).collect();
