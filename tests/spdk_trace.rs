@@ -146,7 +146,13 @@ fn rdma_rs_events_and_stats_after_io() {
     tgt.rpc_py(&["trace_clear_tpoint_mask", "nvmf_rdma_rs", &others])
         .unwrap_or_else(|e| panic!("trace_clear_tpoint_mask: {e}"));
     let trid = tgt.export_malloc(NQN, "RDMA_RS", &port);
-    let out = tgt.perf(&trid, &["-q", "8", "-o", "4096", "-w", "randread"], 2);
+    // At most 5000 I/Os (`-d`): two entries each stay well inside the ring
+    // (a fast 2 s run, 16K I/Os or more, overwrote the qpair events).
+    let out = tgt.perf(
+        &trid,
+        &["-q", "8", "-o", "4096", "-w", "randread", "-d", "5000"],
+        2,
+    );
     eprintln!("spdk_nvme_perf:\n{out}");
 
     // Events: count per tracepoint name. The host's admin qpair may still
