@@ -133,16 +133,7 @@ fn rdma_rs_events_and_stats_after_io() {
     let lib = std::env::current_exe()
         .expect("current_exe")
         .with_file_name("libnvmf_rdma_rs.so");
-    // A ring of 4 Mi entries (32 bytes each, 128 MiB of shared memory;
-    // SPDK's default is 32 Ki, and an event with arguments takes two) and
-    // 1 s of QD 1 I/O below: the whole run stays in it up to ~1M I/Os
-    // (softrdma here: ~250K in that second).
-    let mut tgt = Tgt::start(
-        &spdk,
-        "spdk-trace-io",
-        Some(&lib),
-        &["-e", "nvmf_rdma_rs", "--num-trace-entries", "4194304"],
-    );
+    let mut tgt = Tgt::start(&spdk, "spdk-trace-io", Some(&lib), &["-e", "nvmf_rdma_rs"]);
     let port = port(0).to_string();
     for trtype in ["RDMA_RS", "RDMA"] {
         tgt.rpc_py(&["nvmf_create_transport", "-t", trtype])
@@ -155,7 +146,13 @@ fn rdma_rs_events_and_stats_after_io() {
     tgt.rpc_py(&["trace_clear_tpoint_mask", "nvmf_rdma_rs", &others])
         .unwrap_or_else(|e| panic!("trace_clear_tpoint_mask: {e}"));
     let trid = tgt.export_malloc(NQN, "RDMA_RS", &port);
-    let out = tgt.perf(&trid, &["-q", "1", "-o", "4096", "-w", "randread"], 1);
+    // At most 5000 I/Os (`-d`): two entries each stay well inside the ring
+    // (a fast 2 s run, 16K I/Os or more, overwrote the qpair events).
+    let out = tgt.perf(
+        &trid,
+        &["-q", "8", "-o", "4096", "-w", "randread", "-d", "5000"],
+        2,
+    );
     eprintln!("spdk_nvme_perf:\n{out}");
 
     // Events: count per tracepoint name. The host's admin qpair may still

@@ -13,7 +13,6 @@ use std::cell::Cell;
 use std::ffi::{c_int, c_void, CStr};
 
 use super::api::api;
-use super::clock::now_ns;
 use super::group::RsPollGroup;
 use super::guard::guard;
 use super::sys;
@@ -194,8 +193,9 @@ unsafe extern "C" fn channel_event(arg: *mut c_void) -> c_int {
         let Some(g) = (unsafe { RsPollGroup::from_raw(a.group.cast_mut().cast()) }) else {
             return 0;
         };
+        let now = g.now();
         let n = g
-            .run(|pg| pg.handle_channel_event(a.poller, now_ns()))
+            .run(|pg| pg.handle_channel_event(a.poller, now))
             .unwrap_or(0);
         c_int::from(n > 0)
     })
@@ -209,7 +209,8 @@ unsafe extern "C" fn group_deadline(arg: *mut c_void) -> c_int {
         let Some(g) = (unsafe { RsPollGroup::from_raw(arg.cast()) }) else {
             return 0;
         };
-        let n = g.run(|pg| pg.handle_deadline(now_ns())).unwrap_or(0);
+        let now = g.now();
+        let n = g.run(|pg| pg.handle_deadline(now)).unwrap_or(0);
         c_int::from(n > 0)
     })
 }

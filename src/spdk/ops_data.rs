@@ -6,7 +6,6 @@
 use std::ffi::{c_int, c_void};
 
 use super::api::api;
-use super::clock::now_ns;
 use super::group::{Deferred, RsPollGroup};
 use super::guard::guard;
 use super::qpair::{request_from_raw, RsQpair};
@@ -51,7 +50,8 @@ pub(super) unsafe extern "C" fn poll_group_poll(
         let Some(g) = (unsafe { RsPollGroup::from_raw(group) }) else {
             return -libc::EINVAL;
         };
-        let n = g.run(|pg| pg.poll(now_ns())).unwrap_or(0);
+        let now = g.now();
+        let n = g.run(|pg| pg.poll(now)).unwrap_or(0);
         c_int::try_from(n).unwrap_or(c_int::MAX)
     })
 }
@@ -93,7 +93,8 @@ pub(super) unsafe extern "C" fn poll_group_add(
         };
         let qp: *mut RsQpair = q;
         g.glue.adding.set(qp);
-        let r = g.run(|pg| pg.add_qpair(pending, now_ns()));
+        let now = g.now();
+        let r = g.run(|pg| pg.add_qpair(pending, now));
         g.glue.adding.set(std::ptr::null_mut());
         match r {
             Some(Ok(_)) => 0,
@@ -323,8 +324,9 @@ pub(super) unsafe extern "C" fn qpair_abort_request(
             finish_abort(abort_req, false);
             return;
         };
+        let now = g.now();
         let outcome = g
-            .run(|pg| pg.abort(h, cid, now_ns()))
+            .run(|pg| pg.abort(h, cid, now))
             .unwrap_or(AbortResult::NotFound);
         match outcome {
             AbortResult::Aborted => finish_abort(abort_req, true),

@@ -23,6 +23,7 @@ const REQ_BITS: u32 = u16::BITS;
 /// Every id the engine issues decodes; an id that does not (impossible by the
 /// engine's construction) maps to a RECV id with a non-zero owner, which
 /// [`from_completion`] rejects, so its completion is reported as unknown.
+#[inline]
 pub fn to_verbs(id: engine::WrId) -> verbs::WrId {
     match id.kind() {
         Ok(engine::WrKind::Recv { recv }) => verbs::WrId::recv(0, recv.0),
@@ -83,9 +84,12 @@ pub fn recv_to_verbs(recv: engine::RecvId) -> verbs::WrId {
     verbs::WrId::recv(0, recv.0)
 }
 
-/// Engine status from a verbs status (same numbering: `ibv_wc_status`).
-pub fn status(s: verbs::WcStatus) -> engine::WcStatus {
-    engine::WcStatus::from_raw(s.to_raw())
+/// Engine status of a work completion, from its raw `ibv_wc_status` (same
+/// numbering in both layers; no round trip through the verbs enum, whose
+/// `to_raw` searches a table).
+#[inline]
+pub fn wc_status(wc: &verbs::WorkCompletion) -> engine::WcStatus {
+    engine::WcStatus::from_raw(wc.raw_status())
 }
 
 #[cfg(test)]
@@ -125,6 +129,17 @@ mod tests {
         for r in [0, 1, 4095, u32::MAX] {
             let via_engine = to_verbs(engine::WrId::recv(RecvId(r)));
             assert_eq!(recv_to_verbs(RecvId(r)), via_engine);
+        }
+    }
+
+    #[test]
+    fn raw_status_matches_the_enum_route() {
+        for v in 0..40u32 {
+            let s = verbs::WcStatus::from_raw(v);
+            let wc = verbs::WorkCompletion::synthetic(0, s, verbs::WcOpcode::Send, 0, 1);
+            let via_enum = engine::WcStatus::from_raw(wc.status().to_raw());
+            assert_eq!(wc_status(&wc), via_enum, "status {v}");
+            assert_eq!(wc_status(&wc).to_raw(), v, "status {v}");
         }
     }
 

@@ -439,6 +439,13 @@ impl WorkCompletion {
         WcStatus::from_raw(self.0.status)
     }
 
+    /// The raw `ibv_wc_status` value ([`WcStatus::to_raw`] of
+    /// [`WorkCompletion::status`]).
+    #[inline]
+    pub fn raw_status(&self) -> u32 {
+        self.0.status
+    }
+
     /// True when the status is success.
     pub fn is_success(&self) -> bool {
         self.0.status == 0

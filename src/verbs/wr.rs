@@ -344,6 +344,7 @@ impl SendWrList {
     }
 
     /// Append one WR.
+    #[inline]
     pub fn push(&mut self, id: WrId, op: SendOp, sges: &[Sge], flags: SendFlags) -> Result<()> {
         self.push_sges(id, op, sges.iter().copied(), flags)
     }

@@ -184,6 +184,9 @@ pub struct PollGroup<H: Host> {
     /// The host wants request states reported ([`HostGroup::trace_requests`]
     /// at the last poll): every engine of the group traces its states.
     trace_requests: bool,
+    /// Some qpair may have WRs queued (`Conn::dirty`, set only by action
+    /// batches in `run_actions`): only then does a flush walk the qpairs.
+    wrs_queued: bool,
 }
 
 impl<H: Host> PollGroup<H> {
@@ -220,6 +223,7 @@ impl<H: Host> PollGroup<H> {
             drain_timers: false,
             backlog: false,
             trace_requests: false,
+            wrs_queued: false,
         };
         for (device, _) in pg.devices.live() {
             // On error, dropping `pg` releases the pollers made so far.
@@ -519,7 +523,7 @@ impl<H: Host> PollGroup<H> {
             );
             return;
         };
-        let status = wrid::status(wc.status());
+        let status = wrid::wc_status(wc);
         if status == WcStatus::Flushed {
             self.shared.wc_flushed.fetch_add(1, Ordering::Relaxed);
         } else if !status.is_success() {
@@ -595,6 +599,7 @@ impl<H: Host> PollGroup<H> {
                 }
             }
             self.reap_due |= conn.finished;
+            self.wrs_queued |= conn.dirty;
             if conn.qp_destroyed {
                 conn.sends.clear();
                 if let Some(r) = conn.recv.as_mut() {
@@ -621,8 +626,20 @@ impl<H: Host> PollGroup<H> {
         }
     }
 
-    /// Posts the WRs every qpair has queued (one doorbell per qpair).
+    /// Posts the WRs every qpair has queued (one doorbell per qpair). Asked
+    /// at every poll and push: the walk over the qpairs runs only when an
+    /// action batch queued something since the last one.
+    #[inline]
     fn flush_dirty(&mut self, now: u64) {
+        if self.wrs_queued {
+            self.flush_dirty_conns(now);
+        }
+    }
+
+    fn flush_dirty_conns(&mut self, now: u64) {
+        // Cleared first: a batch run while flushing (WRs that failed to
+        // post) sets it again.
+        self.wrs_queued = false;
         for slot in 0..self.conns.len() {
             if self.conns[slot].as_ref().is_some_and(|c| c.dirty) {
                 self.flush(slot, now);
