@@ -1,6 +1,7 @@
 //! Runs one scenario of the campaign on one target and gathers the
 //! evidence its outcome is classified from.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -132,11 +133,8 @@ fn run_inner(env: &Env, spec: &TargetSpec, sc: &Scenario) -> Result<Found, Setup
         ob.died = t.proc.poll();
         if ob.died.is_none() {
             ob.leaks.extend(left_after);
-            if let (Some(b), Some(n)) = (
-                baseline.as_ref(),
-                fabric::read_stats(&env.ctl(), &t.shm, t.proc.pid()),
-            ) {
-                ob.leaks.extend(fabric::grown(b, &n));
+            if let Some(b) = baseline.as_ref() {
+                ob.leaks.extend(wait_fabric_baseline(env, &t, b));
             }
             ob.shutdown = Some(t.stop(Duration::from_secs(SHUTDOWN_GRACE_S)));
         }
@@ -204,6 +202,25 @@ fn wait_idle(t: &mut Target) -> Vec<String> {
         };
         if left.is_empty() || start.elapsed() > SETTLE || t.proc.poll().is_some() {
             return left;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits (≤ [`SETTLE`]) until the target's live softrdma objects are back
+/// at `baseline`: a transport may still be draining a qpair SPDK already
+/// let go of (its QP, CM id and MR go once the NIC returned every WR).
+/// Returns what is still above baseline then (nothing if the counters
+/// cannot be read).
+fn wait_fabric_baseline(env: &Env, t: &Target, baseline: &BTreeMap<String, u64>) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let grown = match fabric::read_stats(&env.ctl(), &t.shm, t.proc.pid()) {
+            Some(now) => fabric::grown(baseline, &now),
+            None => Vec::new(),
+        };
+        if grown.is_empty() || start.elapsed() > SETTLE {
+            return grown;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
