@@ -21,9 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e_common::{accept_into, bin, port, under_softrdma};
+use e2e_common::{accept_into, bin, local_transport, under_softrdma};
 use nvmf_rdma_rs::standalone::MiniHost;
-use nvmf_rdma_rs::transport::{PollGroup, Transport, TransportOptions};
+use nvmf_rdma_rs::transport::{PollGroup, Transport};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -107,10 +107,7 @@ fn zero_heap_allocations_per_io_through_the_poll_group() {
     ) {
         return;
     }
-    let opts = TransportOptions::default();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port()).into();
-    let transport = Transport::create(opts.clone(), 1).expect("transport");
-    let addr = transport.listen(addr).expect("listen");
+    let (opts, transport, addr) = local_transport(1);
     let host = Arc::new(MiniHost::new(NQN, vec![16 << 20], &opts, &[addr], 1).expect("host"));
     let pg = transport.create_poll_group(&*host).expect("poll group");
     let mut t = Target {

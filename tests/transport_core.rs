@@ -20,12 +20,10 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e_common::{port, under_softrdma};
+use e2e_common::{accept_into, local_transport, port, under_softrdma};
 use nvmf_rdma_rs::initiator::{Controller, ControllerConfig, SglMode};
 use nvmf_rdma_rs::standalone::MiniHost;
-use nvmf_rdma_rs::transport::{
-    AbortResult, AcceptorEvent, PollGroup, QpairHandle, Transport, TransportOptions,
-};
+use nvmf_rdma_rs::transport::{AbortResult, AcceptorEvent, PollGroup, QpairHandle, Transport};
 
 const NQN: &str = "nqn.2016-06.io.nvmf-rdma-rs:core";
 const WAIT: Duration = Duration::from_secs(60);
@@ -152,11 +150,7 @@ fn core_driven_by_hand_listen_place_stop_listen_destroy() {
     ) {
         return;
     }
-    let opts = TransportOptions::default();
-    let transport = Transport::create(opts.clone(), 2).expect("transport");
-    let v4 = transport
-        .listen(([127, 0, 0, 1], port()).into())
-        .expect("listen IPv4");
+    let (opts, transport, v4) = local_transport(2);
     let host = Arc::new(
         MiniHost::new(NQN, vec![16 << 20], &opts, &[v4], 2)
             .expect("host")
@@ -299,11 +293,7 @@ fn interrupt_mode_completion_outside_a_call_is_posted_at_once() {
     ) {
         return;
     }
-    let opts = TransportOptions::default();
-    let transport = Transport::create(opts.clone(), 1).expect("transport");
-    let addr = transport
-        .listen(([127, 0, 0, 1], port()).into())
-        .expect("listen");
+    let (opts, transport, addr) = local_transport(1);
     let host = Arc::new(
         MiniHost::new(NQN, vec![16 << 20], &opts, &[addr], 1)
             .expect("host")
@@ -331,21 +321,7 @@ fn interrupt_mode_completion_outside_a_call_is_posted_at_once() {
             "connect and verify timed out ({answered} completions given)"
         );
         let now = start.elapsed().as_nanos() as u64;
-        let mut arrived = Vec::new();
-        let mut msgs = Vec::new();
-        transport.accept_poll(&mut |ev| match ev {
-            AcceptorEvent::NewQpair(q) => arrived.push(q),
-            AcceptorEvent::Qpair(m) => msgs.push(m),
-            AcceptorEvent::Device(_) | AcceptorEvent::Port(_) => {}
-        });
-        for q in arrived {
-            if let Err(e) = pg.add_qpair(q, now) {
-                e.qpair.reject();
-            }
-        }
-        for m in msgs {
-            pg.deliver(m, now);
-        }
+        accept_into(&transport, &mut pg, now);
         // What a channel interrupt's handler does (here whether or not a
         // channel fired: it only takes events that are there).
         pg.handle_event(now);

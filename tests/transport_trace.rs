@@ -18,14 +18,14 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e_common::{accept_into, ctl, port, under_softrdma};
+use e2e_common::{accept_into, ctl, local_transport, under_softrdma};
 use nvmf_rdma_rs::engine::codec::nvme::Command;
 use nvmf_rdma_rs::engine::{DisconnectReason, ReqState};
 use nvmf_rdma_rs::initiator::{Controller, ControllerConfig, SglMode};
 use nvmf_rdma_rs::standalone::MiniHost;
 use nvmf_rdma_rs::transport::{
     BufferGrant, CommandData, Direction, GroupCalls, Host, HostError, HostGroup, PollGroup,
-    QpairHandle, QpairInfo, RequestBuffers, RequestHandle, Transport, TransportOptions,
+    QpairHandle, QpairInfo, RequestBuffers, RequestHandle, Transport,
 };
 use nvmf_rdma_rs::verbs::Pd;
 
@@ -232,11 +232,7 @@ fn trace_hooks_report_states_and_qpair_errors() {
         return;
     }
     use ReqState::*;
-    let opts = TransportOptions::default();
-    let transport = Transport::create(opts.clone(), 1).expect("transport");
-    let addr = transport
-        .listen(([127, 0, 0, 1], port()).into())
-        .expect("listen");
+    let (opts, transport, addr) = local_transport(1);
     let on = Arc::new(AtomicBool::new(true));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let host = TraceHost {

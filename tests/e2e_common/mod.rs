@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nvmf_rdma_rs::initiator::{
     run_perf, ControllerConfig, PerfConfig, PerfReport, SglMode, Workload,
 };
-use nvmf_rdma_rs::transport::{AcceptorEvent, Host, PollGroup, Transport};
+use nvmf_rdma_rs::transport::{AcceptorEvent, Host, PollGroup, Transport, TransportOptions};
 use serde_json::Value;
 
 #[path = "../support/reexec.rs"]
@@ -279,6 +279,17 @@ impl Drop for TargetProc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A transport with default options for `groups` poll groups, listening on
+/// 127.0.0.1 at a fresh port: (options, transport, listen address).
+pub fn local_transport(groups: u32) -> (TransportOptions, Transport, SocketAddr) {
+    let opts = TransportOptions::default();
+    let transport = Transport::create(opts.clone(), groups).expect("transport");
+    let addr = transport
+        .listen(([127, 0, 0, 1], port()).into())
+        .expect("listen on 127.0.0.1");
+    (opts, transport, addr)
 }
 
 /// One acceptor pass of a transport driven by hand into its one poll group
